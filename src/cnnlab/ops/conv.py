@@ -1,0 +1,273 @@
+"""Cross-correlation and convolution in 1, 2 and 3 dimensions, from scratch (D2L 7.2-7.4).
+
+What deep learning calls "convolution" is a cross-correlation: each output value is the
+sum of an input window times the kernel. One implementation serves every dimension:
+
+    1) pad the input into a channels-last buffer          (N, *S_pad, C)
+    2) view all windows of it (``sliding_windows``)        (N, *S_out, *K, C)
+    3) copy the view into a window matrix                  (M, K*C),  M = N*prod(S_out)
+    4) one matrix product with the kernels                 (M, K*C) @ (K*C, C_out)
+
+The backward pass is derived by hand (``ConvNd``): with ``G = grad_out`` as (M, C_out),
+
+    grad_weight = G^T @ window_matrix        (a cross-correlation of input and grad_out)
+    grad_input  = col2im(G @ W)               (a transposed cross-correlation: each window's
+                                               gradient is added back where it came from)
+    grad_bias   = G summed over M
+
+Groups split channels into ``groups`` independent blocks (a batched product, one per
+group); depthwise convolution is ``groups == in_channels``.
+
+This file also holds the chapter's own small functions (``corr2d`` and friends), built on
+the same operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
+from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
+
+__all__ = [
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "corr2d",
+    "corr2d_multi_in",
+    "corr2d_multi_in_out",
+    "corr2d_multi_in_out_1x1",
+    "convolve2d",
+]
+
+IntOrTuple = int | Sequence[int]
+
+
+def _window_matrix(x: torch.Tensor, kernel: Sequence[int], stride, pads: Pads, dilation, groups: int):
+    """Steps 1-3: the window matrix of ``x`` (N, C, *S), one per group: (G, M, K*C/G)."""
+    xp = pad_channels_last(x, pads)  # (N, *S_pad, C)
+    windows = sliding_windows(xp, kernel, stride, dilation)  # (N, *S_out, *K, C)
+    n, c = x.shape[0], x.shape[1]
+    out_size = tuple(windows.shape[1 : 1 + len(kernel)])
+    m, kc = n * numel(out_size), numel(kernel) * (c // groups)
+    if groups == 1:
+        return windows.reshape(1, m, kc), out_size
+    windows = windows.unflatten(-1, (groups, c // groups)).movedim(-2, 0)  # (G, N, *S_out, *K, C/G)
+    return windows.reshape(groups, m, kc), out_size
+
+
+def _kernel_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """(C_out, C/G, *K) -> (G, C_out/G, K*C/G), columns in the window matrix's (*K, C) order."""
+    o = weight.shape[0]
+    return weight.movedim(1, -1).reshape(groups, o // groups, -1)
+
+
+def _col2im(grad_cols: torch.Tensor, x_shape, kernel, stride, pads: Pads, dilation, out_size) -> torch.Tensor:
+    """Add each window's gradient back onto the input positions it was read from.
+
+    grad_cols: (N, *S_out, *K, C)  ->  returns (N, C, *S) (channels-last strides).
+    """
+    n, c, *spatial = x_shape
+    padded = [s + lo + hi for s, (lo, hi) in zip(spatial, pads)]
+    grad_xp = grad_cols.new_zeros((n, *padded, c))
+    windows = sliding_windows(grad_xp, kernel, stride, dilation, out_size)
+    overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+    for _, index in window_offsets(kernel):
+        if overlap:
+            windows[index] += grad_cols[index]
+        else:  # windows never share an input position: plain copies
+            windows[index] = grad_cols[index]
+    return unpad(grad_xp, pads, spatial).movedim(-1, 1)
+
+
+class ConvNd(torch.autograd.Function):
+    """Cross-correlation with a hand-derived backward pass (any number of spatial dims)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, pads, dilation, groups):
+        kernel = tuple(weight.shape[2:])
+        cols, out_size = _window_matrix(x, kernel, stride, pads, dilation, groups)  # (G, M, KC)
+        w = _kernel_matrix(weight, groups)  # (G, O/G, KC)
+        if groups == 1:
+            out = cols[0] @ w[0].T if bias is None else torch.addmm(bias, cols[0], w[0].T)  # (M, O)
+        else:
+            out = torch.bmm(cols, w.transpose(1, 2)).transpose(0, 1).reshape(cols.shape[1], -1)  # (M, O)
+            if bias is not None:
+                out += bias
+        ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, groups, out_size)
+        ctx.cols = cols if ctx.needs_input_grad[1] else None  # reused for grad_weight
+        ctx.save_for_backward(weight)
+        return out.view(x.shape[0], *out_size, -1).movedim(-1, 1)  # (N, O, *S_out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (weight,) = ctx.saved_tensors
+        x_shape, kernel, stride, pads, dilation, groups, out_size = ctx.geometry
+        o = weight.shape[0]
+        g = grad_out.movedim(1, -1).reshape(-1, o)  # (M, O)
+        g_groups = g.view(g.shape[0], groups, o // groups).transpose(0, 1)  # (G, M, O/G)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            w = _kernel_matrix(weight, groups)  # (G, O/G, KC)
+            grad_cols = torch.bmm(g_groups, w) if groups > 1 else (g @ w[0]).unsqueeze(0)  # (G, M, KC)
+            n, c = x_shape[0], x_shape[1]
+            grad_cols = grad_cols.view(groups, n, *out_size, *kernel, c // groups)
+            grad_cols = grad_cols.movedim(0, -2).reshape(n, *out_size, *kernel, c)
+            grad_x = _col2im(grad_cols, x_shape, kernel, stride, pads, dilation, out_size)
+        if ctx.needs_input_grad[1]:
+            gw = g.T @ ctx.cols[0] if groups == 1 else torch.bmm(g_groups.transpose(1, 2), ctx.cols)
+            grad_w = gw.reshape(o, *kernel, -1).movedim(-1, 1)  # (O, C/G, *K)
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _check_conv(input: torch.Tensor, weight: torch.Tensor, bias, dims: int, groups) -> None:
+    name = f"conv{dims}d"
+    if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{name}: input and weight must be tensors, got {type(input).__name__} and {type(weight).__name__}")
+    if input.dim() not in (dims + 1, dims + 2):
+        raise ValueError(
+            f"{name}: input must have {dims + 1} (unbatched) or {dims + 2} (batched) dimensions, "
+            f"got shape {tuple(input.shape)}"
+        )
+    if weight.dim() != dims + 2:
+        raise ValueError(f"{name}: weight must have {dims + 2} dimensions (C_out, C_in/groups, *kernel), got shape {tuple(weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{name}: groups must be a positive int, got {groups!r}")
+    channels = input.shape[-dims - 1]
+    if channels % groups or weight.shape[0] % groups:
+        raise ValueError(
+            f"{name}: groups={groups} must divide both in_channels={channels} and out_channels={weight.shape[0]}"
+        )
+    if weight.shape[1] * groups != channels:
+        raise ValueError(
+            f"{name}: input has {channels} channels but weight {tuple(weight.shape)} with groups={groups} "
+            f"expects {weight.shape[1] * groups}"
+        )
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (weight.shape[0],)):
+        shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"{name}: bias must be a tensor of shape ({weight.shape[0]},), got {shape}")
+    for other, what in ((weight, "weight"), (bias, "bias")):
+        if other is not None and other.dtype != input.dtype:
+            raise TypeError(f"{name}: {what} dtype {other.dtype} differs from input dtype {input.dtype}")
+
+
+def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> torch.Tensor:
+    _check_conv(input, weight, bias, dims, groups)
+    stride = as_tuple(stride, dims, "stride", minimum=1)
+    dilation = as_tuple(dilation, dims, "dilation", minimum=1)
+    kernel = tuple(weight.shape[2:])
+    pads = conv_padding(padding, kernel, dilation, stride)
+    unbatched = input.dim() == dims + 1
+    x = input.unsqueeze(0) if unbatched else input
+    check_fits(x.shape[2:], pads, kernel, dilation, f"conv{dims}d")
+    out = ConvNd.apply(x, weight, bias, stride, pads, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def conv1d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1):
+    """1-D cross-correlation over sequences; same signature and results as ``torch.nn.functional.conv1d``.
+
+    Shape:
+        input (N, C_in, L) or (C_in, L); weight (C_out, C_in/groups, k); output (N, C_out, L_out) with
+        ``L_out = floor((L + 2*padding - dilation*(k-1) - 1) / stride) + 1``.
+    """
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 1)
+
+
+def conv2d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1):
+    """2-D cross-correlation; same signature and results as ``torch.nn.functional.conv2d``.
+
+    Args:
+        input: (N, C_in, H, W) or unbatched (C_in, H, W).
+        weight: (C_out, C_in/groups, kh, kw).
+        bias: optional (C_out,).
+        stride, dilation: int or (sh, sw), each >= 1.
+        padding: int or (ph, pw) zeros on each side, or ``'valid'`` / ``'same'``.
+        groups: split channels into this many independent blocks.
+
+    Shape:
+        output (N, C_out, H_out, W_out), ``H_out = floor((H + 2*ph - dh*(kh-1) - 1) / sh) + 1``.
+
+    Example:
+        >>> conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 2, 2)).shape
+        torch.Size([1, 1, 2, 2])
+    """
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 2)
+
+
+def conv3d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1):
+    """3-D cross-correlation over volumes; same signature and results as ``torch.nn.functional.conv3d``.
+
+    Shape:
+        input (N, C_in, D, H, W) or (C_in, D, H, W); output (N, C_out, D_out, H_out, W_out), each axis
+        ``floor((n + 2*p - d*(k-1) - 1) / s) + 1``.
+    """
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 3)
+
+
+# --- the chapter's own functions (D2L 7.2, 7.4) ---------------------------------------------
+
+
+def _check_dims(name: str, tensor, dims: int, what: str) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
+    if tensor.dim() != dims:
+        raise ValueError(f"{name} must be a {dims}-D tensor {what}, got shape {tuple(tensor.shape)}")
+
+
+def corr2d(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Two-dimensional cross-correlation of a single-channel image (D2L 7.2.1).
+
+    Shape:
+        X (n_h, n_w), K (k_h, k_w) -> (n_h - k_h + 1, n_w - k_w + 1).
+
+    Example:
+        >>> X = torch.arange(9.).view(3, 3); K = torch.arange(4.).view(2, 2)
+        >>> corr2d(X, K)
+        tensor([[19., 25.],
+                [37., 43.]])
+    """
+    _check_dims("X", X, 2, "(height, width)")
+    _check_dims("K", K, 2, "(height, width)")
+    return conv2d(X[None, None], K[None, None])[0, 0]
+
+
+def convolve2d(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Strict (mathematical) convolution: cross-correlation with the kernel flipped on both axes."""
+    _check_dims("K", K, 2, "(height, width)")
+    return corr2d(X, K.flip(0, 1))
+
+
+def corr2d_multi_in(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Cross-correlation summed over input channels (D2L 7.4.1): X (c, h, w), K (c, kh, kw) -> (h', w')."""
+    _check_dims("X", X, 3, "(channels, height, width)")
+    _check_dims("K", K, 3, "(channels, height, width)")
+    return conv2d(X, K[None])[0]
+
+
+def corr2d_multi_in_out(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """One multi-input cross-correlation per output channel (D2L 7.4.2): K (c_o, c_i, kh, kw) -> (c_o, h', w')."""
+    _check_dims("X", X, 3, "(channels, height, width)")
+    _check_dims("K", K, 4, "(out_channels, in_channels, height, width)")
+    return conv2d(X, K)
+
+
+def corr2d_multi_in_out_1x1(X: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution as a fully connected layer applied at every pixel (D2L 7.4.3).
+
+    Shape:
+        X (c_i, h, w), K (c_o, c_i, 1, 1) -> (c_o, h, w), computed as ``K (c_o, c_i) @ X (c_i, h*w)``.
+    """
+    _check_dims("X", X, 3, "(channels, height, width)")
+    _check_dims("K", K, 4, "(out_channels, in_channels, 1, 1)")
+    c_i, h, w = X.shape
+    if tuple(K.shape[1:]) != (c_i, 1, 1):
+        raise ValueError(f"K must have shape (c_o, {c_i}, 1, 1) for X with {c_i} channels, got {tuple(K.shape)}")
+    Y = K.reshape(K.shape[0], c_i) @ X.reshape(c_i, h * w)  # (c_o, h*w)
+    return Y.reshape(K.shape[0], h, w)

@@ -1,0 +1,315 @@
+"""Max, average and adaptive average pooling, from scratch (D2L 7.5).
+
+Pooling reads the same windows as cross-correlation (``sliding_windows``) but reduces
+each window per channel instead of multiplying it with a kernel. Both reductions walk the
+kernel offsets one at a time; each offset is a strided slice of the input, so no window
+matrix is ever copied:
+
+    max:  best = x[offset 0]; for each later offset: take it where it is larger (or NaN)
+    avg:  total = sum over offsets; divide by the window's element count
+
+Backward passes (hand-derived): max pooling routes each output gradient to the input
+position that won (the first maximum in scan order, as torch does); average pooling
+spreads it evenly over the window.
+
+Adaptive average pooling has windows of varying size (``start = floor(i*n/o)``,
+``end = ceil((i+1)*n/o)``), so it is written as averaging matrices, one per axis:
+``out = P_h @ X @ P_w^T`` and ``grad_X = P_h^T @ grad_out @ P_w``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .shapes import Pads, as_tuple, numel, pool_output_size
+from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
+
+__all__ = [
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool2d",
+    "pool2d",
+]
+
+IntOrTuple = int | Sequence[int]
+
+
+def _pool_geometry(name, x, dims, kernel_size, stride, padding, dilation, ceil_mode):
+    """Validate pooling arguments; return (kernel, stride, pads, dilation, out_size)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: input must be a tensor, got {type(x).__name__}")
+    if x.dim() != dims + 2:
+        raise ValueError(f"{name}: input must have {dims + 1} (unbatched) or {dims + 2} (batched) dimensions, got shape {tuple(x.shape)}")
+    kernel = as_tuple(kernel_size, dims, "kernel_size", minimum=1)
+    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else as_tuple(stride, dims, "stride", minimum=1)
+    pad = as_tuple(padding, dims, "padding", minimum=0)
+    dilation = as_tuple(dilation, dims, "dilation", minimum=1)
+    if any(p > k // 2 for p, k in zip(pad, kernel)):
+        raise ValueError(f"{name}: padding must be at most half of kernel_size, got padding={padding!r} and kernel_size={kernel_size!r}")
+    spatial = x.shape[2:]
+    out_size = tuple(pool_output_size(n, k, p, s, d, ceil_mode) for n, k, p, s, d in zip(spatial, kernel, pad, stride, dilation))
+    if any(o < 1 for o in out_size):
+        raise ValueError(
+            f"{name}: kernel_size={kernel} (dilation {dilation}) is larger than the padded input {tuple(spatial)} "
+            f"with padding {pad}: the output would be {out_size}"
+        )
+    # Windows may reach past the right padding in ceil_mode: pad enough to hold them all.
+    pads = tuple(
+        (p, max(p, (o - 1) * s + d * (k - 1) + 1 - n - p))
+        for n, k, p, s, d, o in zip(spatial, kernel, pad, stride, dilation, out_size)
+    )
+    return kernel, stride, pads, dilation, out_size
+
+
+def _batched(fn, x, dims, *args):
+    """Run ``fn`` on a batched input, adding and removing the batch axis for unbatched ones."""
+    if isinstance(x, torch.Tensor) and x.dim() == dims + 1:
+        return fn(x.unsqueeze(0), *args).squeeze(0)
+    return fn(x, *args)
+
+
+class MaxPoolNd(torch.autograd.Function):
+    """Max pooling with arg-max routing in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size):
+        windows = sliding_windows(pad_channels_last(x, pads, float("-inf")), kernel, stride, dilation, out_size)
+        best = arg = None
+        for i, index in window_offsets(kernel):
+            v = windows[index]  # (N, *S_out, C)
+            if best is None:
+                index_dtype = torch.uint8 if numel(kernel) <= 255 else torch.int32
+                best, arg = v.clone(), torch.zeros(v.shape, dtype=index_dtype, device=v.device)
+                continue
+            take = (v > best) | v.isnan()  # torch: the first maximum wins, NaN propagates
+            best = torch.where(take, v, best)
+            arg.masked_fill_(take, i)
+        ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, out_size)
+        ctx.save_for_backward(arg)
+        return best.movedim(-1, 1)  # (N, C, *S_out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (arg,) = ctx.saved_tensors
+        x_shape, kernel, stride, pads, dilation, out_size = ctx.geometry
+        g = grad_out.movedim(1, -1)  # (N, *S_out, C)
+        grad_xp, windows = _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size)
+        zero = g.new_zeros(())
+        for i, index in window_offsets(kernel):
+            windows[index] += torch.where(arg == i, g, zero)
+        return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None
+
+
+def _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size):
+    """A zero gradient buffer for the padded input and the window view onto it."""
+    n, c, *spatial = x_shape
+    padded = [s + lo + hi for s, (lo, hi) in zip(spatial, pads)]
+    grad_xp = g.new_zeros((n, *padded, c))
+    return grad_xp, sliding_windows(grad_xp, kernel, stride, dilation, out_size)
+
+
+def _avg_divisor(spatial, kernel, stride, pad, out_size, count_include_pad, like: torch.Tensor) -> torch.Tensor:
+    """Per-output-position element count of each window, as torch's ``avg_pool`` counts it.
+
+    With ``count_include_pad`` a window counts its padding zeros but not the part that
+    ceil_mode lets hang past the right padding; without it, only real input elements.
+    Returns a tensor of shape (*S_out, 1), broadcastable over (N, *S_out, C).
+    """
+    divisor = like.new_ones(())
+    for axis, (n, k, s, p, o) in enumerate(zip(spatial, kernel, stride, pad, out_size)):
+        start = torch.arange(o, device=like.device) * s - p
+        end = torch.clamp(start + k, max=n + p)
+        if not count_include_pad:
+            start, end = start.clamp(min=0), end.clamp(max=n)
+        count = (end - start).to(like.dtype)
+        shape = [1] * len(out_size)
+        shape[axis] = o
+        divisor = divisor * count.view(shape)
+    return divisor.unsqueeze(-1)
+
+
+class AvgPoolNd(torch.autograd.Function):
+    """Average pooling; the backward pass spreads each gradient evenly over its window."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, pads: Pads, out_size, divisor):
+        ones = (1,) * len(kernel)
+        windows = sliding_windows(pad_channels_last(x, pads, 0.0), kernel, stride, ones, out_size)
+        total = None
+        for _, index in window_offsets(kernel):
+            total = windows[index].clone() if total is None else total.add_(windows[index])
+        ctx.geometry = (tuple(x.shape), kernel, stride, pads, out_size)
+        ctx.save_for_backward(divisor)
+        return (total / divisor).movedim(-1, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (divisor,) = ctx.saved_tensors
+        x_shape, kernel, stride, pads, out_size = ctx.geometry
+        g = grad_out.movedim(1, -1) / divisor  # (N, *S_out, C)
+        grad_xp, windows = _zero_windows(g, x_shape, kernel, stride, pads, (1,) * len(kernel), out_size)
+        for _, index in window_offsets(kernel):
+            windows[index] += g
+        return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None
+
+
+def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    if return_indices:
+        raise ValueError("return_indices=True is not supported by cnnlab's max pooling; use return_indices=False")
+    kernel, stride, pads, dilation, out_size = _pool_geometry(f"max_pool{dims}d", x, dims, kernel_size, stride, padding, dilation, ceil_mode)
+    return MaxPoolNd.apply(x, kernel, stride, pads, dilation, out_size)
+
+
+def _avg_pool(x, dims, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    name = f"avg_pool{dims}d"
+    kernel, stride, pads, _, out_size = _pool_geometry(name, x, dims, kernel_size, stride, padding, 1, ceil_mode)
+    if divisor_override is not None:
+        if isinstance(divisor_override, bool) or not isinstance(divisor_override, int) or divisor_override < 1:
+            raise ValueError(f"{name}: divisor_override must be a positive int or None, got {divisor_override!r}")
+        divisor = x.new_full((*out_size, 1), float(divisor_override))
+    else:
+        pad = tuple(lo for lo, _ in pads)
+        divisor = _avg_divisor(x.shape[2:], kernel, stride, pad, out_size, count_include_pad, x)
+    return AvgPoolNd.apply(x, kernel, stride, pads, out_size, divisor)
+
+
+def max_pool1d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """1-D max pooling; same signature and results as ``torch.nn.functional.max_pool1d``.
+
+    Shape:
+        (N, C, L) or (C, L) -> L_out = floor_or_ceil((L + 2p - d*(k-1) - 1) / s) + 1.
+    """
+    return _batched(_max_pool, input, 1, 1, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool2d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """2-D max pooling; same signature and results as ``torch.nn.functional.max_pool2d``.
+
+    Args:
+        kernel_size: window (kh, kw). stride defaults to kernel_size.
+        padding: implicit -inf on each side, at most half the kernel.
+        dilation: spacing between window elements.
+        ceil_mode: round the output size up (the last window must start inside the input
+            or its left padding).
+
+    Shape:
+        (N, C, H, W) or (C, H, W) -> H_out = floor_or_ceil((H + 2*ph - dh*(kh-1) - 1) / sh) + 1.
+
+    Example:
+        >>> max_pool2d(torch.arange(16.).view(1, 1, 4, 4), 3, stride=2, padding=1)
+        tensor([[[[ 5.,  7.],
+                  [13., 15.]]]])
+    """
+    return _batched(_max_pool, input, 2, 2, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool3d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """3-D max pooling; same signature and results as ``torch.nn.functional.max_pool3d``."""
+    return _batched(_max_pool, input, 3, 3, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def avg_pool1d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True):
+    """1-D average pooling; same signature and results as ``torch.nn.functional.avg_pool1d``."""
+    return _batched(_avg_pool, input, 1, 1, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
+
+
+def avg_pool2d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
+    """2-D average pooling; same signature and results as ``torch.nn.functional.avg_pool2d``.
+
+    Each output is its window's sum divided by the window size; with ``count_include_pad=False``
+    the padding zeros are not counted.
+
+    Shape:
+        (N, C, H, W) or (C, H, W) -> H_out = floor_or_ceil((H + 2*ph - kh) / sh) + 1.
+    """
+    return _batched(_avg_pool, input, 2, 2, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def avg_pool3d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
+    """3-D average pooling; same signature and results as ``torch.nn.functional.avg_pool3d``."""
+    return _batched(_avg_pool, input, 3, 3, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+# --- adaptive average pooling ----------------------------------------------------------------
+
+
+def _averaging_matrix(n: int, o: int, like: torch.Tensor) -> torch.Tensor:
+    """(o, n) matrix whose row i averages input elements floor(i*n/o) .. ceil((i+1)*n/o) - 1."""
+    i = torch.arange(o, device=like.device)
+    start = (i * n) // o
+    end = -((-(i + 1) * n) // o)
+    j = torch.arange(n, device=like.device)
+    inside = (j >= start[:, None]) & (j < end[:, None])  # (o, n)
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+class AdaptiveAvgPool2d(torch.autograd.Function):
+    """out = P_h @ X @ P_w^T per (N, C) plane; grad_X = P_h^T @ grad_out @ P_w."""
+
+    @staticmethod
+    def forward(ctx, x, ph, pw):
+        ctx.save_for_backward(ph, pw)
+        return ph @ x @ pw.T  # (N, C, oh, ow)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        ph, pw = ctx.saved_tensors
+        return ph.T @ grad_out @ pw, None, None
+
+
+def adaptive_avg_pool2d(input, output_size: int | Sequence[int | None]):
+    """2-D adaptive average pooling; same results as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output cell ``i`` along an axis of length ``n`` averages input elements
+    ``floor(i*n/o)`` to ``ceil((i+1)*n/o) - 1``, so any output size works, including ones
+    that do not divide the input. ``None`` in ``output_size`` keeps that axis's size.
+
+    Shape:
+        (N, C, H, W) or (C, H, W) -> (N, C, *output_size).
+    """
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"adaptive_avg_pool2d: input must be a tensor, got {type(input).__name__}")
+    if input.dim() not in (3, 4):
+        raise ValueError(f"adaptive_avg_pool2d: input must have 3 (unbatched) or 4 (batched) dimensions, got shape {tuple(input.shape)}")
+    h, w = input.shape[-2:]
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    sizes = tuple(n if o is None else o for n, o in zip((h, w), output_size))
+    sizes = as_tuple(sizes, 2, "output_size", minimum=1)
+    if h < 1 or w < 1:
+        raise ValueError(f"adaptive_avg_pool2d: input spatial size must be at least 1x1, got {tuple(input.shape)}")
+    ph, pw = _averaging_matrix(h, sizes[0], input), _averaging_matrix(w, sizes[1], input)
+    return AdaptiveAvgPool2d.apply(input, ph, pw)
+
+
+# --- the chapter's pool2d (D2L 7.5.1) --------------------------------------------------------
+
+
+def pool2d(X: torch.Tensor, pool_size: IntOrTuple, mode: str = "max") -> torch.Tensor:
+    """Max or average pooling of a single 2-D input with stride 1 and no padding (D2L 7.5.1).
+
+    Shape:
+        X (n_h, n_w) -> (n_h - p_h + 1, n_w - p_w + 1).
+
+    Example:
+        >>> pool2d(torch.arange(9.).view(3, 3), (2, 2))
+        tensor([[4., 5.],
+                [7., 8.]])
+    """
+    if not isinstance(X, torch.Tensor) or X.dim() != 2:
+        raise ValueError(f"X must be a 2-D tensor (height, width), got {getattr(X, 'shape', type(X).__name__)}")
+    if mode == "max":
+        return max_pool2d(X[None, None], pool_size, stride=1)[0, 0]
+    if mode == "avg":
+        return avg_pool2d(X[None, None], pool_size, stride=1)[0, 0]
+    raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")

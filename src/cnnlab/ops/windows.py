@@ -1,0 +1,85 @@
+"""The one sliding-window primitive under every windowed op (D2L 7.2-7.5).
+
+Cross-correlation, convolution, max pooling and average pooling all look at the same
+thing: for every output position, the input values under a (strided, dilated) window.
+:func:`sliding_windows` returns exactly that as a *view* (no copy), built with
+``as_strided`` on a channels-last tensor::
+
+    x: (N, *S, C)  ->  windows: (N, *S_out, *K, C)
+
+Cross-correlation reshapes the view into one window matrix (a copy) for one matrix
+product; pooling reads one kernel offset at a time (``window_offsets``), which is a plain
+strided slice. The backward passes scatter into the same view of a zero gradient buffer.
+
+Channels-last (``C`` innermost) keeps each window row contiguous in memory and lets the
+convolution output come straight out of a matrix product as ``(N, *S_out, C_out)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .shapes import Pads
+
+__all__ = ["pad_channels_last", "sliding_windows", "window_offsets", "unpad"]
+
+
+def pad_channels_last(x: torch.Tensor, pads: Pads, value: float = 0.0) -> torch.Tensor:
+    """Copy ``x`` (N, C, *S) into a new channels-last buffer (N, *S_padded, C) filled with ``value``.
+
+    Without padding this is a view when ``x`` is already stored channels-last.
+    """
+    xl = x.movedim(1, -1)  # (N, *S, C), a view
+    if all(lo == 0 and hi == 0 for lo, hi in pads):
+        return xl
+    n, *spatial, c = xl.shape
+    padded = [s + lo + hi for s, (lo, hi) in zip(spatial, pads)]
+    out = xl.new_full((n, *padded, c), value)
+    unpad(out, pads, spatial).copy_(xl)
+    return out
+
+
+def unpad(xp: torch.Tensor, pads: Pads, spatial: Sequence[int]) -> torch.Tensor:
+    """The inner (unpadded) region of a channels-last buffer (N, *S_padded, C), as a view."""
+    inner = tuple(slice(lo, lo + s) for s, (lo, _) in zip(spatial, pads))
+    return xp[(slice(None), *inner)]
+
+
+def sliding_windows(
+    x: torch.Tensor,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """All windows of a channels-last tensor, as a strided view.
+
+    Args:
+        x: (N, *S, C), any strides.
+        kernel, stride, dilation: one int per spatial axis.
+        out_size: number of windows per axis; by default as many as fit,
+            ``floor((S - dilation*(K-1) - 1) / stride) + 1``.
+
+    Shape:
+        returns ``(N, *S_out, *K, C)``: ``windows[n, *o, *k, c] = x[n, *(o*stride + k*dilation), c]``.
+    """
+    n, *spatial, c = x.shape
+    if out_size is None:
+        out_size = [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(spatial, kernel, stride, dilation)]
+    sn, *ss, sc = x.stride()
+    size = (n, *out_size, *kernel, c)
+    strides = (sn, *[a * st for a, st in zip(ss, stride)], *[a * d for a, d in zip(ss, dilation)], sc)
+    return x.as_strided(size, strides, x.storage_offset())
+
+
+def window_offsets(kernel: Sequence[int]) -> Iterator[tuple[int, tuple]]:
+    """Yield ``(i, index)`` for every kernel offset, in row-major order (torch's scan order).
+
+    ``windows[index]`` is the (N, *S_out, C) slice of :func:`sliding_windows` at that offset.
+    """
+    lead = (slice(None),) * (1 + len(kernel))
+    for i, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
+        yield i, (*lead, *offset)

@@ -1,0 +1,60 @@
+"""The torch oracle: compare a cnnlab function with torch's on values and every gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (plain max error when ``expected`` is all zeros)."""
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != torch's {tuple(expected.shape)}"
+    if expected.numel() == 0:
+        return 0.0
+    actual, expected = actual.double(), expected.double()
+    if torch.isnan(expected).any() or torch.isnan(actual).any():
+        assert torch.equal(torch.isnan(actual), torch.isnan(expected)), "NaN positions differ from torch's"
+        mask = ~torch.isnan(expected)
+        actual, expected = actual[mask], expected[mask]
+        if expected.numel() == 0:
+            return 0.0
+    finite = expected[torch.isfinite(expected)]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
+    differ = actual != expected  # equal infinities count as exact
+    actual, expected = actual[differ], expected[differ]
+    if expected.numel() == 0:
+        return 0.0
+    return (actual - expected).abs().max().item() / (scale if scale > 0 else 1.0)
+
+
+def check_op(
+    ours: Callable,
+    theirs: Callable,
+    inputs: Sequence[torch.Tensor | None],
+    rtol: float = 1e-10,
+    context: str = "",
+    grad_seed: int = 0,
+) -> torch.Tensor:
+    """Run ``ours(*inputs)`` and ``theirs(*inputs)``; assert forward values and the gradient of every
+    input that requires grad agree to ``rtol`` (relative to the largest magnitude). Returns our output."""
+    def copies():
+        return [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t for t in inputs]
+
+    a, b = copies(), copies()
+    out_a, out_b = ours(*a), theirs(*b)
+    assert out_a.dtype == out_b.dtype, f"{context}: dtype {out_a.dtype} != {out_b.dtype}"
+    err = max_rel_error(out_a.detach(), out_b.detach())
+    assert err <= rtol, f"{context}: forward relative error {err:.3g} > {rtol:g}"
+    wanted = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if wanted and out_b.requires_grad:
+        gen = torch.Generator().manual_seed(987_654_321 + grad_seed)  # never a seed the inputs used
+        g = torch.randn(out_b.shape, generator=gen, dtype=torch.float64).to(out_b.dtype)
+        grads_a = torch.autograd.grad(out_a, [a[i] for i in wanted], g, allow_unused=True)
+        grads_b = torch.autograd.grad(out_b, [b[i] for i in wanted], g, allow_unused=True)
+        for i, ga, gb in zip(wanted, grads_a, grads_b):
+            ga = torch.zeros_like(a[i]) if ga is None else ga
+            gb = torch.zeros_like(b[i]) if gb is None else gb
+            err = max_rel_error(ga, gb)
+            assert err <= rtol, f"{context}: gradient of input {i} relative error {err:.3g} > {rtol:g}"
+    return out_a

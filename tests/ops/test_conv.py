@@ -1,0 +1,145 @@
+"""cnnlab.ops.conv1d/2d/3d against torch.nn.functional in float64: values and every gradient."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+from helpers import check_op, max_rel_error
+
+OURS = {1: ops.conv1d, 2: ops.conv2d, 3: ops.conv3d}
+THEIRS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CONFIGS_PER_CHUNK, CHUNKS = 60, 10  # 600 random configurations
+
+
+def random_conv_config(rng: random.Random) -> dict:
+    """One random, valid convolution: dims, channels, groups, kernel, stride, padding, dilation."""
+    dims = rng.choice([1, 2, 2, 3])
+    groups = rng.choice([1, 1, 1, 2, 3])
+    depthwise = rng.random() < 0.15
+    cg = 1 if depthwise else rng.randint(1, 3)
+    og = rng.randint(1, 3)
+    kmax, smax = (3, 2) if dims == 3 else (4, 3)
+    kernel = tuple(rng.randint(1, kmax) for _ in range(dims))
+    stride = tuple(rng.randint(1, smax) for _ in range(dims))
+    dilation = tuple(rng.randint(1, smax) for _ in range(dims))
+    choice = rng.random()
+    if choice < 0.15:
+        padding, stride = "same", (1,) * dims
+        pads = [0] * dims
+    elif choice < 0.25:
+        padding, pads = "valid", [0] * dims
+    elif choice < 0.6:
+        padding = rng.randint(0, 3)
+        pads = [padding] * dims
+    else:
+        padding = tuple(rng.randint(0, 3) for _ in range(dims))
+        pads = list(padding)
+    spatial = tuple(max(1, d * (k - 1) + 1 - 2 * p) + rng.randint(0, 6 if dims < 3 else 3) for k, d, p in zip(kernel, dilation, pads))
+    # A single-element stride/dilation tuple is how users often write 1-D arguments; ints too.
+    def as_arg(t):
+        return t[0] if dims == 1 or len(set(t)) == 1 and rng.random() < 0.5 else t
+
+    return {
+        "dims": dims, "batch": rng.randint(1, 3), "unbatched": rng.random() < 0.15,
+        "in_channels": cg * groups, "out_channels": og * groups, "groups": groups,
+        "kernel": kernel, "spatial": spatial, "bias": rng.random() < 0.7,
+        "kwargs": {"stride": as_arg(stride), "padding": padding, "dilation": as_arg(dilation), "groups": groups},
+    }
+
+
+def make_inputs(cfg: dict, dtype=torch.float64, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    lead = () if cfg["unbatched"] else (cfg["batch"],)
+    x = torch.randn(*lead, cfg["in_channels"], *cfg["spatial"], generator=gen, dtype=torch.float64)
+    w = torch.randn(cfg["out_channels"], cfg["in_channels"] // cfg["groups"], *cfg["kernel"], generator=gen, dtype=torch.float64)
+    b = torch.randn(cfg["out_channels"], generator=gen, dtype=torch.float64) if cfg["bias"] else None
+    return [t.to(dtype).requires_grad_() if t is not None else None for t in (x, w, b)]
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_conv_matches_torch_float64(chunk):
+    rng = random.Random(1000 + chunk)
+    for i in range(CONFIGS_PER_CHUNK):
+        cfg = random_conv_config(rng)
+        d, kw = cfg["dims"], cfg["kwargs"]
+        check_op(lambda x, w, b: OURS[d](x, w, b, **kw), lambda x, w, b: THEIRS[d](x, w, b, **kw),
+                 make_inputs(cfg, seed=i), rtol=1e-10, context=f"config {cfg}")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_conv_float32_within_float32_tolerance(seed):
+    cfg = random_conv_config(random.Random(seed))
+    d, kw = cfg["dims"], cfg["kwargs"]
+    check_op(lambda x, w, b: OURS[d](x, w, b, **kw), lambda x, w, b: THEIRS[d](x, w, b, **kw),
+             make_inputs(cfg, torch.float32, seed), rtol=2e-5, context=f"config {cfg}")
+
+
+def test_conv_bfloat16_close_to_float32_result():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(4, 8, 12, 12), torch.randn(16, 8, 3, 3) / 8, torch.randn(16)
+    expected = F.conv2d(x, w, b, padding=1)
+    ours = ops.conv2d(x.bfloat16(), w.bfloat16(), b.bfloat16(), padding=1)
+    assert ours.dtype == torch.bfloat16
+    assert max_rel_error(ours.float(), expected) < 2e-2
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"stride": 2, "padding": 1},
+    {"padding": "same", "dilation": 2},
+    {"stride": (1, 2), "padding": (2, 0), "dilation": (1, 2)},
+])
+def test_conv_gradcheck(kwargs):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d(x, w, b, groups=2, **kwargs), (x, w, b))
+
+
+def test_same_padding_with_even_kernel_pads_more_on_the_right():
+    x = torch.arange(5.0).view(1, 1, 5)
+    w = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])  # picks the first tap of each window
+    # total padding 3: 1 before, 2 after, so output i reads x[i - 1]
+    assert ops.conv1d(x, w, padding="same").flatten().tolist() == [0.0, 0.0, 1.0, 2.0, 3.0]
+
+
+def test_conv_skips_gradients_nobody_asked_for():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)  # no grad: the first layer's case
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = ops.conv2d(x, w, padding=1)
+    (gw,) = torch.autograd.grad(out.sum(), [w])
+    expected = torch.autograd.grad(F.conv2d(x, w, padding=1).sum(), [w])[0]
+    assert max_rel_error(gw, expected) < 1e-12
+
+
+def test_double_backward_raises_clear_error():
+    x = torch.randn(1, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(ops.conv2d(x, w).pow(2).sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.sum().backward()
+
+
+def test_conv_accepts_channels_last_and_non_contiguous_inputs():
+    x = torch.randn(2, 6, 9, 9, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    for variant in (x.to(memory_format=torch.channels_last), x[:, :, ::2, 1::2], x.transpose(2, 3)):
+        assert max_rel_error(ops.conv2d(variant, w, groups=2), F.conv2d(variant, w, groups=2)) < 1e-12
+
+
+def test_conv_output_size_formula():
+    assert ops.conv_output_size(8, 3, padding=1) == 8
+    assert ops.conv_output_size(8, 5, padding=2) == 8
+    assert ops.conv_output_size(8, 3, padding=1, stride=2) == 4
+    assert ops.conv_output_size(8, 3, padding=0, stride=3) == 2
+    assert ops.conv_output_size(8, 5, padding=1, stride=4) == 2
+    assert ops.conv_output_size(10, 3, dilation=2) == 6
+    with pytest.raises(ValueError, match="stride must be >= 1, got 0"):
+        ops.conv_output_size(8, 3, stride=0)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        ops.conv_output_size(2, 5)

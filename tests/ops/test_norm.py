@@ -1,0 +1,84 @@
+"""cnnlab.ops.batch_norm against torch.nn.functional.batch_norm in float64."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+from helpers import check_op, max_rel_error
+
+CONFIGS_PER_CHUNK, CHUNKS = 60, 10  # 600 random configurations
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_batch_norm_matches_torch_float64(chunk):
+    rng = random.Random(5000 + chunk)
+    for i in range(CONFIGS_PER_CHUNK):
+        c = rng.randint(1, 5)
+        shape = (rng.randint(2, 5), c, *(rng.randint(1, 5) for _ in range(rng.randint(0, 3))))
+        if math.prod(shape) // c < 4:  # two or three values per channel: see test_batch_norm_tiny_batch_gradient
+            shape = (4, *shape[1:])
+        training, momentum, eps = rng.random() < 0.6, rng.choice([0.1, 0.3, 1.0]), rng.choice([1e-5, 1e-3])
+        gen = torch.Generator().manual_seed(i)
+        x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 1).requires_grad_()
+        weight = torch.randn(c, generator=gen, dtype=torch.float64).requires_grad_() if rng.random() < 0.8 else None
+        bias = torch.randn(c, generator=gen, dtype=torch.float64).requires_grad_() if rng.random() < 0.8 else None
+        running = (torch.randn(c, generator=gen, dtype=torch.float64), torch.rand(c, generator=gen, dtype=torch.float64) + 0.5)
+        ours_stats, torch_stats = [t.clone() for t in running], [t.clone() for t in running]
+        check_op(lambda x, w, b: ops.batch_norm(x, *ours_stats, w, b, training, momentum, eps),
+                 lambda x, w, b: F.batch_norm(x, *torch_stats, w, b, training, momentum, eps),
+                 [x, weight, bias], context=f"shape {shape} training={training}")
+        for ours, theirs in zip(ours_stats, torch_stats):  # running estimates updated as torch does
+            assert max_rel_error(ours, theirs) <= 1e-10
+
+
+def test_batch_norm_without_running_stats_in_training():
+    x = torch.randn(8, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    check_op(lambda x: ops.batch_norm(x, None, None, training=True), lambda x: F.batch_norm(x, None, None, training=True), [x])
+
+
+def test_batch_norm_gradcheck():
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True), (x, w, b))
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.batch_norm(x, rm, rv, w, b, training=False), (x, w, b))
+
+
+def test_batch_norm_float32_and_bfloat16():
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, 5, 5)
+    expected = F.batch_norm(x, None, None, training=True)
+    assert max_rel_error(ops.batch_norm(x, None, None, training=True), expected) < 1e-5
+    assert max_rel_error(ops.batch_norm(x.bfloat16(), None, None, training=True).float(), expected) < 2e-2
+
+
+def test_batch_norm_needs_more_than_one_value_per_channel():
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ops.batch_norm(torch.randn(1, 3), None, None, training=True)
+
+
+def test_batch_norm_tiny_batch_gradient_against_long_double():
+    """With 2 values per channel x_hat = +-sqrt(var / (var + eps)), so the input gradient is
+    proportional to 1 - x_hat^2 = eps / (var + eps): a difference of nearly equal numbers. Any
+    float64 implementation (torch's too) loses ~6 digits relative to that tiny result, so this
+    case is checked against an extended-precision reference, relative to the size of the terms."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, dtype=torch.float64, generator=gen).requires_grad_()
+    w = torch.randn(3, dtype=torch.float64, generator=gen)
+    dy = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    (gx,) = torch.autograd.grad(ops.batch_norm(x, None, None, w, None, True, 0.1, 1e-5), [x], dy)
+    xl, wl, gl = (t.detach().numpy().astype(np.longdouble) for t in (x, w, dy))
+    inv = 1 / np.sqrt(xl.var(0) + 1e-5)
+    x_hat = (xl - xl.mean(0)) * inv
+    d = gl * wl
+    expected = inv * (d - d.mean(0) - x_hat * (d * x_hat).mean(0))
+    term_scale = float(np.abs(gl * wl * inv).max())
+    assert float(np.abs(gx.numpy() - expected).max()) <= 1e-14 * term_scale

@@ -1,0 +1,137 @@
+"""cnnlab's max / average / adaptive pooling against torch in float64: values and gradients."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+from helpers import check_op, max_rel_error
+
+MAX = {1: (ops.max_pool1d, F.max_pool1d), 2: (ops.max_pool2d, F.max_pool2d), 3: (ops.max_pool3d, F.max_pool3d)}
+AVG = {1: (ops.avg_pool1d, F.avg_pool1d), 2: (ops.avg_pool2d, F.avg_pool2d), 3: (ops.avg_pool3d, F.avg_pool3d)}
+CONFIGS_PER_CHUNK, CHUNKS = 60, 10  # 600 random configurations per family
+
+
+def random_pool_config(rng: random.Random, with_dilation: bool) -> dict:
+    dims = rng.choice([1, 2, 2, 3])
+    kernel = tuple(rng.randint(1, 4 if dims < 3 else 3) for _ in range(dims))
+    stride = None if rng.random() < 0.25 else tuple(rng.randint(1, 3) for _ in range(dims))
+    padding = tuple(rng.randint(0, k // 2) for k in kernel)
+    dilation = tuple(rng.randint(1, 2) for _ in range(dims)) if with_dilation else (1,) * dims
+    # torch's 3-D pooling wants the unpadded input at least as large as the kernel
+    spatial = tuple(max(1, d * (k - 1) + 1 - (2 * p if dims < 3 else 0)) + rng.randint(0, 6 if dims < 3 else 3)
+                    for k, p, d in zip(kernel, padding, dilation))
+    kwargs = {"stride": stride, "padding": padding, "ceil_mode": rng.random() < 0.5}
+    if with_dilation:
+        kwargs["dilation"] = dilation
+    return {"dims": dims, "kernel": kernel, "kwargs": kwargs, "spatial": spatial,
+            "shape": ((rng.randint(1, 3),) if rng.random() > 0.15 else ()) + (rng.randint(1, 3), *spatial),
+            "ties": rng.random() < 0.5}
+
+
+def make_input(shape, ties: bool, seed: int, dtype=torch.float64) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if ties:  # few distinct values: windows with several equal maxima
+        x = torch.randint(0, 3, shape, generator=gen).to(torch.float64)
+    else:
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return x.to(dtype).requires_grad_()
+
+
+def sees_only_padding(ours, cfg) -> bool:
+    """True when some dilated window holds padding alone. torch's max pooling then records
+    index -1 and its backward writes out of bounds (heap corruption), so such configurations
+    are compared in test_max_pool_all_padding_window instead."""
+    return bool(torch.isinf(ours(torch.zeros(cfg["shape"]), cfg["kernel"], **cfg["kwargs"])).any())
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_max_pool_matches_torch_float64(chunk):
+    rng = random.Random(2000 + chunk)
+    checked = 0
+    while checked < CONFIGS_PER_CHUNK:
+        cfg = random_pool_config(rng, with_dilation=True)
+        ours, theirs = MAX[cfg["dims"]]
+        kw = cfg["kwargs"]
+        if sees_only_padding(ours, cfg):
+            continue
+        i = checked = checked + 1
+        check_op(lambda x: ours(x, cfg["kernel"], **kw), lambda x: theirs(x, cfg["kernel"], **kw),
+                 [make_input(cfg["shape"], cfg["ties"], i)], context=f"config {cfg}")
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_avg_pool_matches_torch_float64(chunk):
+    rng = random.Random(3000 + chunk)
+    for i in range(CONFIGS_PER_CHUNK):
+        cfg = random_pool_config(rng, with_dilation=False)
+        ours, theirs = AVG[cfg["dims"]]
+        kw = dict(cfg["kwargs"], count_include_pad=rng.random() < 0.5)
+        if cfg["dims"] > 1 and rng.random() < 0.1:
+            kw["divisor_override"] = rng.randint(1, 5)
+        check_op(lambda x: ours(x, cfg["kernel"], **kw), lambda x: theirs(x, cfg["kernel"], **kw),
+                 [make_input(cfg["shape"], False, i)], context=f"config {cfg} {kw}")
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_adaptive_avg_pool_matches_torch_float64(chunk):
+    rng = random.Random(4000 + chunk)
+    for i in range(CONFIGS_PER_CHUNK):
+        h, w = rng.randint(1, 12), rng.randint(1, 12)
+        out = rng.choice([rng.randint(1, 14), (rng.randint(1, 14), rng.randint(1, 14)), (None, rng.randint(1, 5))])
+        shape = ((rng.randint(1, 3),) if rng.random() > 0.15 else ()) + (rng.randint(1, 3), h, w)
+        x = make_input(shape, False, i)
+        check_op(lambda x: ops.adaptive_avg_pool2d(x, out), lambda x: F.adaptive_avg_pool2d(x, out), [x],
+                 context=f"input {shape} output_size {out}")
+
+
+def test_max_pool_all_padding_window():
+    # H = 1, padding 1, dilation 2: every window reads the two padding rows only.
+    x = torch.randn(1, 1, 1, 4, dtype=torch.float64, requires_grad=True)
+    y = ops.max_pool2d(x, (2, 1), (3, 1), (1, 0), (2, 1))
+    assert torch.equal(y, torch.full((1, 1, 1, 4), float("-inf"), dtype=torch.float64))  # torch's values too
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))  # nothing to route to
+
+
+def test_max_pool_nan_propagates_like_torch():
+    x = torch.tensor([[[1.0, float("nan"), 3.0, 2.0, 5.0]]], dtype=torch.float64, requires_grad=True)
+    check_op(lambda x: ops.max_pool1d(x, 2, 1), lambda x: F.max_pool1d(x, 2, 1), [x])
+
+
+def test_max_pool_ties_route_to_first_maximum():
+    x = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]]], requires_grad=True)
+    ops.max_pool2d(x, 2).sum().backward()
+    assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pooling_lower_precision(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    pairs = [(ops.max_pool2d(x.to(dtype), 3, 2, 1), F.max_pool2d(x.to(dtype).float(), 3, 2, 1)),
+             (ops.avg_pool2d(x.to(dtype), 3, 2, 1), F.avg_pool2d(x.to(dtype).float(), 3, 2, 1)),
+             (ops.adaptive_avg_pool2d(x.to(dtype), 4), F.adaptive_avg_pool2d(x.to(dtype).float(), 4))]
+    for ours, expected in pairs:
+        assert ours.dtype == dtype
+        assert max_rel_error(ours.float(), expected) < tol
+
+
+def test_pool_gradcheck():
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, (3, 2), (2, 1), (1, 1), ceil_mode=True), (x,))
+    assert torch.autograd.gradcheck(lambda x: ops.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,))
+    assert torch.autograd.gradcheck(lambda x: ops.adaptive_avg_pool2d(x, (4, 5)), (x,))
+
+
+def test_pool_double_backward_raises():
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    for op in (lambda x: ops.max_pool2d(x, 2), lambda x: ops.avg_pool2d(x, 2), lambda x: ops.adaptive_avg_pool2d(x, 3)):
+        (g,) = torch.autograd.grad(op(x).pow(2).sum(), [x], create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            g.sum().backward()
