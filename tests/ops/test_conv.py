@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
+
 from helpers import check_op, max_rel_error
 
 OURS = {1: ops.conv1d, 2: ops.conv2d, 3: ops.conv3d}

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
+
 from helpers import check_op, max_rel_error
 
 CONFIGS_PER_CHUNK, CHUNKS = 60, 10  # 600 random configurations

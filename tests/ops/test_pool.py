@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
+
 from helpers import check_op, max_rel_error
 
 MAX = {1: (ops.max_pool1d, F.max_pool1d), 2: (ops.max_pool2d, F.max_pool2d), 3: (ops.max_pool3d, F.max_pool3d)}
