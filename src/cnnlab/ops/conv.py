@@ -77,10 +77,38 @@ def _col2im(grad_cols: torch.Tensor, x_shape, kernel, stride, pads: Pads, dilati
     overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
     for _, index in window_offsets(kernel):
         if overlap:
-            windows[index] += grad_cols[index]
+            windows[index].add_(grad_cols[index])
         else:  # windows never share an input position: plain copies
             windows[index] = grad_cols[index]
     return unpad(grad_xp, pads, spatial).movedim(-1, 1)
+
+
+def _planar_window_matrix(x: torch.Tensor, kernel, stride, pads: Pads, dilation):
+    """The window matrix in channels-first order, (N, C*K, L), L = prod(S_out).
+
+    Each channel plane is windowed on its own (the primitive with one channel and N*C
+    images), so the copy reads long contiguous runs along the last axis: the fast layout
+    when there are only a few input channels (a network's first layer).
+    """
+    n, c, *spatial = x.shape
+    planes = pad_channels_last(x.reshape(n * c, 1, *spatial), pads)  # (N*C, *S_pad, 1)
+    windows = sliding_windows(planes, kernel, stride, dilation)[..., 0]  # (N*C, *S_out, *K)
+    out_size = tuple(windows.shape[1 : 1 + len(kernel)])
+    d = len(kernel)
+    windows = windows.permute(0, *range(d + 1, 2 * d + 1), *range(1, d + 1))  # (N*C, *K, *S_out)
+    return windows.reshape(n, c * numel(kernel), numel(out_size)), out_size
+
+
+def _planar_col2im(grad_cols: torch.Tensor, x_shape, kernel, stride, pads: Pads, dilation, out_size) -> torch.Tensor:
+    """Channels-first col2im: grad_cols (N, C*K, L) -> (N, C, *S)."""
+    n, c, *spatial = x_shape
+    d = len(kernel)
+    grad_cols = grad_cols.view(n * c, *kernel, *out_size).permute(0, *range(d + 1, 2 * d + 1), *range(1, d + 1))
+    return _col2im(grad_cols.unsqueeze(-1), (n * c, 1, *spatial), kernel, stride, pads, dilation, out_size).view(x_shape)
+
+
+# Below this many input channels (groups == 1) the window matrix is built channels-first.
+PLANAR_MAX_CHANNELS = 4
 
 
 class ConvNd(torch.autograd.Function):
@@ -89,40 +117,50 @@ class ConvNd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, pads, dilation, groups):
         kernel = tuple(weight.shape[2:])
-        cols, out_size = _window_matrix(x, kernel, stride, pads, dilation, groups)  # (G, M, KC)
-        w = _kernel_matrix(weight, groups)  # (G, O/G, KC)
-        if groups == 1:
-            out = cols[0] @ w[0].T if bias is None else torch.addmm(bias, cols[0], w[0].T)  # (M, O)
-        else:
-            out = torch.bmm(cols, w.transpose(1, 2)).transpose(0, 1).reshape(cols.shape[1], -1)  # (M, O)
+        planar = groups == 1 and x.shape[1] < PLANAR_MAX_CHANNELS
+        if planar:
+            cols, out_size = _planar_window_matrix(x, kernel, stride, pads, dilation)  # (N, CK, L)
+            out = weight.reshape(weight.shape[0], -1) @ cols  # (N, O, L)
             if bias is not None:
-                out += bias
-        ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, groups, out_size)
+                out += bias[:, None]
+            out = out.view(x.shape[0], -1, *out_size)
+        else:
+            cols, out_size = _window_matrix(x, kernel, stride, pads, dilation, groups)  # (G, M, KC)
+            w = _kernel_matrix(weight, groups)  # (G, O/G, KC)
+            if groups == 1:
+                out = cols[0] @ w[0].T if bias is None else torch.addmm(bias, cols[0], w[0].T)  # (M, O)
+            else:
+                out = torch.bmm(cols, w.transpose(1, 2)).transpose(0, 1).reshape(cols.shape[1], -1)  # (M, O)
+                if bias is not None:
+                    out += bias
+            out = out.view(x.shape[0], *out_size, -1).movedim(-1, 1)  # (N, O, *S_out)
+        ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, groups, out_size, planar)
         ctx.cols = cols if ctx.needs_input_grad[1] else None  # reused for grad_weight
         ctx.save_for_backward(weight)
-        return out.view(x.shape[0], *out_size, -1).movedim(-1, 1)  # (N, O, *S_out)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         (weight,) = ctx.saved_tensors
-        x_shape, kernel, stride, pads, dilation, groups, out_size = ctx.geometry
-        o = weight.shape[0]
-        g = grad_out.movedim(1, -1).reshape(-1, o)  # (M, O)
-        g_groups = g.view(g.shape[0], groups, o // groups).transpose(0, 1)  # (G, M, O/G)
+        x_shape, kernel, stride, pads, dilation, groups, out_size, planar = ctx.geometry
+        n, o = x_shape[0], weight.shape[0]
+        g = grad_out.reshape(n, groups, o // groups, -1)  # (N, G, O/G, L)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            w = _kernel_matrix(weight, groups)  # (G, O/G, KC)
-            grad_cols = torch.bmm(g_groups, w) if groups > 1 else (g @ w[0]).unsqueeze(0)  # (G, M, KC)
-            n, c = x_shape[0], x_shape[1]
-            grad_cols = grad_cols.view(groups, n, *out_size, *kernel, c // groups)
-            grad_cols = grad_cols.movedim(0, -2).reshape(n, *out_size, *kernel, c)
-            grad_x = _col2im(grad_cols, x_shape, kernel, stride, pads, dilation, out_size)
+            # grad of each window = W^T @ grad_out, in channels-first order; then col2im
+            w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G*K)
+            grad_cols = (w.transpose(1, 2) @ g).view(n, -1, g.shape[-1])  # (N, C*K, L)
+            grad_x = _planar_col2im(grad_cols, x_shape, kernel, stride, pads, dilation, out_size)
         if ctx.needs_input_grad[1]:
-            gw = g.T @ ctx.cols[0] if groups == 1 else torch.bmm(g_groups.transpose(1, 2), ctx.cols)
-            grad_w = gw.reshape(o, *kernel, -1).movedim(-1, 1)  # (O, C/G, *K)
+            if planar:  # sum over the batch of (O, L) @ (L, C*K)
+                grad_w = torch.bmm(g[:, 0], ctx.cols.transpose(1, 2)).sum(0).view_as(weight)
+            else:  # one product over all M = N*L window positions: (O/G, M) @ (M, K*C/G)
+                gm = grad_out.movedim(1, -1).reshape(-1, groups, o // groups).transpose(0, 1)  # (G, M, O/G)
+                gw = torch.bmm(gm.transpose(1, 2), ctx.cols)  # (G, O/G, K*C/G)
+                grad_w = gw.reshape(o, *kernel, -1).movedim(-1, 1)  # (O, C/G, *K)
         if ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)
+            grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
         return grad_x, grad_w, grad_b, None, None, None, None
 
 

@@ -32,53 +32,72 @@ def _channel_view(t: torch.Tensor, dims: int) -> torch.Tensor:
     return t.view(1, -1, *([1] * (dims - 2)))
 
 
+def _channel_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every axis but 1: (N, C, *S) -> (C,). Inner axes first, where memory is contiguous."""
+    if t.dim() > 2 and t.is_contiguous():
+        return t.view(t.shape[0], t.shape[1], -1).sum(-1).sum(0)
+    return t.sum([0, *range(2, t.dim())])
+
+
 class BatchNorm(torch.autograd.Function):
-    """Normalise with given per-channel statistics; ``training`` says whether they came from this batch."""
+    """Normalise with given per-channel statistics; ``training`` says whether they came from this batch.
+
+    Saves ``x - mean`` (what the forward pass computes anyway) rather than ``x_hat``.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, training):
-        ctx.training = training
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
         dims = x.dim()
-        x_hat = (x - _channel_view(mean, dims)) * _channel_view(invstd, dims)
-        y = x_hat
-        if weight is not None:
-            y = y * _channel_view(weight, dims)
-        if bias is not None:
-            y = y + _channel_view(bias, dims)
-        ctx.save_for_backward(x_hat, weight, invstd)
+        if training:  # batch statistics, two passes (exact in float64)
+            m = x.numel() // x.shape[1]
+            mean = _channel_sum(x) / m
+            centred = x - _channel_view(mean, dims)
+            var = _channel_sum(centred * centred) / m
+            _update_running(running_mean, running_var, mean, var, m, momentum)
+        else:
+            mean, var = running_mean.to(x.dtype), running_var.to(x.dtype)
+            centred = x - _channel_view(mean, dims)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight  # (C,)
+        shift = torch.zeros_like(scale) if bias is None else bias
+        y = torch.addcmul(_channel_view(shift, dims), centred, _channel_view(scale, dims))  # centred * scale + shift
+        ctx.training = training
+        ctx.save_for_backward(centred, weight, invstd)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x_hat, weight, invstd = ctx.saved_tensors
-        training = ctx.training
+        centred, weight, invstd = ctx.saved_tensors
         dims = grad_out.dim()
-        axes = [0, *range(2, dims)]
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(axes)
-        need_xhat_sum = ctx.needs_input_grad[1] or (training and ctx.needs_input_grad[0])
-        dot = (grad_out * x_hat).sum(axes) if need_xhat_sum else None  # sum(dy * x_hat) per channel
-        if ctx.needs_input_grad[1]:
-            grad_w = dot
+        sum_dy = _channel_sum(grad_out) if (ctx.needs_input_grad[2] or ctx.training) else None
+        need_dot = ctx.needs_input_grad[1] or (ctx.training and ctx.needs_input_grad[0])
+        dot = _channel_sum(grad_out * centred) * invstd if need_dot else None  # sum(dy * x_hat) per channel
         if ctx.needs_input_grad[0]:
             scale = invstd if weight is None else invstd * weight  # (C,)
-            if training:
+            if ctx.training:
+                # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), as dy*scale + centred*k1 + k0
                 m = grad_out.numel() // grad_out.shape[1]
-                sum_dy = grad_b if grad_b is not None else grad_out.sum(axes)
-                # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat))
-                grad_x = (grad_out - _channel_view(sum_dy / m, dims) - x_hat * _channel_view(dot / m, dims)) * _channel_view(scale, dims)
+                k1 = -scale * invstd * dot / m
+                k0 = -scale * sum_dy / m
+                grad_x = torch.addcmul(_channel_view(k0, dims), centred, _channel_view(k1, dims))
+                grad_x.addcmul_(grad_out, _channel_view(scale, dims))
             else:
                 grad_x = grad_out * _channel_view(scale, dims)
-        return grad_x, grad_w, grad_b, None, None, None
+        if ctx.needs_input_grad[1]:
+            grad_w = dot
+        if ctx.needs_input_grad[2]:
+            grad_b = sum_dy
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-def _statistics(x: torch.Tensor):
-    """Per-channel mean and biased variance over every axis but 1 (one pass over the data)."""
-    axes = [0, *range(2, x.dim())]
-    var, mean = torch.var_mean(x, dim=axes, correction=0)
-    return mean, var
+def _update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:
+    """running = (1 - momentum) * running + momentum * statistic; the variance unbiased (m - 1)."""
+    if running_mean is not None:
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+    if running_var is not None:
+        running_var.mul_(1 - momentum).add_((var * (m / (m - 1))).to(running_var.dtype), alpha=momentum)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5):
@@ -111,15 +130,6 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         m = input.numel() // c if c else 0
         if m <= 1:
             raise ValueError(f"batch_norm: training needs more than 1 value per channel, got input shape {tuple(input.shape)}")
-        with torch.no_grad():
-            mean, var = _statistics(input.detach())
-            if running_mean is not None:
-                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            if running_var is not None:
-                running_var.mul_(1 - momentum).add_((var * (m / (m - 1))).to(running_var.dtype), alpha=momentum)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("batch_norm: running_mean and running_var are required when training=False")
-        mean, var = running_mean.to(input.dtype), running_var.to(input.dtype)
-    invstd = torch.rsqrt(var + eps)
-    return BatchNorm.apply(input, weight, bias, mean, invstd, training)
+    elif running_mean is None or running_var is None:
+        raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+    return BatchNorm.apply(input, weight, bias, running_mean, running_var, training, momentum, eps)

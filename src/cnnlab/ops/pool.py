@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from .shapes import Pads, as_tuple, numel, pool_output_size
+from .shapes import Pads, as_tuple, pool_output_size
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
 __all__ = [
@@ -76,36 +76,61 @@ def _batched(fn, x, dims, *args):
 
 
 class MaxPoolNd(torch.autograd.Function):
-    """Max pooling with arg-max routing in the backward pass."""
+    """Max pooling with arg-max routing in the backward pass.
+
+    The forward pass keeps only the values (``torch.maximum`` per kernel offset, which
+    propagates NaN as torch's max pooling does). The backward pass finds the winner of each
+    window again: the first offset, in scan order, whose value equals the maximum; that
+    position receives the gradient. Windows whose maximum is NaN follow torch exactly
+    (the last NaN wins) through the slower ``_nan_winners``.
+    """
 
     @staticmethod
     def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size):
-        windows = sliding_windows(pad_channels_last(x, pads, float("-inf")), kernel, stride, dilation, out_size)
-        best = arg = None
-        for i, index in window_offsets(kernel):
-            v = windows[index]  # (N, *S_out, C)
-            if best is None:
-                index_dtype = torch.uint8 if numel(kernel) <= 255 else torch.int32
-                best, arg = v.clone(), torch.zeros(v.shape, dtype=index_dtype, device=v.device)
-                continue
-            take = (v > best) | v.isnan()  # torch: the first maximum wins, NaN propagates
-            best = torch.where(take, v, best)
-            arg.masked_fill_(take, i)
+        xp = pad_channels_last(x, pads, float("-inf"))  # (N, *S_pad, C)
+        windows = sliding_windows(xp, kernel, stride, dilation, out_size)  # (N, *S_out, *K, C)
+        best = None
+        for _, index in window_offsets(kernel):
+            best = windows[index].clone() if best is None else torch.maximum(best, windows[index], out=best)
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, out_size)
-        ctx.save_for_backward(arg)
+        ctx.save_for_backward(xp, best)
         return best.movedim(-1, 1)  # (N, C, *S_out)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        (arg,) = ctx.saved_tensors
+        xp, best = ctx.saved_tensors
         x_shape, kernel, stride, pads, dilation, out_size = ctx.geometry
+        windows = sliding_windows(xp, kernel, stride, dilation, out_size)
         g = grad_out.movedim(1, -1)  # (N, *S_out, C)
-        grad_xp, windows = _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size)
-        zero = g.new_zeros(())
+        grad_xp, grad_windows = _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size)
+        winners = _nan_winners(windows, kernel, best) if best.isnan().any() else None
+        unclaimed, zero = None, g.new_zeros(())  # unclaimed: windows whose winner is still to be found
         for i, index in window_offsets(kernel):
-            windows[index] += torch.where(arg == i, g, zero)
+            hit = windows[index] == best if winners is None else winners == i
+            if unclaimed is None:
+                unclaimed = ~hit
+            else:
+                hit &= unclaimed
+                unclaimed &= ~hit
+            grad_windows[index].add_(torch.where(hit, g, zero))
         return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None
+
+
+def _nan_winners(windows: torch.Tensor, kernel, best: torch.Tensor) -> torch.Tensor:
+    """Offset index of each window's winner exactly as torch scans: a later value wins when it
+    is larger or NaN (so the last NaN). Returns an int tensor shaped like ``best``."""
+    winners = torch.zeros(best.shape, dtype=torch.int32, device=best.device)
+    running = None
+    for i, index in window_offsets(kernel):
+        v = windows[index]
+        if running is None:
+            running = v.clone()
+            continue
+        take = (v > running) | v.isnan()
+        running = torch.where(take, v, running)
+        winners.masked_fill_(take, i)
+    return winners
 
 
 def _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size):
@@ -158,15 +183,29 @@ class AvgPoolNd(torch.autograd.Function):
         g = grad_out.movedim(1, -1) / divisor  # (N, *S_out, C)
         grad_xp, windows = _zero_windows(g, x_shape, kernel, stride, pads, (1,) * len(kernel), out_size)
         for _, index in window_offsets(kernel):
-            windows[index] += g
+            windows[index].add_(g)
         return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None
+
+
+def _in_own_layout(pool, x: torch.Tensor, *args) -> torch.Tensor:
+    """Run a pooling Function in the memory layout ``x`` already has.
+
+    Pooling treats channels independently, so a channels-first input is pooled as N*C
+    single-channel planes (long contiguous rows, gradient in the same layout), and a
+    channels-last one as it is stored.
+    """
+    n, c, *spatial = x.shape
+    if x.movedim(1, -1).is_contiguous() and c > 1:
+        return pool.apply(x, *args)
+    out = pool.apply(x.reshape(n * c, 1, *spatial), *args)  # (N*C, 1, *S_out)
+    return out.view(n, c, *out.shape[2:])
 
 
 def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     if return_indices:
         raise ValueError("return_indices=True is not supported by cnnlab's max pooling; use return_indices=False")
     kernel, stride, pads, dilation, out_size = _pool_geometry(f"max_pool{dims}d", x, dims, kernel_size, stride, padding, dilation, ceil_mode)
-    return MaxPoolNd.apply(x, kernel, stride, pads, dilation, out_size)
+    return _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size)
 
 
 def _avg_pool(x, dims, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -179,7 +218,7 @@ def _avg_pool(x, dims, kernel_size, stride, padding, ceil_mode, count_include_pa
     else:
         pad = tuple(lo for lo, _ in pads)
         divisor = _avg_divisor(x.shape[2:], kernel, stride, pad, out_size, count_include_pad, x)
-    return AvgPoolNd.apply(x, kernel, stride, pads, out_size, divisor)
+    return _in_own_layout(AvgPoolNd, x, kernel, stride, pads, out_size, divisor)
 
 
 def max_pool1d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False):
@@ -253,18 +292,30 @@ def _averaging_matrix(n: int, o: int, like: torch.Tensor) -> torch.Tensor:
 
 
 class AdaptiveAvgPool2d(torch.autograd.Function):
-    """out = P_h @ X @ P_w^T per (N, C) plane; grad_X = P_h^T @ grad_out @ P_w."""
+    """out = P_h @ X @ P_w^T per (N, C) plane; grad_X = P_h^T @ grad_out @ P_w.
+
+    Global pooling (output 1x1) is a plain mean, and its gradient ``grad_out / (H*W)``
+    spread over the plane.
+    """
 
     @staticmethod
-    def forward(ctx, x, ph, pw):
+    def forward(ctx, x, out_size):
+        (h, w), (oh, ow) = x.shape[-2:], out_size
+        ctx.sizes = (h, w, oh, ow)
+        if oh == ow == 1:
+            return x.mean((-2, -1), keepdim=True)
+        ph, pw = _averaging_matrix(h, oh, x), _averaging_matrix(w, ow, x)
         ctx.save_for_backward(ph, pw)
         return ph @ x @ pw.T  # (N, C, oh, ow)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
+        h, w, oh, ow = ctx.sizes
+        if oh == ow == 1:
+            return (grad_out / (h * w)).expand(*grad_out.shape[:-2], h, w).contiguous(), None
         ph, pw = ctx.saved_tensors
-        return ph.T @ grad_out @ pw, None, None
+        return ph.T @ grad_out @ pw, None
 
 
 def adaptive_avg_pool2d(input, output_size: int | Sequence[int | None]):
@@ -288,8 +339,7 @@ def adaptive_avg_pool2d(input, output_size: int | Sequence[int | None]):
     sizes = as_tuple(sizes, 2, "output_size", minimum=1)
     if h < 1 or w < 1:
         raise ValueError(f"adaptive_avg_pool2d: input spatial size must be at least 1x1, got {tuple(input.shape)}")
-    ph, pw = _averaging_matrix(h, sizes[0], input), _averaging_matrix(w, sizes[1], input)
-    return AdaptiveAvgPool2d.apply(input, ph, pw)
+    return AdaptiveAvgPool2d.apply(input, sizes)
 
 
 # --- the chapter's pool2d (D2L 7.5.1) --------------------------------------------------------

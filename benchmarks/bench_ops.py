@@ -1,0 +1,139 @@
+"""Scratch ops against torch's own kernels, side by side in one run.
+
+For each layer shape of LeNet, AlexNet, VGG and ResNet (batch 64-256): the median time of
+the forward pass and of forward + backward, for cnnlab.ops and torch.nn.functional, and
+their ratio (scratch / torch; lower is better, 1.0 = as fast as torch). The first layer of
+a network needs no input gradient, so those rows ask for none, as training does.
+
+    python benchmarks/bench_ops.py [--runs 5] [--threads 2] [--only conv]
+
+Writes the table to benchmarks/results/ops.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+
+
+def conv(cin, cout, k, hw, n, stride=1, padding=0, input_grad=True):
+    x = torch.randn(n, cin, hw, hw, requires_grad=input_grad)
+    w = (torch.randn(cout, cin, k, k) / (cin * k * k) ** 0.5).requires_grad_()
+    b = torch.zeros(cout, requires_grad=True)
+    return (x, w, b), {"stride": stride, "padding": padding}, ops.conv2d, F.conv2d
+
+
+def pool(kind, c, hw, n, k, stride, padding=0):
+    x = torch.randn(n, c, hw, hw, requires_grad=True)
+    ours, theirs = (ops.max_pool2d, F.max_pool2d) if kind == "max" else (ops.avg_pool2d, F.avg_pool2d)
+    return (x,), {"kernel_size": k, "stride": stride, "padding": padding}, ours, theirs
+
+
+def adaptive(c, hw, n, out):
+    x = torch.randn(n, c, hw, hw, requires_grad=True)
+    return (x,), {"output_size": out}, ops.adaptive_avg_pool2d, F.adaptive_avg_pool2d
+
+
+def bn(shape):
+    x = torch.randn(shape, requires_grad=True)
+    c = shape[1]
+    w, b = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
+    rm, rv = torch.zeros(c), torch.ones(c)
+    return (x, rm, rv, w, b), {"training": True}, ops.batch_norm, F.batch_norm
+
+
+CASES = [
+    ("LeNet conv1 1->6 5x5 p2 28x28 (first layer)", "conv", lambda: conv(1, 6, 5, 28, 256, padding=2, input_grad=False)),
+    ("LeNet avgpool 2x2 s2 6x28x28", "pool", lambda: pool("avg", 6, 28, 256, 2, 2)),
+    ("LeNet conv2 6->16 5x5 14x14", "conv", lambda: conv(6, 16, 5, 14, 256)),
+    ("LeNet avgpool 2x2 s2 16x10x10", "pool", lambda: pool("avg", 16, 10, 256, 2, 2)),
+    ("LeNet maxpool 2x2 s2 6x28x28", "pool", lambda: pool("max", 6, 28, 256, 2, 2)),
+    ("AlexNet conv1 1->96 11x11 s4 224 (first layer)", "conv", lambda: conv(1, 96, 11, 224, 64, stride=4, padding=1, input_grad=False)),
+    ("AlexNet maxpool 3x3 s2 96x54x54", "pool", lambda: pool("max", 96, 54, 64, 3, 2)),
+    ("AlexNet conv2 96->256 5x5 p2 26x26", "conv", lambda: conv(96, 256, 5, 26, 64, padding=2)),
+    ("AlexNet conv3 256->384 3x3 p1 12x12", "conv", lambda: conv(256, 384, 3, 12, 64, padding=1)),
+    ("VGG-11/4 conv 32->64 3x3 p1 56x56", "conv", lambda: conv(32, 64, 3, 56, 64, padding=1)),
+    ("VGG maxpool 2x2 s2 64x56x56", "pool", lambda: pool("max", 64, 56, 64, 2, 2)),
+    ("ResNet stem maxpool 3x3 s2 p1 64x48x48", "pool", lambda: pool("max", 64, 48, 64, 3, 2, 1)),
+    ("ResNet conv 64->64 3x3 p1 24x24", "conv", lambda: conv(64, 64, 3, 24, 64, padding=1)),
+    ("ResNet conv 128->128 3x3 p1 12x12", "conv", lambda: conv(128, 128, 3, 12, 64, padding=1)),
+    ("ResNet conv 256->256 3x3 p1 6x6", "conv", lambda: conv(256, 256, 3, 6, 64, padding=1)),
+    ("ResNet shortcut 1x1 s2 64->128 24x24", "conv", lambda: conv(64, 128, 1, 24, 64, stride=2)),
+    ("ResNet global avgpool 512x3x3", "pool", lambda: adaptive(512, 3, 64, 1)),
+    ("NiN adaptive avgpool 10x5x5 -> 1", "pool", lambda: adaptive(10, 5, 128, 1)),
+    ("BatchNorm2d 64x24x24", "norm", lambda: bn((64, 64, 24, 24))),
+    ("BatchNorm1d 120 (BN-LeNet)", "norm", lambda: bn((256, 120))),
+]
+
+
+def median_ms(fn, runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):  # the allocator and page faults settle over the first calls
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def measure(make, runs: int) -> list[float]:
+    inputs, kwargs, ours, theirs = make()
+    results = []
+    for op in (ours, theirs):
+        def forward(op=op):
+            with torch.no_grad():
+                op(*inputs, **kwargs)
+
+        def forward_backward(op=op):
+            out = op(*inputs, **kwargs)
+            out.backward(torch.ones_like(out))
+            for t in inputs:
+                t.grad = None
+
+        results.append((median_ms(forward, runs), median_ms(forward_backward, runs)))
+    (of, ob), (tf, tb) = results
+    return [of, tf, of / tf, ob, tb, ob / tb]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="timed runs per measurement (median reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
+    parser.add_argument("--only", default="", help="run only cases whose kind or name contains this")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ops.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    header = "| layer (batch 256 for LeNet, 64 otherwise) | fwd scratch ms | fwd torch ms | fwd ratio | fwd+bwd scratch ms | fwd+bwd torch ms | fwd+bwd ratio |"
+    lines = [header, "|" + " --- |" * 7]
+    print(header)
+    ratios = []
+    for name, kind, make in CASES:
+        if args.only and args.only not in kind and args.only not in name:
+            continue
+        row = measure(make, args.runs)
+        ratios.append(row[5])
+        line = f"| {name} | {row[0]:.2f} | {row[1]:.2f} | {row[2]:.2f}x | {row[3]:.2f} | {row[4]:.2f} | {row[5]:.2f}x |"
+        print(line, flush=True)
+        lines.append(line)
+    geo = statistics.geometric_mean(ratios) if ratios else float("nan")
+    summary = (f"\nGeometric mean of the fwd+bwd ratios: {geo:.2f}x over {len(ratios)} layers. "
+               f"Median of {args.runs} runs after three warm-up runs, float32, {args.threads} threads, "
+               f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads.")
+    print(summary)
+    if not args.only:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("# Scratch ops vs torch (time ratio, lower is better)\n\n" + "\n".join(lines) + "\n" + summary + "\n")
+
+
+if __name__ == "__main__":
+    main()
