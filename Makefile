@@ -1,0 +1,38 @@
+# The two commands a newcomer needs:  make run  (train LeNet on Fashion-MNIST)  and  make test.
+# Each makes or reuses .venv and installs what the project needs by itself.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# This machine has a CPU build of torch 2.13.0 on disk; users with GPUs may set TORCH_SPEC.
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench lint system clean
+
+run: $(STAMP) system
+	$(PY) -m cnnlab train
+
+test: $(STAMP) system
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest
+
+bench: $(STAMP) system
+	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_train.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# System packages (Debian's Fashion-MNIST, Chromium for the explorer's browser test), when root with apt.
+system:
+	@bash scripts/install-system.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,224 @@
+"""The ``cnnlab`` command line: ``cnnlab <command> ...`` and ``python -m cnnlab <command> ...``.
+
+    train      train a model (default: the book's LeNet on Fashion-MNIST for 10 epochs)
+    evaluate   test accuracy, per-class accuracy and confusion matrix of a run
+    predict    classify image files with a run's model
+    data       where each data set was found, or fetch one
+
+The training flags are derived from :class:`cnnlab.train.TrainConfig`, one per field.
+Heavy imports (torch, matplotlib) happen inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import types
+import typing
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _field_type(annotation) -> type:
+    """The argparse type of a dataclass field annotated ``int``, ``float | None``, ``'str | None'``..."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {}, {})  # noqa: S307 (our own annotations: builtins only)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from .train.config import CHOICES, PRESETS, TrainConfig
+
+    parser.add_argument("model", nargs="?", default=None, help="model name (default: lenet); see 'cnnlab train --list'")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model":
+            continue
+        kind = _field_type(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=help_text)
+    parser.add_argument("--resume", metavar="RUN", help="continue a run folder from its last checkpoint")
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (launches torchrun)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="one JSON object per epoch and a summary, instead of text")
+    parser.add_argument("--list", action="store_true", help="list models with their presets and exit")
+    parser.epilog = "presets: " + "; ".join(f"{m}: " + ", ".join(f"{k}={v}" for k, v in p.items()) for m, p in PRESETS.items())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_torchrun(argv: list[str], nproc: int) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine (loopback)."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+               f"--master-port={_free_port()}", "-m", "cnnlab", *rest]
+    return subprocess.call(command)
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from .models import list_models
+    from .train import PRESETS, fit, resolve_config
+
+    if args.list:
+        for name in list_models():
+            print(f"{name:14s} " + ", ".join(f"{k}={v}" for k, v in PRESETS.get(name, {}).items()))
+        return 0
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(argv, args.nproc)
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in {"model", "resume", "nproc", "quiet", "json", "list", "command", "func"} and v is not None}
+    if args.resume:
+        result = fit(resume=args.resume, quiet=args.quiet, json_lines=args.json, **overrides)
+    else:
+        config = resolve_config(args.model or "lenet", **overrides)
+        result = fit(config, quiet=args.quiet, json_lines=args.json)
+    return 130 if result.status == "interrupted" else 0
+
+
+def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    from .data import Batches, load_dataset
+    from .train import load_run_model
+    from .viz import confusion_matrix
+
+    model, meta = load_run_model(args.run)
+    data = load_dataset(meta["dataset"], args.data_dir, image_size=meta["image_size"] if meta["dataset"].startswith("folder:") else None)
+    batches = Batches(data.test_images, data.test_labels, 1024, mean=meta["mean"], std=meta["std"], normalize=meta["normalize"],
+                      image_size=meta["image_size"] if meta["image_size"] != data.image_shape[-1] else None)
+    with torch.no_grad():
+        predicted = torch.cat([model(x).argmax(1) for x, _, _ in batches.epoch(0)])
+    labels = data.test_labels
+    matrix = confusion_matrix(labels, predicted, len(meta["classes"]))
+    per_class = (matrix.diag().float() / matrix.sum(1).clamp_min(1)).tolist()
+    accuracy = (predicted == labels).float().mean().item()
+    if args.json:
+        print(json.dumps({"run": str(args.run), "test_acc": accuracy, "count": len(labels),
+                          "per_class": dict(zip(meta["classes"], per_class)), "confusion": matrix.tolist()}))
+        return 0
+    print(f"{args.run}: {meta['model']} on {data.name}: test accuracy {accuracy:.4f} ({int((predicted == labels).sum())}/{len(labels)})")
+    width = max(len(c) for c in meta["classes"])
+    print("\nper-class accuracy")
+    for name, acc in zip(meta["classes"], per_class):
+        print(f"  {name:<{width}}  {acc:.3f}")
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    print(" " * (width + 2) + " ".join(f"{i:>5}" for i in range(len(meta["classes"]))))
+    for i, name in enumerate(meta["classes"]):
+        print(f"  {name:<{width}}" + " ".join(f"{int(v):>5}" for v in matrix[i]))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    from .data import preprocess, read_image
+    from .train import load_run_model
+
+    model, meta = load_run_model(args.run)
+    size = meta["image_size"]
+    results = []
+    for path in args.images:
+        image = read_image(path, meta["in_channels"], (size, size))
+        x = preprocess(image[None], meta["mean"], meta["std"], meta["normalize"], None)
+        with torch.no_grad():
+            probs = torch.softmax(model(x)[0].float(), 0)
+        top = probs.topk(min(args.top, len(probs)))
+        results.append({"image": str(path), "predictions": [{"class": meta["classes"][i], "index": int(i), "probability": float(p)}
+                                                             for p, i in zip(top.values, top.indices)]})
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0]))
+        return 0
+    for r in results:
+        print(r["image"])
+        for p in r["predictions"]:
+            print(f"  {p['probability']:7.2%}  {p['class']}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
+    from .data import SPECS, download, locate, search_dirs
+
+    names = [args.name] if args.name else list(SPECS)
+    for name in names:
+        if name not in SPECS:
+            raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(SPECS)}")
+        spec = SPECS[name]
+        found = locate(spec, args.data_dir)
+        if found is None and args.fetch:
+            found = download(spec, progress=True)
+        print(f"{name:14s} " + (f"found: {found}" if found else "not found; looked in: " + ", ".join(map(str, search_dirs(name, args.data_dir)))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="cnnlab", description="Convolutional neural networks from first principles.")
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model on an image data set")
+    _add_train_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run")
+    evaluate.add_argument("run", type=Path, help="run folder")
+    evaluate.add_argument("--data-dir", default=None, help="look here first for the data set")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="classify image files with a run's model")
+    predict.add_argument("run", type=Path, help="run folder")
+    predict.add_argument("images", nargs="+", type=Path, help="image files (any size and mode)")
+    predict.add_argument("--top", type=int, default=3, help="classes to show per image")
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(func=cmd_predict)
+
+    data = sub.add_parser("data", help="where each data set was found, or fetch one")
+    data.add_argument("name", nargs="?", default=None)
+    data.add_argument("--fetch", action="store_true", help="download it into the user cache if not found")
+    data.add_argument("--data-dir", default=None)
+    data.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, argv)
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, ConnectionError, RuntimeError) as err:
+        print(f"cnnlab: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

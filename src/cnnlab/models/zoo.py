@@ -1,0 +1,1 @@
+"""Placeholder for the larger families (filled by the model-zoo work)."""

@@ -1,0 +1,103 @@
+"""The training configuration: one typed dataclass, per-model presets, and CLI flags derived from it.
+
+A run resolves its configuration as: dataclass defaults <- the model's preset <- explicit
+choices (CLI flags or keyword arguments). The resolved configuration is written to the run
+folder as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PRESETS", "TrainConfig", "resolve_config"]
+
+
+@dataclass
+class TrainConfig:
+    model: str = field(default="lenet", metadata={"help": "model name (cnnlab.models.list_models())"})
+    dataset: str = field(default="fashion-mnist", metadata={"help": "fashion-mnist, mnist, cifar10 or folder:PATH"})
+    data_dir: str | None = field(default=None, metadata={"help": "look here first for the data set's files"})
+    epochs: int = field(default=10, metadata={"help": "passes over the training set"})
+    batch_size: int = field(default=256, metadata={"help": "global batch size (split across processes)"})
+    lr: float = field(default=0.9, metadata={"help": "learning rate (peak, for schedules)"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd, adam or adamw"})
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty (decoupled for adamw)"})
+    schedule: str = field(default="none", metadata={"help": "learning-rate schedule: none, step or cosine (per step)"})
+    step_epochs: int = field(default=3, metadata={"help": "step schedule: epochs between drops"})
+    gamma: float = field(default=0.1, metadata={"help": "step schedule: factor per drop"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    image_size: int | None = field(default=None, metadata={"help": "resize images to this side (default: the model's input size)"})
+    normalize: bool = field(default=False, metadata={"help": "subtract the data set's mean and divide by its std (the book only scales to [0, 1])"})
+    augment: bool = field(default=False, metadata={"help": "random crop (padding 2 for 28px, 4 otherwise) and horizontal flip"})
+    backend: str = field(default="scratch", metadata={"help": "scratch (cnnlab's own ops) or torch"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads)"})
+    amp: bool = field(default=False, metadata={"help": "mixed precision (CUDA only)"})
+    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for inputs and model"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    seed: int = field(default=0, metadata={"help": "seed for weights, shuffling and augmentation (a CPU run repeats exactly)"})
+    out: str | None = field(default=None, metadata={"help": "run folder (default runs/<model>-<dataset>-<time>)"})
+    tensorboard: bool = field(default=False, metadata={"help": "write TensorBoard event files to the run folder"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "batch size for evaluation"})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# The book's recipes (shared/REFERENCE.md) and this project's modern LeNet.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lenet": {"lr": 0.9, "batch_size": 256, "epochs": 10},
+    "bn-lenet": {"lr": 1.0, "batch_size": 256, "epochs": 10},
+    "lenet-modern": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "batch_size": 128, "epochs": 10,
+                     "schedule": "cosine", "normalize": True, "augment": True, "label_smoothing": 0.1},
+    "alexnet": {"lr": 0.01, "batch_size": 128, "epochs": 10, "image_size": 224},
+    "vgg11": {"lr": 0.05, "batch_size": 128, "epochs": 10, "image_size": 224},
+    "vgg16": {"lr": 0.05, "batch_size": 128, "epochs": 10, "image_size": 224},
+    "nin": {"lr": 0.1, "batch_size": 128, "epochs": 10, "image_size": 224},
+    "googlenet": {"lr": 0.1, "batch_size": 128, "epochs": 10, "image_size": 96},
+    "resnet18": {"lr": 0.05, "batch_size": 256, "epochs": 10, "image_size": 96},
+    "resnet34": {"lr": 0.05, "batch_size": 256, "epochs": 10, "image_size": 96},
+    "densenet": {"lr": 0.1, "batch_size": 256, "epochs": 10, "image_size": 96},
+}
+
+CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "step", "cosine"),
+           "backend": ("scratch", "torch"), "device": ("auto", "cpu", "cuda")}
+
+
+def resolve_config(model: str = "lenet", **overrides: Any) -> TrainConfig:
+    """Defaults <- the model's preset <- ``overrides`` (None values are ignored), validated."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    values = {**PRESETS.get(model, {}), **{k: v for k, v in overrides.items() if v is not None}, "model": model}
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ValueError naming the option, its value and what is allowed."""
+    for name, allowed in CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {getattr(config, name)!r}")
+    for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not config.lr > 0:
+        raise ValueError(f"lr must be > 0, got {config.lr}")
+    if config.image_size is not None and config.image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {config.image_size}")
+    if not 0 <= config.label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")

@@ -1,0 +1,379 @@
+"""fit(): train a model on an image data set, end to end, into a run folder (D2L's train_ch6, grown up).
+
+    1) resolve the configuration, join torchrun's process group if there is one
+    2) load the data into memory; build the model (seeded) and the optimiser; resume if asked
+    3) for each epoch: batches -> forward -> loss -> backward -> step, one progress bar;
+       evaluate on the test split; write metrics.csv, model.safetensors and checkpoint.pt
+    4) draw curves.png, predictions.png and confusion.png
+
+Exact resumption: the shuffling, the augmentation and the dropout masks of every step are
+seeded by (seed, epoch, step), and the checkpoint holds the model, optimiser and schedule, so
+a resumed CPU run ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import Batches, load_dataset
+from ..data.loader import step_seed
+from ..models import create_model, model_info
+from . import checkpoint as ckpt
+from .config import TrainConfig, resolve_config
+from .distributed import Dist, setup
+
+__all__ = ["RunResult", "TrainingError", "evaluate", "fit", "load_run_model"]
+
+# What a resumed run may change (the rest would make the checkpoint's optimiser state meaningless).
+RESUME_CHANGEABLE = {"epochs", "lr", "threads", "device", "data_dir", "eval_batch_size", "tensorboard", "compile"}
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "examples_per_s", "epoch_s", "elapsed_s"]
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: a NaN or infinite loss. The message names epoch and step."""
+
+
+@dataclass
+class RunResult:
+    folder: Path | None
+    history: list[dict] = field(default_factory=list)
+    status: str = "completed"  # completed, interrupted
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def _device(config: TrainConfig, dist: Dist) -> torch.device:
+    kind = config.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        def factor(step: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    elif config.schedule == "step":
+        def factor(step: int) -> float:
+            return config.gamma ** (step // (config.step_epochs * steps_per_epoch))
+    else:
+        def factor(step: int) -> float:
+            return 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _metadata(config: TrainConfig, data, image_size: int) -> dict:
+    return {"model": config.model, "backend": config.backend, "classes": data.classes, "dataset": data.name,
+            "in_channels": data.image_shape[0], "image_size": image_size, "normalize": config.normalize,
+            "mean": list(data.mean), "std": list(data.std), "format": "cnnlab-run-1"}
+
+
+def _default_folder(config: TrainConfig) -> Path:
+    dataset = config.dataset.replace("folder:", "folder-").replace("/", "_").strip("_")
+    return Path("runs") / f"{config.model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, dist: Dist | None = None, device=None) -> dict:
+    """Accuracy and mean loss over a split; with ``dist`` the counts are summed over processes."""
+    was_training = model.training
+    model.eval()
+    correct = total = loss = 0.0
+    for x, y, _ in batches.epoch(0):
+        logits = model(x)
+        loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += len(y)
+    if dist is not None:
+        correct, total, loss = dist.sum([correct, total, loss], device)
+    model.train(was_training)
+    return {"acc": correct / max(total, 1), "loss": loss / max(total, 1), "count": int(total)}
+
+
+class _Interrupt:
+    """Turn SIGINT into a flag checked between steps (a second Ctrl-C stops at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _Printer:
+    """Epoch lines (or JSON lines) on stdout from rank 0; a tqdm bar on a terminal."""
+
+    def __init__(self, enabled: bool, quiet: bool, json_lines: bool):
+        self.enabled, self.quiet, self.json = enabled, quiet, json_lines
+
+    def bar(self, total: int, initial: int, desc: str):
+        from tqdm import tqdm
+
+        show = self.enabled and not self.quiet and not self.json and sys.stderr.isatty()
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
+
+    def say(self, text: str) -> None:
+        if self.enabled and not self.json:
+            print(text, flush=True)
+
+    def record(self, row: dict, epochs: int) -> None:
+        if not self.enabled:
+            return
+        if self.json:
+            print(json.dumps({"event": "epoch", **row}), flush=True)
+        else:
+            print(f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.3f}  "
+                  f"test acc {row['test_acc']:.3f}  {row['examples_per_s']:,.0f} ex/s  {row['elapsed_s']:.1f} s", flush=True)
+
+
+def _metrics_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+def fit(config: TrainConfig | None = None, *, resume: str | Path | None = None, quiet: bool = False,
+        json_lines: bool = False, **overrides) -> RunResult:
+    """Train as ``config`` says (or ``resolve_config(**overrides)``); resume from a run folder if given.
+
+    Returns the run folder and the per-epoch history. Raises :class:`TrainingError` on a NaN or
+    infinite loss, after keeping the last good checkpoint.
+    """
+    # 1) configuration and processes
+    state = None
+    if resume is not None:
+        folder = Path(resume)
+        state = ckpt.load_checkpoint(folder)
+        config = TrainConfig.from_json(folder / "config.json")
+        changed = {k: v for k, v in overrides.items() if v is not None and v != getattr(config, k, None)}
+        fixed = set(changed) - RESUME_CHANGEABLE
+        if fixed:
+            raise ValueError(f"cannot change {', '.join(sorted(fixed))} when resuming {folder}; "
+                             f"changeable: {', '.join(sorted(RESUME_CHANGEABLE))}")
+        for key, value in changed.items():
+            setattr(config, key, value)
+        state["lr_override"] = "lr" in changed
+    elif config is None:
+        config = resolve_config(**overrides)
+    device_kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+    dist = setup(device_kind)
+    device = _device(config, dist)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    folder = Path(resume) if resume is not None else Path(config.out) if config.out else _default_folder(config)
+    config.out = str(folder)
+    printer = _Printer(dist.main, quiet, json_lines)
+    try:
+        return _train(config, state, folder, dist, device, printer)
+    finally:
+        dist.close()
+
+
+def _train(config: TrainConfig, state: dict | None, folder: Path, dist: Dist, device, printer: _Printer) -> RunResult:
+    # 2) data, model, optimiser
+    if dist.main:
+        data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size if config.dataset.startswith("folder:") else None,
+                            progress=not printer.quiet)
+    dist.barrier()
+    if not dist.main:
+        data = load_dataset(config.dataset, config.data_dir, fetch=False,
+                            image_size=config.image_size if config.dataset.startswith("folder:") else None)
+    image_size = config.image_size or model_info(config.model)["input_size"]
+    pad = 0 if not config.augment else (2 if image_size <= 32 and data.image_shape[-1] <= 28 else 4)
+    common = {"mean": data.mean, "std": data.std, "normalize": config.normalize, "device": device,
+              "image_size": image_size if image_size != data.image_shape[-1] else None, "channels_last": config.channels_last,
+              "rank": dist.rank, "world_size": dist.world_size}
+    train = Batches(data.train_images, data.train_labels, config.batch_size, shuffle=True, seed=config.seed,
+                    augment_pad=pad, flip=config.augment, **common)
+    test = Batches(data.test_images, data.test_labels, config.eval_batch_size, **common)
+
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend=config.backend).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(config, model.parameters())
+    schedule = _schedule(config, optimizer, len(train))
+    history: list[dict] = []
+    start_epoch, start_step, partial = 1, 0, [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, count, train seconds
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if state.get("lr_override"):  # a new peak learning rate from here on
+            schedule.base_lrs = [config.lr for _ in schedule.base_lrs]
+            for group in optimizer.param_groups:
+                group["initial_lr"] = config.lr
+                group["lr"] = config.lr * schedule.lr_lambdas[0](schedule.last_epoch)
+        history = [dict(row) for row in state["history"]]
+        start_epoch, start_step, partial = state["epoch"], state["step"], list(state["partial"])
+    net = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+    metadata = _metadata(config, data, image_size)
+    if dist.main:
+        folder.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text(folder / "config.json", config.to_json() + "\n")
+        if state is None:
+            printer.say(f"training {config.model} ({sum(p.numel() for p in model.parameters()):,} parameters, backend "
+                        f"{config.backend}) on {data.name} ({len(data.train_labels):,} train / {len(data.test_labels):,} test, "
+                        f"from {data.source}) on {device}, {torch.get_num_threads()} threads -> {folder}")
+        else:
+            printer.say(f"resuming {folder} at epoch {start_epoch}, step {start_step}")
+
+    def save(epoch: int, step: int, partial_sums) -> None:
+        if dist.main:
+            ckpt.save_checkpoint(folder, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "schedule": schedule.state_dict(), "epoch": epoch, "step": step,
+                                          "partial": list(partial_sums), "history": history, "format": "cnnlab-checkpoint-1"})
+
+    writer = _tensorboard(config, folder, dist)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=config.label_smoothing)
+    elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+    started = time.perf_counter() - elapsed_before - (partial[3] if start_step else 0.0)
+
+    # 3) epochs
+    with _Interrupt() as interrupt:
+        for epoch in range(start_epoch, config.epochs + 1):
+            net.train()
+            sums = partial if epoch == start_epoch else [0.0, 0.0, 0.0, 0.0]
+            first = start_step if epoch == start_epoch else 0
+            with printer.bar(len(train), first, f"epoch {epoch}/{config.epochs}") as bar:
+                for step, (x, y, global_count) in enumerate(train.epoch(epoch, first), start=first):
+                    if interrupt.requested:
+                        save(epoch, step, sums)
+                        printer.say(f"interrupted: checkpoint saved at epoch {epoch}, step {step}; "
+                                    f"continue with: cnnlab train --resume {folder}")
+                        return RunResult(folder, history, "interrupted")
+                    tick = time.perf_counter()
+                    torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout masks
+                    with torch.autocast(device.type, enabled=config.amp and device.type == "cuda"):
+                        logits = net(x)
+                        loss_sum = loss_fn(logits.float(), y)
+                    # each process's share of the global mean: DDP averages over processes
+                    scaled = loss_sum * (dist.world_size / global_count)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(scaled).backward()
+                    stats = dist.sum([loss_sum.item(), (logits.argmax(1) == y).sum().item(), len(y)], device)
+                    if not math.isfinite(stats[0]):
+                        raise TrainingError(f"the loss became {stats[0]} at epoch {epoch}, step {step}; stopped. The last good "
+                                            f"checkpoint is kept in {folder}" + (f" (end of epoch {history[-1]['epoch']})" if history else ""))
+                    scaler.step(optimizer)
+                    scaler.update()
+                    schedule.step()
+                    sums = [sums[0] + stats[0], sums[1] + stats[1], sums[2] + stats[2], sums[3] + time.perf_counter() - tick]
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}", acc=f"{sums[1] / max(sums[2], 1):.3f}")
+                    if writer is not None:
+                        writer.add_scalar("step/loss", stats[0] / max(stats[2], 1), (epoch - 1) * len(train) + step)
+            result = evaluate(net, test, dist, device)
+            row = {"epoch": epoch, "train_loss": sums[0] / sums[2], "train_acc": sums[1] / sums[2], "test_acc": result["acc"],
+                   "lr": optimizer.param_groups[0]["lr"], "examples_per_s": sums[2] / max(sums[3], 1e-9), "epoch_s": sums[3],
+                   "elapsed_s": time.perf_counter() - started}
+            history.append(row)
+            printer.record(row, config.epochs)
+            if dist.main:
+                ckpt.write_text(folder / "metrics.csv", _metrics_csv(history))
+                ckpt.save_weights(folder, model.state_dict(), metadata)
+                save(epoch + 1, 0, [0.0, 0.0, 0.0, 0.0])
+                if writer is not None:
+                    _tensorboard_epoch(writer, model, row, x)
+
+    # 4) figures
+    if dist.main:
+        _figures(model, test, data, folder, history)
+        if printer.json:
+            print(json.dumps({"event": "summary", "folder": str(folder), **history[-1]}), flush=True)
+        else:
+            printer.say(f"done: test accuracy {history[-1]['test_acc']:.4f} after {history[-1]['epoch']} epochs, "
+                        f"{history[-1]['elapsed_s']:.0f} s; run folder {folder}")
+    if writer is not None:
+        writer.close()
+    return RunResult(folder, history)
+
+
+def _tensorboard(config: TrainConfig, folder: Path, dist: Dist):
+    if not (config.tensorboard and dist.main):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(folder / "tensorboard"))
+
+
+def _tensorboard_epoch(writer, model: nn.Module, row: dict, sample: torch.Tensor) -> None:
+    epoch = row["epoch"]
+    for key in ("train_loss", "train_acc", "test_acc", "lr", "examples_per_s"):
+        writer.add_scalar(f"epoch/{key}", row[key], epoch)
+    for name, p in model.named_parameters():
+        writer.add_histogram(f"weights/{name}", p.detach().cpu(), epoch)
+        if p.grad is not None:
+            writer.add_histogram(f"grads/{name}", p.grad.detach().cpu(), epoch)
+
+
+@torch.no_grad()
+def _figures(model: nn.Module, test: Batches, data, folder: Path, history: list[dict]) -> None:
+    from ..viz import confusion_matrix, plot_confusion, plot_curves, plot_predictions
+
+    model.eval()
+    predicted = torch.cat([model(x).argmax(1).cpu() for x, _, _ in test.epoch(0)])
+    labels = data.test_labels[: len(predicted)]
+    plot_curves(history, folder / "curves.png", title=f"{model.__class__.__name__} on {data.name}")
+    show = torch.arange(min(32, len(labels)))
+    plot_predictions(data.test_images[show], labels[show].tolist(), predicted[show].tolist(), data.classes, folder / "predictions.png")
+    matrix = confusion_matrix(labels, predicted, len(data.classes))
+    plot_confusion(matrix, data.classes, folder / "confusion.png", title=f"test accuracy {(labels == predicted).float().mean():.3f}")
+
+
+def load_run_model(run: str | Path, device="cpu", backend: str | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a run's model from ``model.safetensors`` (weights + metadata); returns (model in eval mode, metadata)."""
+    state, meta = ckpt.load_weights(run)
+    if "model" not in meta:
+        raise ValueError(f"{run}: weights carry no cnnlab metadata (model name, classes); was it written by cnnlab?")
+    model = create_model(meta["model"], num_classes=len(meta["classes"]), in_channels=meta["in_channels"],
+                         backend=backend or meta.get("backend", "scratch"))
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
