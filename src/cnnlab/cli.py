@@ -4,6 +4,7 @@
     evaluate   test accuracy, per-class accuracy and confusion matrix of a run
     predict    classify image files with a run's model
     data       where each data set was found, or fetch one
+    summary    per-layer shapes, parameters, multiply-adds and receptive fields of any model
 
 The training flags are derived from :class:`cnnlab.train.TrainConfig`, one per field.
 Heavy imports (torch, matplotlib) happen inside the commands, so ``--help`` is instant.
@@ -175,6 +176,38 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _load_any_model(spec: str):
+    """A zoo name, a run folder, or ``package.module:factory`` (a callable returning an nn.Module)."""
+    import importlib
+
+    from .models import create_model, list_models, model_info
+
+    if Path(spec).is_dir():
+        from .train import load_run_model
+
+        model, meta = load_run_model(spec)
+        return model, (meta["in_channels"], meta["image_size"], meta["image_size"])
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        return (factory() if callable(factory) and not hasattr(factory, "forward") else factory), None
+    if spec not in list_models():
+        raise ValueError(f"{spec!r} is not a model name ({', '.join(list_models())}), a run folder or package.module:factory")
+    size = model_info(spec)["input_size"]
+    return create_model(spec, backend="torch"), (1, size, size)
+
+
+def cmd_summary(args: argparse.Namespace, argv: list[str]) -> int:
+    from .analysis import RENDERERS, summary
+
+    model, default_input = _load_any_model(args.model)
+    input_size = args.input or default_input
+    if input_size is None:
+        raise ValueError("--input is required for a module.path:factory model, e.g. --input 3x32x32")
+    print(RENDERERS[args.format](summary(model, input_size, depth=args.depth)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -198,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=3, help="classes to show per image")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=cmd_predict)
+
+    summ = sub.add_parser("summary", help="per-layer shapes, parameters, multiply-adds and receptive fields")
+    summ.add_argument("model", help="model name, run folder, or package.module:factory")
+    summ.add_argument("--input", default=None, help="input size CxHxW, e.g. 1x28x28 (default: the model's)")
+    summ.add_argument("--depth", type=int, default=None, help="show modules at this nesting depth instead of every leaf")
+    summ.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    summ.set_defaults(func=cmd_summary)
 
     data = sub.add_parser("data", help="where each data set was found, or fetch one")
     data.add_argument("name", nargs="?", default=None)

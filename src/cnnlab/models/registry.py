@@ -7,6 +7,7 @@ norm through cnnlab's own operations and ``backend="torch"`` through PyTorch's.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from torch import nn
@@ -64,8 +65,10 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
 
 
+# Model families in the book's order; importing one registers its models.
+FAMILIES = ("lenet", "alexnet", "vgg", "nin", "googlenet", "resnet", "densenet")
+
+
 def _load_families() -> None:
-    from . import (
-        lenet,  # noqa: F401  (each import registers its family)
-        zoo,  # noqa: F401
-    )
+    for family in FAMILIES:
+        importlib.import_module(f"{__package__}.{family}")

@@ -1,0 +1,7 @@
+"""cnnlab.analysis: per-layer summary (shapes, parameters, multiply-adds) and receptive fields of any nn.Module."""
+
+from .receptive import Field, FieldTracker
+from .summary import RENDERERS, LayerRow, Summary, receptive_field_for_unit, summary, to_csv, to_json, to_markdown, to_table
+
+__all__ = ["RENDERERS", "Field", "FieldTracker", "LayerRow", "Summary", "receptive_field_for_unit", "summary", "to_csv",
+           "to_json", "to_markdown", "to_table"]

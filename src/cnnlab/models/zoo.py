@@ -1,1 +1,0 @@
-"""Placeholder for the larger families (filled by the model-zoo work)."""

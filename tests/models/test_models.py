@@ -1,0 +1,207 @@
+"""The model zoo, parametrised over the registry: shapes, parameter counts against independent plain
+PyTorch builds, no NaN, learning on a fixed batch, and scratch == torch backends in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.models import create_model, list_models, model_info
+
+SMALL = {"vgg11": {"ratio": 8}, "vgg16": {"ratio": 8}}  # keep the big ones light in tests
+
+
+# --- independent plain-PyTorch builds (written from the book, not from cnnlab's code) -----------
+
+def plain_lenet():
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Sigmoid(),
+                         nn.AvgPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
+                         nn.Linear(84, 10))
+
+
+def plain_bn_lenet():
+    return nn.Sequential(nn.Conv2d(1, 6, 5), nn.BatchNorm2d(6), nn.Sigmoid(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5),
+                         nn.BatchNorm2d(16), nn.Sigmoid(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(256, 120),
+                         nn.BatchNorm1d(120), nn.Sigmoid(), nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(), nn.Linear(84, 10))
+
+
+def plain_alexnet():
+    return nn.Sequential(nn.Conv2d(1, 96, 11, 4, 1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(),
+                         nn.MaxPool2d(3, 2), nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 384, 3, padding=1),
+                         nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
+                         nn.Linear(6400, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
+
+
+def plain_vgg(arch, ratio):
+    layers, c = [], 1
+    for n, out in arch:
+        for _ in range(n):
+            layers += [nn.Conv2d(c, out // ratio, 3, padding=1), nn.ReLU()]
+            c = out // ratio
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 49, 4096), nn.Linear(4096, 4096), nn.Linear(4096, 10))
+
+
+def plain_nin():
+    def block(i, o, k, s, p):
+        return [nn.Conv2d(i, o, k, s, p), nn.Conv2d(o, o, 1), nn.Conv2d(o, o, 1)]
+    return nn.Sequential(*block(1, 96, 11, 4, 0), *block(96, 256, 5, 1, 2), *block(256, 384, 3, 1, 1), *block(384, 10, 3, 1, 1))
+
+
+def plain_inception(i, c1, c2, c3, c4):
+    return [nn.Conv2d(i, c1, 1), nn.Conv2d(i, c2[0], 1), nn.Conv2d(c2[0], c2[1], 3), nn.Conv2d(i, c3[0], 1),
+            nn.Conv2d(c3[0], c3[1], 5), nn.Conv2d(i, c4, 1)]
+
+
+def plain_googlenet():
+    cfg = [(192, 64, (96, 128), (16, 32), 32), (256, 128, (128, 192), (32, 96), 64), (480, 192, (96, 208), (16, 48), 64),
+           (512, 160, (112, 224), (24, 64), 64), (512, 128, (128, 256), (24, 64), 64), (512, 112, (144, 288), (32, 64), 64),
+           (528, 256, (160, 320), (32, 128), 128), (832, 256, (160, 320), (32, 128), 128), (832, 384, (192, 384), (48, 128), 128)]
+    layers = [nn.Conv2d(1, 64, 7), nn.Conv2d(64, 64, 1), nn.Conv2d(64, 192, 3)]
+    for c in cfg:
+        layers += plain_inception(*c)
+    return nn.Sequential(*layers, nn.Linear(1024, 10))
+
+
+def plain_resnet(depths):
+    layers, c = [nn.Conv2d(1, 64, 7), nn.BatchNorm2d(64)], 64
+    for i, (d, out) in enumerate(zip(depths, (64, 128, 256, 512))):
+        for j in range(d):
+            layers += [nn.Conv2d(c, out, 3), nn.BatchNorm2d(out), nn.Conv2d(out, out, 3), nn.BatchNorm2d(out)]
+            if j == 0 and i > 0:
+                layers.append(nn.Conv2d(c, out, 1))
+            c = out
+    return nn.Sequential(*layers, nn.Linear(512, 10))
+
+
+def plain_densenet():
+    layers, c = [nn.Conv2d(1, 64, 7), nn.BatchNorm2d(64)], 64
+    for i in range(4):
+        for _ in range(4):
+            layers += [nn.BatchNorm2d(c), nn.Conv2d(c, 32, 3)]
+            c += 32
+        if i < 3:
+            layers += [nn.BatchNorm2d(c), nn.Conv2d(c, c // 2, 1)]
+            c //= 2
+    return nn.Sequential(*layers, nn.BatchNorm2d(c), nn.Linear(c, 10))
+
+
+PLAIN = {
+    "lenet": plain_lenet, "bn-lenet": plain_bn_lenet, "alexnet": plain_alexnet,
+    "vgg11": lambda: plain_vgg(((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)), 8),
+    "vgg16": lambda: plain_vgg(((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)), 8),
+    "nin": plain_nin, "googlenet": plain_googlenet, "resnet18": lambda: plain_resnet((2, 2, 2, 2)),
+    "resnet34": lambda: plain_resnet((3, 4, 6, 3)), "densenet": plain_densenet,
+}
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_the_chapters_models():
+    assert list_models() == ["lenet", "bn-lenet", "lenet-modern", "alexnet", "vgg11", "vgg16", "nin", "googlenet",
+                             "resnet18", "resnet34", "densenet"]
+
+
+@pytest.mark.parametrize("name", [n for n in PLAIN])
+def test_parameter_count_equals_an_independent_plain_build(name):
+    assert count(create_model(name, **SMALL.get(name, {}))) == count(PLAIN[name]())
+
+
+def test_lenet_has_the_books_61706_parameters():
+    assert count(create_model("lenet")) == 61_706
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_output_shape_and_no_nan(name):
+    torch.manual_seed(0)
+    size = model_info(name)["input_size"]
+    model = create_model(name, num_classes=7, in_channels=3, **SMALL.get(name, {})).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+def shapes_of(model: nn.Module, x: torch.Tensor, kinds) -> list[tuple]:
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:]))) for m in model.modules() if isinstance(m, kinds)]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+def test_reference_layer_shapes():
+    from cnnlab import nn as cnn
+
+    x28, x224, x96 = torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 224, 224), torch.zeros(1, 1, 96, 96)
+    lenet = shapes_of(create_model("lenet"), x28, (cnn.Conv2d, cnn.AvgPool2d, nn.Flatten, nn.Linear))
+    assert lenet == [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5), (400,), (120,), (84,), (10,)]
+    alex = shapes_of(create_model("alexnet"), x224, (cnn.Conv2d, cnn.MaxPool2d, nn.Flatten, nn.Linear))
+    assert alex == [(96, 54, 54), (96, 26, 26), (256, 26, 26), (256, 12, 12), (384, 12, 12), (384, 12, 12), (256, 12, 12),
+                    (256, 5, 5), (6400,), (4096,), (4096,), (10,)]
+    vgg = create_model("vgg11")
+    assert shapes_of(vgg.features, x224, (nn.Sequential,))[:-1] == [(64, 112, 112), (128, 56, 56), (256, 28, 28), (512, 14, 14), (512, 7, 7)]
+    assert shapes_of(vgg.classifier, torch.zeros(1, 512, 7, 7), (nn.Flatten, nn.Linear)) == [(25088,), (4096,), (4096,), (10,)]
+    nin = create_model("nin")
+    blocks = shapes_of(nin.net, x224, (nn.Sequential, cnn.MaxPool2d, cnn.AdaptiveAvgPool2d, nn.Flatten))
+    assert blocks[:-1] == [(96, 54, 54), (96, 26, 26), (256, 26, 26), (256, 12, 12), (384, 12, 12), (384, 5, 5), (10, 5, 5),
+                           (10, 1, 1), (10,)]
+    g = shapes_of(create_model("googlenet").features, x96, (nn.Sequential,))
+    assert g[-6:-1] == [(64, 24, 24), (192, 12, 12), (480, 6, 6), (832, 3, 3), (1024,)]
+    r = create_model("resnet18")
+    assert shapes_of(r.features, x96, (nn.Sequential,))[-6:-1] == [(64, 24, 24), (64, 24, 24), (128, 12, 12), (256, 6, 6), (512, 3, 3)]
+
+
+def test_reference_block_shapes():
+    from cnnlab.models.densenet import DenseBlock, transition_block
+    from cnnlab.models.resnet import Residual
+
+    assert Residual(3, 6, use_1x1conv=True, strides=2)(torch.rand(4, 3, 6, 6)).shape == (4, 6, 3, 3)
+    assert DenseBlock(2, 3, 10)(torch.randn(4, 3, 8, 8)).shape == (4, 23, 8, 8)
+    assert transition_block(23, 10)(torch.randn(4, 23, 8, 8)).shape == (4, 10, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["lenet", "bn-lenet", "lenet-modern", "nin", "resnet18", "densenet"])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(name):
+    torch.manual_seed(0)
+    size = min(model_info(name)["input_size"], 64 if name != "nin" else 96)
+    model = create_model(name)
+    x, y = torch.randn(16, 1, size, size), torch.arange(16) % 10
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_scratch_and_torch_backends_agree_in_float64(name):
+    torch.manual_seed(0)
+    kwargs = SMALL.get(name, {})
+    scratch = create_model(name, backend="scratch", **kwargs).double()
+    reference = create_model(name, backend="torch", **kwargs).double()
+    reference.load_state_dict(scratch.state_dict())  # one state_dict for both
+    size = {"alexnet": 67, "vgg11": 32, "vgg16": 32, "nin": 67}.get(name, min(model_info(name)["input_size"], 64))
+    if name in ("alexnet", "vgg11", "vgg16"):  # their classifiers expect 224 inputs: compare the features
+        scratch, reference = scratch.features, reference.features
+    x = torch.randn(3, 1, size, size, dtype=torch.float64)
+    for m in (scratch, reference):
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = 0.0
+    a, b = scratch(x), reference(x)
+    assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+    g = torch.randn_like(a)
+    grads_a = torch.autograd.grad(a, list(scratch.parameters()), g)
+    grads_b = torch.autograd.grad(b, list(reference.parameters()), g)
+    for ga, gb in zip(grads_a, grads_b):
+        assert torch.allclose(ga, gb, rtol=1e-8, atol=1e-10)
