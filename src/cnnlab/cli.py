@@ -5,6 +5,8 @@
     predict    classify image files with a run's model
     data       where each data set was found, or fetch one
     summary    per-layer shapes, parameters, multiply-adds and receptive fields of any model
+    viz        kernels, feature maps and receptive fields as pictures
+    tour       the chapter's worked examples, computed by cnnlab.ops and checked
 
 The training flags are derived from :class:`cnnlab.train.TrainConfig`, one per field.
 Heavy imports (torch, matplotlib) happen inside the commands, so ``--help`` is instant.
@@ -208,6 +210,70 @@ def cmd_summary(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _run_input(meta: dict, image: Path | None, test_index: int | None, data_dir=None):
+    """The picture to look at, as stored (C, H, W) uint8, and the model's input (1, C, S, S)."""
+    from .data import load_dataset, preprocess, read_image
+
+    size = meta["image_size"]
+    if image is not None:
+        picture = read_image(image, meta["in_channels"], (size, size))
+    else:
+        data = load_dataset(meta["dataset"], data_dir, fetch=False)
+        if not 0 <= test_index < len(data.test_labels):
+            raise ValueError(f"--test-index must be in 0..{len(data.test_labels) - 1}, got {test_index}")
+        picture = data.test_images[test_index]
+    x = preprocess(picture[None], meta["mean"], meta["std"], meta["normalize"], size)
+    return picture, x
+
+
+def cmd_viz(args: argparse.Namespace, argv: list[str]) -> int:
+    import torch
+
+    from .train import load_run_model
+    from .viz import inside
+
+    model, meta = load_run_model(args.run)
+    out = Path(args.out or Path(args.run) / f"{args.what}.png")
+    if args.what == "kernels":
+        layer = args.layer or inside.conv_layers(model)[0]
+        modules = dict(model.named_modules())
+        if layer not in modules or not isinstance(modules[layer], torch.nn.Conv2d):
+            raise ValueError(f"--layer must name a convolution; choose one of: {', '.join(inside.conv_layers(model))}")
+        inside.plot_kernels(modules[layer].weight, out, title=f"{meta['model']} {layer} kernels")
+    else:
+        if (args.image is None) == (args.test_index is None):
+            raise ValueError("give exactly one of --image PATH or --test-index K")
+        picture, x = _run_input(meta, args.image, args.test_index, args.data_dir)
+        layers = args.layers.split(",") if getattr(args, "layers", None) else inside.window_layers(model)
+        if args.what == "receptive":
+            layers = [args.layer]
+        logits, maps = inside.activations(model, x, layers)
+        probs = torch.softmax(logits.float(), 0)
+        guess = f"predicted {meta['classes'][int(probs.argmax())]} ({float(probs.max()):.1%})"
+        if args.what == "features":
+            inside.plot_features(picture, maps, out, title=f"{meta['model']}: {guess}")
+        else:
+            from .analysis import receptive_field_for_unit
+
+            unit = tuple(int(v) for v in args.unit.split(","))
+            field = receptive_field_for_unit(model, tuple(x.shape[1:]), args.layer, unit)
+            (y0, y1), (x0, x1) = field["clipped"]
+            inside.plot_receptive(x[0] if picture.shape[-1] != x.shape[-1] else picture, field, out,
+                                  title=f"{args.layer} unit {unit}: rows {y0}-{y1}, columns {x0}-{x1}; {guess}")
+    print(out)
+    return 0
+
+
+def cmd_tour(args: argparse.Namespace, argv: list[str]) -> int:
+    from .tour import STEPS, run_tour
+
+    if args.list:
+        for step in STEPS:
+            print(f"{step.name:15s} {step.title}")
+        return 0
+    return 0 if run_tour(args.names or None, args.out) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -238,6 +304,33 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--depth", type=int, default=None, help="show modules at this nesting depth instead of every leaf")
     summ.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
     summ.set_defaults(func=cmd_summary)
+
+    viz = sub.add_parser("viz", help="pictures of a run's model: kernels, feature maps, receptive fields")
+    what = viz.add_subparsers(dest="what", required=True)
+    for name, text in (("kernels", "a convolution layer's kernels as a grid"),
+                       ("features", "the feature maps of every conv and pooling layer for one image"),
+                       ("receptive", "the receptive field of one unit drawn on the input")):
+        p = what.add_parser(name, help=text)
+        p.add_argument("run", type=Path)
+        p.add_argument("--out", default=None, help="PNG to write (default: RUN/<what>.png)")
+        p.add_argument("--data-dir", default=None)
+        if name == "kernels":
+            p.add_argument("--layer", default=None, help="convolution layer name (default: the first)")
+        else:
+            p.add_argument("--image", type=Path, default=None, help="an image file")
+            p.add_argument("--test-index", type=int, default=None, help="a test image of the run's data set")
+        if name == "features":
+            p.add_argument("--layers", default=None, help="comma-separated layer names (default: every conv and pooling layer)")
+        if name == "receptive":
+            p.add_argument("--layer", required=True)
+            p.add_argument("--unit", required=True, help="row,column of the unit in that layer's output")
+        p.set_defaults(func=cmd_viz)
+
+    tour = sub.add_parser("tour", help="the chapter's worked examples, computed and checked")
+    tour.add_argument("names", nargs="*", help="steps to run (default: all)")
+    tour.add_argument("--list", action="store_true")
+    tour.add_argument("--out", default=None, help="folder for the figures")
+    tour.set_defaults(func=cmd_tour)
 
     data = sub.add_parser("data", help="where each data set was found, or fetch one")
     data.add_argument("name", nargs="?", default=None)

@@ -271,6 +271,8 @@ def _train(config: TrainConfig, state: dict | None, folder: Path, dist: Dist, de
                                           "partial": list(partial_sums), "history": history, "format": "cnnlab-checkpoint-1"})
 
     writer = _tensorboard(config, folder, dist)
+    if writer is not None and state is None:
+        _tensorboard_graph(writer, config, model, data, image_size, device)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=config.label_smoothing)
     elapsed_before = history[-1]["elapsed_s"] if history else 0.0
@@ -321,7 +323,7 @@ def _train(config: TrainConfig, state: dict | None, folder: Path, dist: Dist, de
                 ckpt.save_weights(folder, model.state_dict(), metadata)
                 save(epoch + 1, 0, [0.0, 0.0, 0.0, 0.0])
                 if writer is not None:
-                    _tensorboard_epoch(writer, model, row, x)
+                    _tensorboard_epoch(writer, model, row, test)
 
     # 4) figures
     if dist.main:
@@ -339,12 +341,25 @@ def _train(config: TrainConfig, state: dict | None, folder: Path, dist: Dist, de
 def _tensorboard(config: TrainConfig, folder: Path, dist: Dist):
     if not (config.tensorboard and dist.main):
         return None
-    from torch.utils.tensorboard import SummaryWriter
-
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'") from None
     return SummaryWriter(log_dir=str(folder / "tensorboard"))
 
 
-def _tensorboard_epoch(writer, model: nn.Module, row: dict, sample: torch.Tensor) -> None:
+def _tensorboard_graph(writer, config: TrainConfig, model: nn.Module, data, image_size: int, device) -> None:
+    """The model graph, traced from a torch-backend twin (same modules and weights): jit tracing does
+    not follow the custom autograd Functions of the scratch operations."""
+    twin = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend="torch").to(device)
+    twin.load_state_dict(model.state_dict())
+    writer.add_graph(twin.eval(), torch.zeros(1, data.image_shape[0], image_size, image_size, device=device))
+
+
+@torch.no_grad()
+def _tensorboard_epoch(writer, model: nn.Module, row: dict, test: Batches) -> None:
+    from ..viz.inside import activations, conv_layers, tile_grid
+
     epoch = row["epoch"]
     for key in ("train_loss", "train_acc", "test_acc", "lr", "examples_per_s"):
         writer.add_scalar(f"epoch/{key}", row[key], epoch)
@@ -352,6 +367,14 @@ def _tensorboard_epoch(writer, model: nn.Module, row: dict, sample: torch.Tensor
         writer.add_histogram(f"weights/{name}", p.detach().cpu(), epoch)
         if p.grad is not None:
             writer.add_histogram(f"grads/{name}", p.grad.detach().cpu(), epoch)
+    first = conv_layers(model)[:1]
+    if first:
+        weight = dict(model.named_modules())[first[0]].weight
+        writer.add_image(f"kernels/{first[0]}", tile_grid(weight.flatten(0, 1)), epoch)
+        x, _, _ = next(test.epoch(0))
+        _, maps = activations(model, x[:1], first)
+        writer.add_image(f"feature_maps/{first[0]}", tile_grid(maps[first[0]]), epoch)
+        model.train()
 
 
 @torch.no_grad()
