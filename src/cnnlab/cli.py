@@ -7,6 +7,7 @@
     summary    per-layer shapes, parameters, multiply-adds and receptive fields of any model
     viz        kernels, feature maps and receptive fields as pictures
     tour       the chapter's worked examples, computed by cnnlab.ops and checked
+    explore    a local web page to look inside a trained model
 
 The training flags are derived from :class:`cnnlab.train.TrainConfig`, one per field.
 Heavy imports (torch, matplotlib) happen inside the commands, so ``--help`` is instant.
@@ -274,6 +275,13 @@ def cmd_tour(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if run_tour(args.names or None, args.out) else 1
 
 
+def cmd_explore(args: argparse.Namespace, argv: list[str]) -> int:
+    from .explorer import serve
+
+    serve(args.run, host=args.host, port=args.port, data_dir=args.data_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -331,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--list", action="store_true")
     tour.add_argument("--out", default=None, help="folder for the figures")
     tour.set_defaults(func=cmd_tour)
+
+    explore = sub.add_parser("explore", help="a local web page to look inside a trained model")
+    explore.add_argument("run", type=Path)
+    explore.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    explore.add_argument("--port", type=int, default=8765)
+    explore.add_argument("--data-dir", default=None)
+    explore.set_defaults(func=cmd_explore)
 
     data = sub.add_parser("data", help="where each data set was found, or fetch one")
     data.add_argument("name", nargs="?", default=None)

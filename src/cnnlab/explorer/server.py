@@ -1,0 +1,230 @@
+"""The explorer's web server: a FastAPI app over one run folder (CNN Explainer, for your own model).
+
+    GET  /                          the page (static files shipped in the package; no CDN, no build step)
+    GET  /api/info                  model, classes, input size, layers with receptive fields, summary, curves
+    GET  /api/test-images           test images by class (indices and labels)
+    GET  /api/test-image/{i}.png    one test image
+    POST /api/predict/test/{i}      prediction and every conv/pool layer's feature maps for a test image
+    POST /api/predict/upload        the same for an uploaded image (also the drawing canvas), at most 5 MB,
+                                    accepted only if its content decodes as an image
+    GET  /api/kernels/{layer}/{c}   the kernels that produced channel c of a convolution layer
+    GET  /api/curves.png            the run's training curves
+
+Activations are computed here, with the run's own model. Errors are JSON: ``{"detail": reason}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import threading
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from torch import nn
+
+__all__ = ["MAX_UPLOAD_BYTES", "create_app"]
+
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+STATIC = Path(__file__).parent / "static"
+
+
+def _png(array: torch.Tensor) -> bytes:
+    """(H, W) float or (C, H, W) uint8 -> PNG bytes (floats scaled to 0..255 on their own range)."""
+    from PIL import Image
+
+    if array.dtype != torch.uint8:
+        lo, hi = array.min(), array.max()
+        array = ((array - lo) / (hi - lo + 1e-12) * 255).round().to(torch.uint8)
+    np_image = array.numpy() if array.dim() == 2 else (array[0].numpy() if array.shape[0] == 1 else array.permute(1, 2, 0).numpy())
+    buf = io.BytesIO()
+    Image.fromarray(np_image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+class Explorer:
+    """The run's model, data and precomputed facts; thread-safe forward passes."""
+
+    def __init__(self, run: str | Path, data_dir: str | None = None):
+        from ..analysis import summary
+        from ..data import load_dataset
+        from ..train import load_run_model
+        from ..viz.inside import window_layers
+
+        self.run = Path(run)
+        self.model, self.meta = load_run_model(self.run)
+        self.size = self.meta["image_size"]
+        self.channels = self.meta["in_channels"]
+        self.layers = window_layers(self.model)
+        self.summary = summary(self.model, (self.channels, self.size, self.size))
+        self.fields = {r.name: {"size": r.receptive_field, "jump": r.jump, "start": r.start} for r in self.summary.rows}
+        try:
+            self.data = load_dataset(self.meta["dataset"], data_dir, fetch=False,
+                                     image_size=self.size if self.meta["dataset"].startswith("folder:") else None)
+        except (FileNotFoundError, ValueError):
+            self.data = None  # uploads and drawings still work
+        self.lock = threading.Lock()
+
+    def info(self) -> dict:
+        rows = [{"name": r.name, "type": r.type, "output_shape": list(r.output_shape), "params": r.params, "mult_adds": r.mult_adds,
+                 "receptive_field": r.receptive_field, "jump": r.jump} for r in self.summary.rows]
+        history = []
+        metrics = self.run / "metrics.csv"
+        if metrics.is_file():
+            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(metrics.open())]
+        return {"model": self.meta["model"], "dataset": self.meta["dataset"], "classes": self.meta["classes"],
+                "input_size": [self.channels, self.size, self.size], "can_draw": self.channels == 1 and self.size <= 64,
+                "layers": [{"name": n, "type": type(dict(self.model.named_modules())[n]).__name__, **self.fields.get(n, {})}
+                           for n in self.layers],
+                "summary": rows, "totals": self.summary.totals, "history": history,
+                "test_images": 0 if self.data is None else len(self.data.test_labels)}
+
+    def forward(self, picture: torch.Tensor, max_maps: int = 64) -> dict:
+        """Prediction and feature maps for one (C, S, S) uint8 picture."""
+        from ..data import preprocess
+        from ..viz.inside import activations
+
+        x = preprocess(picture[None], self.meta["mean"], self.meta["std"], self.meta["normalize"], None)
+        with self.lock:
+            logits, maps = activations(self.model, x, self.layers)
+        probs = torch.softmax(logits.float(), 0)
+        layers = []
+        for name in self.layers:
+            fmap = maps[name]
+            layers.append({"name": name, "shape": list(fmap.shape), **self.fields.get(name, {}),
+                           "maps": [_data_url(_png(fmap[c].float())) for c in range(min(max_maps, fmap.shape[0]))]})
+        order = probs.argsort(descending=True)
+        return {"input": _data_url(_png(picture)),
+                "prediction": {"class": self.meta["classes"][int(order[0])], "index": int(order[0]), "probability": float(probs[order[0]])},
+                "probabilities": [{"class": self.meta["classes"][i], "probability": float(probs[i])} for i in range(len(probs))],
+                "layers": layers}
+
+    def kernels(self, layer: str, channel: int) -> dict:
+        module = dict(self.model.named_modules()).get(layer)
+        if not isinstance(module, nn.Conv2d):
+            raise KeyError(f"{layer!r} is not a convolution layer")
+        if not 0 <= channel < module.out_channels:
+            raise IndexError(f"channel must be in 0..{module.out_channels - 1}, got {channel}")
+        weight = module.weight[channel].detach().cpu()  # (C_in/groups, kh, kw)
+        limit = float(weight.abs().max()) or 1.0
+        tiles = [_data_url(_png(((w / limit + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))) for w in weight[:64]]
+        return {"layer": layer, "channel": channel, "shape": list(weight.shape), "scale": limit, "kernels": tiles,
+                "bias": None if module.bias is None else float(module.bias[channel])}
+
+
+def decode_upload(content: bytes, channels: int, size: int) -> torch.Tensor:
+    """Decode an upload by its content (not its name) to (channels, size, size) uint8; ValueError if it is no image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(content)) as img:
+            img.load()
+            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+            array = torch.tensor(list(img.getdata()), dtype=torch.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"the upload is not an image Pillow can decode ({type(err).__name__})") from None
+    return array.view(size, size, -1).permute(2, 0, 1).contiguous()
+
+
+def create_app(run: str | Path, data_dir: str | None = None):
+    """The FastAPI application for one run folder."""
+    explorer = Explorer(run, data_dir)
+    app = FastAPI(title=f"cnnlab explore {Path(run).name}", docs_url=None, redoc_url=None)
+    app.state.explorer = explorer
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/")
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/info")
+    def info():
+        return explorer.info()
+
+    def test_picture(index: int) -> torch.Tensor:
+        if explorer.data is None:
+            raise HTTPException(404, "the run's test images are not available on this machine")
+        if not 0 <= index < len(explorer.data.test_labels):
+            raise HTTPException(404, f"test image index must be in 0..{len(explorer.data.test_labels) - 1}, got {index}")
+        picture = explorer.data.test_images[index]
+        if picture.shape[-1] != explorer.size:
+            resized = torch.nn.functional.interpolate(picture[None].float(), size=(explorer.size, explorer.size), mode="bilinear",
+                                                      align_corners=False, antialias=explorer.size < picture.shape[-1])
+            picture = resized[0].round().clamp(0, 255).to(torch.uint8)
+        return picture
+
+    @app.get("/api/test-images")
+    def test_images(label: int | None = None, offset: int = 0, limit: int = 48):
+        if explorer.data is None:
+            return {"images": [], "total": 0}
+        labels = explorer.data.test_labels
+        indices = torch.arange(len(labels)) if label is None else torch.nonzero(labels == label).flatten()
+        chosen = indices[offset : offset + max(1, min(limit, 200))]
+        return {"images": [{"index": int(i), "label": int(labels[i])} for i in chosen], "total": len(indices)}
+
+    @app.get("/api/test-image/{index}.png")
+    def test_image(index: int):
+        return Response(_png(test_picture(index)), media_type="image/png")
+
+    @app.post("/api/predict/test/{index}")
+    def predict_test(index: int):
+        result = explorer.forward(test_picture(index))
+        result["label"] = explorer.meta["classes"][int(explorer.data.test_labels[index])]
+        return result
+
+    @app.post("/api/predict/upload")
+    async def predict_upload(request: Request):
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_UPLOAD_BYTES + 64 * 1024:  # the multipart envelope adds a little
+            raise HTTPException(413, f"upload too large: {declared} bytes, at most {MAX_UPLOAD_BYTES} allowed")
+        form = await request.form(max_files=1, max_fields=4, max_part_size=MAX_UPLOAD_BYTES + 1)
+        upload = form.get("file")
+        if upload is None or not hasattr(upload, "read"):
+            raise HTTPException(422, "send the image as a multipart form field named 'file'")
+        content = await upload.read(MAX_UPLOAD_BYTES + 1)
+        if len(content) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"upload too large: more than {MAX_UPLOAD_BYTES} bytes")
+        if not content:
+            raise HTTPException(422, "the upload is empty")
+        try:
+            picture = decode_upload(content, explorer.channels, explorer.size)
+        except ValueError as err:
+            raise HTTPException(415, str(err)) from None
+        return explorer.forward(picture)
+
+    @app.get("/api/kernels/{layer}/{channel}")
+    def kernels(layer: str, channel: int):
+        try:
+            return explorer.kernels(layer, channel)
+        except (KeyError, IndexError) as err:
+            raise HTTPException(404, str(err).strip("'\"")) from None
+
+    @app.get("/api/curves.png")
+    def curves():
+        path = explorer.run / "curves.png"
+        if not path.is_file():
+            raise HTTPException(404, "this run has no curves.png")
+        return FileResponse(path, media_type="image/png")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, err):  # a JSON answer rather than a bare 500 page
+        return JSONResponse({"detail": f"internal error: {type(err).__name__}: {err}"}, status_code=500)
+
+    return app
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, data_dir: str | None = None) -> None:
+    """Start the explorer with uvicorn (blocking) and print its address."""
+    import uvicorn
+
+    app = create_app(run, data_dir)
+    print(f"cnnlab explore: serving {run} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
