@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 # This machine has a CPU build of torch 2.13.0 on disk; users with GPUs may set TORCH_SPEC.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# Where this machine keeps its torch wheel (pip looks there first when it exists).
+PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 .PHONY: run test bench lint system clean
 
@@ -26,8 +28,8 @@ lint: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet $(PIP_FIND) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(PIP_FIND) -e ".[dev]"
 	touch $(STAMP)
 
 # System packages (Debian's Fashion-MNIST, Chromium for the explorer's browser test), when root with apt.

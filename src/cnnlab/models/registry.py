@@ -33,9 +33,11 @@ def register_model(name: str, input_size: int) -> Callable:
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, in registration order."""
+    """Names accepted by :func:`create_model`, family by family in the book's order."""
     _load_families()
-    return list(_REGISTRY)
+    family = {name: fn.__module__.rsplit(".", 1)[-1] for name, fn in _REGISTRY.items()}
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    return sorted(_REGISTRY, key=lambda name: (rank.get(family[name], len(rank)), list(_REGISTRY).index(name)))
 
 
 def model_info(name: str) -> dict:
@@ -62,7 +64,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 1, backend
 def _check_name(name: str) -> None:
     _load_families()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
 
 
 # Model families in the book's order; importing one registers its models.
