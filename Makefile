@@ -16,7 +16,7 @@ run: $(STAMP) system
 	$(PY) -m cnnlab train
 
 test: $(STAMP) system
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks scripts
 	$(PY) -m pytest
 
 bench: $(STAMP) system
@@ -24,7 +24,7 @@ bench: $(STAMP) system
 	$(PY) benchmarks/bench_train.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks scripts
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -31,6 +31,7 @@ class TrainConfig:
     step_epochs: int = field(default=3, metadata={"help": "step schedule: epochs between drops"})
     gamma: float = field(default=0.1, metadata={"help": "step schedule: factor per drop"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    subset: int | None = field(default=None, metadata={"help": "train on a seeded random N of the training images (and N/6 test images): quick runs"})
     image_size: int | None = field(default=None, metadata={"help": "resize images to this side (default: the model's input size)"})
     normalize: bool = field(default=False, metadata={"help": "subtract the data set's mean and divide by its std (the book only scales to [0, 1])"})
     augment: bool = field(default=False, metadata={"help": "random crop (padding 2 for 28px, 4 otherwise) and horizontal flip"})
@@ -38,7 +39,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads)"})
     amp: bool = field(default=False, metadata={"help": "mixed precision (CUDA only)"})
-    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for inputs and model"})
+    channels_last: bool = field(default=True, metadata={"help": "channels-last memory format for inputs and model (about 1.3x faster for LeNet on CPU)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     seed: int = field(default=0, metadata={"help": "seed for weights, shuffling and augmentation (a CPU run repeats exactly)"})
     out: str | None = field(default=None, metadata={"help": "run folder (default runs/<model>-<dataset>-<time>)"})
@@ -97,6 +98,8 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not config.lr > 0:
         raise ValueError(f"lr must be > 0, got {config.lr}")
+    if config.subset is not None and config.subset < 1:
+        raise ValueError(f"subset must be >= 1, got {config.subset}")
     if config.image_size is not None and config.image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {config.image_size}")
     if not 0 <= config.label_smoothing < 1:

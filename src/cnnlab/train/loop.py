@@ -94,6 +94,18 @@ def _metadata(config: TrainConfig, data, image_size: int) -> dict:
             "mean": list(data.mean), "std": list(data.std), "format": "cnnlab-run-1"}
 
 
+def _subset(data, n: int, seed: int):
+    """A seeded random ``n`` training images and ``ceil(n / 6)`` test images (the 60k/10k proportion)."""
+    import dataclasses
+
+    gen = torch.Generator().manual_seed(seed)
+    train = torch.randperm(len(data.train_labels), generator=gen)[:n]
+    test = torch.randperm(len(data.test_labels), generator=gen)[: -(-n // 6)]
+    return dataclasses.replace(data, train_images=data.train_images[train], train_labels=data.train_labels[train],
+                               test_images=data.test_images[test], test_labels=data.test_labels[test],
+                               source=f"{data.source} (subset of {len(train)} train / {len(test)} test)")
+
+
 def _default_folder(config: TrainConfig) -> Path:
     dataset = config.dataset.replace("folder:", "folder-").replace("/", "_").strip("_")
     return Path("runs") / f"{config.model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -220,6 +232,8 @@ def _train(config: TrainConfig, state: dict | None, folder: Path, dist: Dist, de
     if not dist.main:
         data = load_dataset(config.dataset, config.data_dir, fetch=False,
                             image_size=config.image_size if config.dataset.startswith("folder:") else None)
+    if config.subset:
+        data = _subset(data, config.subset, config.seed)
     image_size = config.image_size or model_info(config.model)["input_size"]
     pad = 0 if not config.augment else (2 if image_size <= 32 and data.image_shape[-1] <= 28 else 4)
     common = {"mean": data.mean, "std": data.std, "normalize": config.normalize, "device": device,
