@@ -19,6 +19,7 @@ __all__ = ["PRESETS", "TrainConfig", "resolve_config"]
 @dataclass
 class TrainConfig:
     model: str = field(default="lenet", metadata={"help": "model name (cnnlab.models.list_models())"})
+    ratio: int | None = field(default=None, metadata={"help": "VGG only: divide every block's channels by this (the book trains VGG-11 with 4)"})
     dataset: str = field(default="fashion-mnist", metadata={"help": "fashion-mnist, mnist, cifar10 or folder:PATH"})
     data_dir: str | None = field(default=None, metadata={"help": "look here first for the data set's files"})
     epochs: int = field(default=10, metadata={"help": "passes over the training set"})
@@ -63,7 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lenet-modern": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "batch_size": 128, "epochs": 10,
                      "schedule": "cosine", "normalize": True, "augment": True, "label_smoothing": 0.1},
     "alexnet": {"lr": 0.01, "batch_size": 128, "epochs": 10, "image_size": 224},
-    "vgg11": {"lr": 0.05, "batch_size": 128, "epochs": 10, "image_size": 224},
+    "vgg11": {"lr": 0.05, "batch_size": 128, "epochs": 10, "image_size": 224, "ratio": 4},
     "vgg16": {"lr": 0.05, "batch_size": 128, "epochs": 10, "image_size": 224},
     "nin": {"lr": 0.1, "batch_size": 128, "epochs": 10, "image_size": 224},
     "googlenet": {"lr": 0.1, "batch_size": 128, "epochs": 10, "image_size": 96},
@@ -98,6 +99,8 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not config.lr > 0:
         raise ValueError(f"lr must be > 0, got {config.lr}")
+    if config.ratio is not None and (not config.model.startswith("vgg") or config.ratio < 1):
+        raise ValueError(f"ratio must be a positive int and applies to vgg11/vgg16 only, got ratio={config.ratio} for {config.model!r}")
     if config.subset is not None and config.subset < 1:
         raise ValueError(f"subset must be >= 1, got {config.subset}")
     if config.image_size is not None and config.image_size < 8:

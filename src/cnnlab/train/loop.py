@@ -88,8 +88,13 @@ def _schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _model_kwargs(config: TrainConfig) -> dict:
+    """Architecture options beyond classes and channels (VGG's ``ratio``)."""
+    return {} if config.ratio is None else {"ratio": config.ratio}
+
+
 def _metadata(config: TrainConfig, data, image_size: int) -> dict:
-    return {"model": config.model, "backend": config.backend, "classes": data.classes, "dataset": data.name,
+    return {"model": config.model, "model_kwargs": _model_kwargs(config), "backend": config.backend, "classes": data.classes, "dataset": data.name,
             "in_channels": data.image_shape[0], "image_size": image_size, "normalize": config.normalize,
             "mean": list(data.mean), "std": list(data.std), "format": "cnnlab-run-1"}
 
@@ -244,7 +249,8 @@ def _train(config: TrainConfig, state: dict | None, folder: Path, dist: Dist, de
     test = Batches(data.test_images, data.test_labels, config.eval_batch_size, **common)
 
     torch.manual_seed(config.seed)
-    model = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend=config.backend).to(device)
+    model = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend=config.backend,
+                         **_model_kwargs(config)).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(config, model.parameters())
@@ -365,7 +371,8 @@ def _tensorboard(config: TrainConfig, folder: Path, dist: Dist):
 def _tensorboard_graph(writer, config: TrainConfig, model: nn.Module, data, image_size: int, device) -> None:
     """The model graph, traced from a torch-backend twin (same modules and weights): jit tracing does
     not follow the custom autograd Functions of the scratch operations."""
-    twin = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend="torch").to(device)
+    twin = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend="torch",
+                        **_model_kwargs(config)).to(device)
     twin.load_state_dict(model.state_dict())
     writer.add_graph(twin.eval(), torch.zeros(1, data.image_shape[0], image_size, image_size, device=device))
 
@@ -411,6 +418,6 @@ def load_run_model(run: str | Path, device="cpu", backend: str | None = None) ->
     if "model" not in meta:
         raise ValueError(f"{run}: weights carry no cnnlab metadata (model name, classes); was it written by cnnlab?")
     model = create_model(meta["model"], num_classes=len(meta["classes"]), in_channels=meta["in_channels"],
-                         backend=backend or meta.get("backend", "scratch"))
+                         backend=backend or meta.get("backend", "scratch"), **meta.get("model_kwargs", {}))
     model.load_state_dict(state)
     return model.to(device).eval(), meta
