@@ -23,11 +23,15 @@ def random_conv_config(rng: random.Random) -> dict:
     groups = rng.choice([1, 1, 1, 2, 3])
     depthwise = rng.random() < 0.15
     cg = 1 if depthwise else rng.randint(1, 3)
+    if rng.random() < 0.25:  # many channels: the layouts chosen for wide layers (see ops/conv.py)
+        groups, cg = 1, rng.randint(16, 20)
     og = rng.randint(1, 3)
     kmax, smax = (3, 2) if dims == 3 else (4, 3)
     kernel = tuple(rng.randint(1, kmax) for _ in range(dims))
     stride = tuple(rng.randint(1, smax) for _ in range(dims))
     dilation = tuple(rng.randint(1, smax) for _ in range(dims))
+    if cg >= 16 and rng.random() < 0.7:
+        stride = (1,) * dims
     choice = rng.random()
     if choice < 0.15:
         padding, stride = "same", (1,) * dims
@@ -40,7 +44,10 @@ def random_conv_config(rng: random.Random) -> dict:
     else:
         padding = tuple(rng.randint(0, 3) for _ in range(dims))
         pads = list(padding)
-    spatial = tuple(max(1, d * (k - 1) + 1 - 2 * p) + rng.randint(0, 6 if dims < 3 else 3) for k, d, p in zip(kernel, dilation, pads))
+    extra = 6 if dims < 3 else 3
+    if cg >= 16 and rng.random() < 0.5:  # large maps: where the window-free layout is chosen
+        extra = 24 if dims == 1 else 14 if dims == 2 else 6
+    spatial = tuple(max(1, d * (k - 1) + 1 - 2 * p) + rng.randint(extra // 2, extra) for k, d, p in zip(kernel, dilation, pads))
     # A single-element stride/dilation tuple is how users often write 1-D arguments; ints too.
     def as_arg(t):
         return t[0] if dims == 1 or len(set(t)) == 1 and rng.random() < 0.5 else t
@@ -144,3 +151,28 @@ def test_conv_output_size_formula():
         ops.conv_output_size(8, 3, stride=0)
     with pytest.raises(ValueError, match="larger than the padded input"):
         ops.conv_output_size(2, 5)
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
+    """Wide, stride-1 layers on large maps take the window-free layout (ShiftedConvNd): sweep it."""
+    from cnnlab.ops.conv import _use_shifted
+    from cnnlab.ops.shapes import conv_padding
+
+    rng = random.Random(7000 + chunk)
+    taken = 0
+    for i in range(30):
+        dims = rng.choice([1, 2, 2, 3])
+        kernel = tuple(rng.randint(1, 3) for _ in range(dims))
+        dilation = tuple(rng.randint(1, 2) for _ in range(dims))
+        padding = rng.choice(["same", "valid", rng.randint(0, 2), tuple(rng.randint(0, 2) for _ in range(dims))])
+        size = {1: (60, 90), 2: (20, 30), 3: (9, 12)}[dims]
+        cfg = {"dims": dims, "batch": rng.randint(1, 2), "unbatched": rng.random() < 0.1, "in_channels": rng.randint(16, 20),
+               "out_channels": rng.randint(1, 5), "groups": 1, "kernel": kernel, "bias": rng.random() < 0.7,
+               "spatial": tuple(rng.randint(*size) for _ in range(dims))}
+        kw = {"padding": padding, "dilation": dilation}
+        x = torch.zeros(1, cfg["in_channels"], *cfg["spatial"])
+        taken += _use_shifted(x, kernel, (1,) * dims, conv_padding(padding, kernel, dilation, (1,) * dims), dilation, 1)
+        check_op(lambda x, w, b: OURS[dims](x, w, b, **kw), lambda x, w, b: THEIRS[dims](x, w, b, **kw),
+                 make_inputs(cfg, seed=i), rtol=1e-10, context=f"config {cfg} {kw}")
+    assert taken >= 10  # the sweep does exercise that layout (about half of its configurations)

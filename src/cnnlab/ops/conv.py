@@ -24,6 +24,8 @@ the same operation.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -164,6 +166,89 @@ class ConvNd(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
+# A stride-1 convolution with this many input channels skips the window matrix altogether, when
+# the margins it computes and throws away cost at most SHIFTED_MAX_WASTE more work (large maps).
+SHIFTED_MIN_CHANNELS = 16
+SHIFTED_MAX_WASTE = 1.25
+
+
+def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int) -> bool:
+    if groups != 1 or any(s != 1 for s in stride) or x.shape[1] < SHIFTED_MIN_CHANNELS or math.prod(kernel) == 1:
+        return False
+    padded = [n + lo + hi for n, (lo, hi) in zip(x.shape[2:], pads)]
+    out = [p - d * (k - 1) for p, k, d in zip(padded, kernel, dilation)]
+    return math.prod(padded) <= SHIFTED_MAX_WASTE * math.prod(out)
+
+
+def _tap_offsets(kernel, dilation, padded) -> list[int]:
+    """Row offset of every kernel tap in the flattened padded image (row-major over the spatial axes)."""
+    row_strides = [math.prod(padded[a + 1 :]) for a in range(len(padded))]
+    return [sum(t * d * r for t, d, r in zip(tap, dilation, row_strides))
+            for tap in itertools.product(*(range(k) for k in kernel))]
+
+
+class ShiftedConvNd(torch.autograd.Function):
+    """Stride-1 cross-correlation as one matrix product per kernel tap, with no window matrix.
+
+    Flatten the padded channels-last input to rows X (N*prod(S_pad), C). For tap t at row offset
+    o_t the output rows are ``Y[r] = sum_t X[r + o_t] @ W_t``: each term is a contiguous slice of
+    X times a (C, C_out) matrix. Rows whose position lies beyond the valid output (the right and
+    bottom margins of each padded image) are computed and thrown away; that costs about
+    prod(S_pad) / prod(S_out) - 1 extra work and saves copying the k-times-larger window matrix.
+
+    Backward: with G the output gradient scattered into the same row layout (zeros at the
+    margins), ``grad_W_t = X[o_t:]^T @ G`` and ``grad_X[o_t:] += G @ W_t^T``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pads, dilation):
+        n, c, *spatial = x.shape
+        o, kernel = weight.shape[0], tuple(weight.shape[2:])
+        xp = pad_channels_last(x, pads).contiguous()  # (N, *S_pad, C)
+        padded = tuple(xp.shape[1:-1])
+        out_size = tuple(p - d * (k - 1) for p, k, d in zip(padded, kernel, dilation))
+        rows = xp.view(-1, c)  # (N*prod(S_pad), C)
+        offsets = _tap_offsets(kernel, dilation, padded)
+        m = rows.shape[0] - offsets[-1]  # rows that hold every valid output
+        taps = weight.reshape(o, c, -1).permute(2, 1, 0)  # (K, C, O)
+        y = rows.new_empty((rows.shape[0], o))
+        if bias is None:
+            torch.mm(rows[offsets[0] : offsets[0] + m], taps[0], out=y[:m])
+        else:
+            torch.addmm(bias, rows[offsets[0] : offsets[0] + m], taps[0], out=y[:m])
+        for t, off in enumerate(offsets[1:], start=1):
+            y[:m].addmm_(rows[off : off + m], taps[t])
+        valid = (slice(None), *(slice(0, s) for s in out_size))
+        ctx.geometry = (tuple(x.shape), kernel, pads, dilation, padded, out_size, offsets, m)
+        ctx.save_for_backward(weight, xp if ctx.needs_input_grad[1] else None)
+        return y.view(n, *padded, o)[valid].movedim(-1, 1)  # (N, O, *S_out), a view
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        weight, xp = ctx.saved_tensors
+        x_shape, kernel, pads, dilation, padded, out_size, offsets, m = ctx.geometry
+        n, c = x_shape[0], x_shape[1]
+        o = weight.shape[0]
+        g_rows = grad_out.new_zeros((n * math.prod(padded), o))
+        g_rows.view(n, *padded, o)[(slice(None), *(slice(0, s) for s in out_size))] = grad_out.movedim(1, -1)
+        g = g_rows[:m]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            taps_t = weight.reshape(o, c, -1).permute(2, 0, 1)  # (K, O, C)
+            gx = grad_out.new_zeros((n * math.prod(padded), c))
+            for t, off in enumerate(offsets):
+                gx[off : off + m].addmm_(g, taps_t[t])
+            grad_x = unpad(gx.view(n, *padded, c), pads, x_shape[2:]).movedim(-1, 1)
+        if ctx.needs_input_grad[1]:
+            rows = xp.view(-1, c)
+            gw = torch.stack([rows[off : off + m].T @ g for off in offsets])  # (K, C, O)
+            grad_w = gw.permute(2, 1, 0).reshape(weight.shape)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
+        return grad_x, grad_w, grad_b, None, None
+
+
 def _check_conv(input: torch.Tensor, weight: torch.Tensor, bias, dims: int, groups) -> None:
     name = f"conv{dims}d"
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
@@ -204,7 +289,10 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
     unbatched = input.dim() == dims + 1
     x = input.unsqueeze(0) if unbatched else input
     check_fits(x.shape[2:], pads, kernel, dilation, f"conv{dims}d")
-    out = ConvNd.apply(x, weight, bias, stride, pads, dilation, groups)
+    if _use_shifted(x, kernel, stride, pads, dilation, groups):
+        out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)
+    else:
+        out = ConvNd.apply(x, weight, bias, stride, pads, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 
