@@ -1,6 +1,22 @@
-"""cnnlab.train: the typed configuration, presets, and fit() with checkpoints, resume and torchrun/DDP."""
+"""cnnlab.train: the typed configuration, presets, and fit() with checkpoints, resume and torchrun/DDP.
+
+The configuration loads without torch (so ``cnnlab --help`` is instant); the loop loads on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from .config import PRESETS, TrainConfig, resolve_config
-from .loop import RunResult, TrainingError, evaluate, fit, load_run_model
 
 __all__ = ["PRESETS", "RunResult", "TrainConfig", "TrainingError", "evaluate", "fit", "load_run_model", "resolve_config"]
+
+_LOOP = {"RunResult", "TrainingError", "evaluate", "fit", "load_run_model"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOOP:
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'cnnlab.train' has no attribute {name!r}")
