@@ -110,7 +110,7 @@ def _planar_col2im(grad_cols: torch.Tensor, x_shape, kernel, stride, pads: Pads,
 
 
 # Below this many input channels (groups == 1) the window matrix is built channels-first.
-PLANAR_MAX_CHANNELS = 4
+PLANAR_MAX_CHANNELS = 8
 
 
 class ConvNd(torch.autograd.Function):
@@ -122,7 +122,8 @@ class ConvNd(torch.autograd.Function):
         planar = groups == 1 and x.shape[1] < PLANAR_MAX_CHANNELS
         if planar:
             cols, out_size = _planar_window_matrix(x, kernel, stride, pads, dilation)  # (N, CK, L)
-            out = weight.reshape(weight.shape[0], -1) @ cols  # (N, O, L)
+            w = weight.reshape(weight.shape[0], -1)  # (O, CK)
+            out = torch.bmm(w.expand(cols.shape[0], -1, -1), cols)  # (N, O, L); bmm avoids matmul's copy of cols
             if bias is not None:
                 out += bias[:, None]
             out = out.view(x.shape[0], -1, *out_size)
@@ -152,7 +153,10 @@ class ConvNd(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # grad of each window = W^T @ grad_out, in channels-first order; then col2im
             w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G*K)
-            grad_cols = (w.transpose(1, 2) @ g).view(n, -1, g.shape[-1])  # (N, C*K, L)
+            if groups == 1:
+                grad_cols = torch.bmm(w[0].T.expand(n, -1, -1), g[:, 0])  # (N, C*K, L)
+            else:
+                grad_cols = (w.transpose(1, 2) @ g).view(n, -1, g.shape[-1])  # (N, C*K, L)
             grad_x = _planar_col2im(grad_cols, x_shape, kernel, stride, pads, dilation, out_size)
         if ctx.needs_input_grad[1]:
             if planar:  # sum over the batch of (O, L) @ (L, C*K)
