@@ -69,10 +69,11 @@ class _BookDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
+        import numpy as np
         from PIL import Image
 
         image = Image.fromarray(self.images[i, 0])
-        x = torch.from_numpy(__import__("numpy").array(image, dtype="float32")).div(255).unsqueeze(0)
+        x = torch.from_numpy(np.array(image, dtype="float32")).div(255).unsqueeze(0)
         return x, int(self.labels[i])
 
 

@@ -15,6 +15,15 @@ The backward pass is derived by hand (``ConvNd``): with ``G = grad_out`` as (M, 
                                                gradient is added back where it came from)
     grad_bias   = G summed over M
 
+The layout is chosen by shape, because no single one is fastest everywhere (measured in
+benchmarks/bench_ops.py):
+
+    - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
+      plane by plane with long contiguous rows (a network's first layers);
+    - wide stride-1 layers on large maps: no window matrix at all (``ShiftedConvNd``, one
+      product per kernel tap on the flattened padded image);
+    - everything else: the channels-last window matrix and a single product.
+
 Groups split channels into ``groups`` independent blocks (a batched product, one per
 group); depthwise convolution is ``groups == in_channels``.
 

@@ -1,0 +1,39 @@
+"""The command line's small commands: data lookup, the model list, help without loading torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def cnnlab(*args: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_data_command_says_where_each_set_was_found(tmp_path):
+    result = cnnlab("data", "--data-dir", str(FIXTURES), XDG_CACHE_HOME=str(tmp_path))
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert f"found: {FIXTURES / 'fashion-mnist'}" in lines["fashion-mnist"]
+    assert "found:" in lines["cifar10"]
+    assert "not found; looked in:" in lines["mnist"] and str(tmp_path / "cnnlab" / "mnist") in lines["mnist"]
+
+
+def test_train_list_shows_models_and_presets():
+    out = cnnlab("train", "--list").stdout
+    assert out.splitlines()[0].startswith("lenet") and "lr=0.9" in out.splitlines()[0]
+    assert "vgg11" in out and "ratio=4" in out
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from cnnlab.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_bad_training_option_is_named():
+    result = cnnlab("train", "--ratio", "4")
+    assert result.returncode == 1 and "ratio must be a positive int and applies to vgg11/vgg16 only" in result.stderr
