@@ -214,6 +214,8 @@ def fit(config: TrainConfig | None = None, *, resume: str | Path | None = None, 
         state["lr_override"] = "lr" in changed
     elif config is None:
         config = resolve_config(**overrides)
+    elif overrides:
+        raise TypeError(f"fit() got a config and options {sorted(overrides)}; put them in the config (resolve_config) instead")
     device_kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist = setup(device_kind)
     device = _device(config, dist)
