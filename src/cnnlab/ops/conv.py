@@ -310,7 +310,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
 
 
 def conv1d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1):
-    """1-D cross-correlation over sequences; same signature and results as ``torch.nn.functional.conv1d``.
+    """1-D cross-correlation over sequences; same signature and results as torch.nn.functional's ``conv1d``.
 
     Shape:
         input (N, C_in, L) or (C_in, L); weight (C_out, C_in/groups, k); output (N, C_out, L_out) with
@@ -320,7 +320,7 @@ def conv1d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntO
 
 
 def conv2d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1):
-    """2-D cross-correlation; same signature and results as ``torch.nn.functional.conv2d``.
+    """2-D cross-correlation; same signature and results as torch.nn.functional's ``conv2d``.
 
     Args:
         input: (N, C_in, H, W) or unbatched (C_in, H, W).
@@ -341,7 +341,7 @@ def conv2d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntO
 
 
 def conv3d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1):
-    """3-D cross-correlation over volumes; same signature and results as ``torch.nn.functional.conv3d``.
+    """3-D cross-correlation over volumes; same signature and results as torch.nn.functional's ``conv3d``.
 
     Shape:
         input (N, C_in, D, H, W) or (C_in, D, H, W); output (N, C_out, D_out, H_out, W_out), each axis

@@ -101,7 +101,7 @@ def _update_running(running_mean, running_var, mean, var, m: int, momentum: floa
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5):
-    """Batch normalisation; same signature and results as ``torch.nn.functional.batch_norm``.
+    """Batch normalisation; same signature and results as torch.nn.functional's ``batch_norm``.
 
     Args:
         input: (N, C) or (N, C, *S).

@@ -222,7 +222,7 @@ def _avg_pool(x, dims, kernel_size, stride, padding, ceil_mode, count_include_pa
 
 
 def max_pool1d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False):
-    """1-D max pooling; same signature and results as ``torch.nn.functional.max_pool1d``.
+    """1-D max pooling; same signature and results as torch.nn.functional's ``max_pool1d``.
 
     Shape:
         (N, C, L) or (C, L) -> L_out = floor_or_ceil((L + 2p - d*(k-1) - 1) / s) + 1.
@@ -231,7 +231,7 @@ def max_pool1d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
 
 
 def max_pool2d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False):
-    """2-D max pooling; same signature and results as ``torch.nn.functional.max_pool2d``.
+    """2-D max pooling; same signature and results as torch.nn.functional's ``max_pool2d``.
 
     Args:
         kernel_size: window (kh, kw). stride defaults to kernel_size.
@@ -252,17 +252,17 @@ def max_pool2d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
 
 
 def max_pool3d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False):
-    """3-D max pooling; same signature and results as ``torch.nn.functional.max_pool3d``."""
+    """3-D max pooling; same signature and results as torch.nn.functional's ``max_pool3d``."""
     return _batched(_max_pool, input, 3, 3, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def avg_pool1d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True):
-    """1-D average pooling; same signature and results as ``torch.nn.functional.avg_pool1d``."""
+    """1-D average pooling; same signature and results as torch.nn.functional's ``avg_pool1d``."""
     return _batched(_avg_pool, input, 1, 1, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
 
 
 def avg_pool2d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
-    """2-D average pooling; same signature and results as ``torch.nn.functional.avg_pool2d``.
+    """2-D average pooling; same signature and results as torch.nn.functional's ``avg_pool2d``.
 
     Each output is its window's sum divided by the window size; with ``count_include_pad=False``
     the padding zeros are not counted.
@@ -274,7 +274,7 @@ def avg_pool2d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
 
 
 def avg_pool3d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
-    """3-D average pooling; same signature and results as ``torch.nn.functional.avg_pool3d``."""
+    """3-D average pooling; same signature and results as torch.nn.functional's ``avg_pool3d``."""
     return _batched(_avg_pool, input, 3, 3, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
