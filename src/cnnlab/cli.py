@@ -112,9 +112,9 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from .viz import confusion_matrix
 
     model, meta = load_run_model(args.run)
-    data = load_dataset(meta["dataset"], args.data_dir, image_size=meta["image_size"] if meta["dataset"].startswith("folder:") else None)
+    data = load_dataset(meta["dataset"], args.data_dir, image_size=meta["image_size"])
     batches = Batches(data.test_images, data.test_labels, 1024, mean=meta["mean"], std=meta["std"], normalize=meta["normalize"],
-                      image_size=meta["image_size"] if meta["image_size"] != data.image_shape[-1] else None)
+                      image_size=meta["image_size"])
     with torch.no_grad():
         predicted = torch.cat([model(x).argmax(1) for x, _, _ in batches.epoch(0)])
     labels = data.test_labels

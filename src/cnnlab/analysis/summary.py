@@ -67,12 +67,6 @@ def _mult_adds(module: nn.Module, output: torch.Tensor) -> int:
     return 0
 
 
-def _own_params(module: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in module.parameters(recurse=False))
-    trainable = sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
-    return total, trainable
-
-
 def _parse_size(input_size) -> tuple[int, ...]:
     if isinstance(input_size, str):
         try:
@@ -141,14 +135,14 @@ def summary(model: nn.Module, input_size, depth: int | None = None, device: str 
 
 
 def _rows(model, records, order, depth, dims) -> list[LayerRow]:
-    children = {n for n, m in model.named_modules() if n and not any(True for _ in m.children())}  # leaves
+    leaves = {n for n, m in model.named_modules() if n and not any(True for _ in m.children())}
     rows = []
-    for name in sorted(order, key=order.index):
+    for name in order:
         if not name:
             continue
         level = name.count(".") + 1
         module, output, fld = records[name]
-        leaf = name in children
+        leaf = name in leaves
         if depth is None and not leaf:
             continue
         if depth is not None and not (level == depth or (leaf and level < depth)):

@@ -58,7 +58,11 @@ def dataset_names() -> list[str]:
 
 def load_dataset(name: str, data_dir: str | Path | None = None, fetch: bool = True, image_size: int | None = None,
                  progress: bool = True) -> ImageDataset:
-    """Load a built-in data set by name (looking where :mod:`cnnlab.data.sources` says), or ``folder:PATH``."""
+    """Load a built-in data set by name (looking where :mod:`cnnlab.data.sources` says), or ``folder:PATH``.
+
+    ``image_size`` resizes a folder's images as they are read (they differ in size); built-in sets
+    keep their native size and are resized per batch by :class:`cnnlab.data.Batches`.
+    """
     if name.startswith("folder:"):
         return load_folder(name.removeprefix("folder:"), image_size=image_size)
     if name not in SPECS:
@@ -91,8 +95,8 @@ def _read_idx_file(folder: Path, name: str) -> np.ndarray:
     return read_idx(path if path.is_file() else folder / name.removesuffix(".gz"))
 
 
-def read_image(path: str | Path, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
-    """Decode one image file with Pillow to (channels, H, W) uint8, resized to ``size`` (H, W) if given.
+def read_image(path, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
+    """Decode one image (a path or a binary file object) with Pillow to (channels, H, W) uint8, resized to ``size`` (H, W) if given.
 
     Raises ``DataFormatError`` naming the file when its content is not a decodable image.
     """
@@ -104,7 +108,7 @@ def read_image(path: str | Path, channels: int, size: tuple[int, int] | None) ->
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             array = np.array(img, dtype=np.uint8)  # a writable copy
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataFormatError(f"{path}: not a readable image ({err})") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))

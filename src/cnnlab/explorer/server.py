@@ -67,8 +67,7 @@ class Explorer:
         self.summary = summary(self.model, (self.channels, self.size, self.size))
         self.fields = {r.name: {"size": r.receptive_field, "jump": r.jump, "start": r.start} for r in self.summary.rows}
         try:
-            self.data = load_dataset(self.meta["dataset"], data_dir, fetch=False,
-                                     image_size=self.size if self.meta["dataset"].startswith("folder:") else None)
+            self.data = load_dataset(self.meta["dataset"], data_dir, fetch=False, image_size=self.size)
         except (FileNotFoundError, ValueError):
             self.data = None  # uploads and drawings still work
         self.lock = threading.Lock()
@@ -122,16 +121,12 @@ class Explorer:
 
 def decode_upload(content: bytes, channels: int, size: int) -> torch.Tensor:
     """Decode an upload by its content (not its name) to (channels, size, size) uint8; ValueError if it is no image."""
-    from PIL import Image, UnidentifiedImageError
+    from ..data import DataFormatError, read_image
 
     try:
-        with Image.open(io.BytesIO(content)) as img:
-            img.load()
-            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-            array = torch.tensor(list(img.getdata()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"the upload is not an image Pillow can decode ({type(err).__name__})") from None
-    return array.view(size, size, -1).permute(2, 0, 1).contiguous()
+        return read_image(io.BytesIO(content), channels, (size, size))
+    except DataFormatError:
+        raise ValueError("the upload is not an image Pillow can decode") from None
 
 
 def create_app(run: str | Path, data_dir: str | None = None):

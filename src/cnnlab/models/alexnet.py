@@ -11,7 +11,17 @@ from torch import nn
 from .. import nn as cnn
 from .registry import register_model
 
-__all__ = ["AlexNet"]
+__all__ = ["AlexNet", "dense_head"]
+
+
+def dense_head(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Flatten, then two 4096-wide ReLU layers with dropout and the output layer (AlexNet's and VGG's)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 4096), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(4096, num_classes),
+    )
 
 
 class AlexNet(nn.Module):
@@ -26,12 +36,7 @@ class AlexNet(nn.Module):
             conv(384, 384, kernel_size=3, padding=1), nn.ReLU(),
             conv(384, 256, kernel_size=3, padding=1), nn.ReLU(), pool(),
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(6400, 4096), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(4096, num_classes),
-        )
+        self.classifier = dense_head(256 * 5 * 5, num_classes, dropout)
 
     def forward(self, x):
         return self.classifier(self.features(x))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .. import nn as cnn
+from .alexnet import dense_head
 from .registry import register_model
 
 __all__ = ["VGG", "VGG_ARCHS"]
@@ -39,12 +40,7 @@ class VGG(nn.Module):
             blocks.append(vgg_block(num_convs, channels, out // ratio, backend))
             channels = out // ratio
         self.features = nn.Sequential(*blocks)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(channels * 7 * 7, 4096), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(4096, num_classes),
-        )
+        self.classifier = dense_head(channels * 7 * 7, num_classes, dropout)
 
     def forward(self, x):
         return self.classifier(self.features(x))

@@ -233,18 +233,16 @@ def fit(config: TrainConfig | None = None, *, resume: str | Path | None = None, 
 def _train(config: TrainConfig, state: dict | None, folder: Path, dist: Dist, device, printer: _Printer) -> RunResult:
     # 2) data, model, optimiser
     if dist.main:
-        data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size if config.dataset.startswith("folder:") else None,
-                            progress=not printer.quiet)
+        data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, progress=not printer.quiet)
     dist.barrier()
     if not dist.main:
-        data = load_dataset(config.dataset, config.data_dir, fetch=False,
-                            image_size=config.image_size if config.dataset.startswith("folder:") else None)
+        data = load_dataset(config.dataset, config.data_dir, fetch=False, image_size=config.image_size)
     if config.subset:
         data = _subset(data, config.subset, config.seed)
     image_size = config.image_size or model_info(config.model)["input_size"]
     pad = 0 if not config.augment else (2 if image_size <= 32 and data.image_shape[-1] <= 28 else 4)
     common = {"mean": data.mean, "std": data.std, "normalize": config.normalize, "device": device,
-              "image_size": image_size if image_size != data.image_shape[-1] else None, "channels_last": config.channels_last,
+              "image_size": image_size, "channels_last": config.channels_last,
               "rank": dist.rank, "world_size": dist.world_size}
     train = Batches(data.train_images, data.train_labels, config.batch_size, shuffle=True, seed=config.seed,
                     augment_pad=pad, flip=config.augment, **common)
