@@ -36,4 +36,4 @@ def test_help_does_not_import_torch():
 
 def test_bad_training_option_is_named():
     result = cnnlab("train", "--ratio", "4")
-    assert result.returncode == 1 and "ratio must be a positive int and applies to vgg11/vgg16 only" in result.stderr
+    assert result.returncode == 2 and "ratio must be a positive int and applies to vgg11/vgg16 only" in result.stderr

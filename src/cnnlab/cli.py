@@ -53,6 +53,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=help_text)
     parser.add_argument("--resume", metavar="RUN", help="continue a run folder from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out (never done without it)")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (launches torchrun)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="one JSON object per epoch and a summary, instead of text")
@@ -95,12 +96,16 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(argv, args.nproc)
     overrides = {k: v for k, v in vars(args).items()
-                 if k not in {"model", "resume", "nproc", "quiet", "json", "list", "command", "func"} and v is not None}
+                 if k not in {"model", "resume", "overwrite", "nproc", "quiet", "json", "list", "command", "func"} and v is not None}
     if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: resuming continues the run in its own folder")
+        if args.model is not None:
+            overrides["model"] = args.model  # a different model is refused, not ignored
         result = fit(resume=args.resume, quiet=args.quiet, json_lines=args.json, **overrides)
     else:
         config = resolve_config(args.model or "lenet", **overrides)
-        result = fit(config, quiet=args.quiet, json_lines=args.json)
+        result = fit(config, overwrite=args.overwrite, quiet=args.quiet, json_lines=args.json)
     return 130 if result.status == "interrupted" else 0
 
 
@@ -363,9 +368,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, ConnectionError, RuntimeError) as err:
+    except (ValueError, TypeError) as err:  # the user's input: a usage error
         print(f"cnnlab: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as err:  # files, the network, training itself
+        print(f"cnnlab: error: {_os_message(err) if type(err) in _OS_TYPES else err}", file=sys.stderr)
         return 1
+
+
+_OS_TYPES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError, OSError)
+
+
+def _os_message(err: OSError) -> str:
+    """'could not open PATH: Permission denied' rather than '[Errno 13] Permission denied: PATH'."""
+    if err.filename is None:
+        return str(err)
+    return f"{err.filename}: {err.strerror or err}"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import ops
+from .files import save_figure
 from .nn import Conv2d, MaxPool2d
 
 __all__ = ["STEPS", "run_tour"]
@@ -46,7 +47,7 @@ def _heat(matrices: dict[str, torch.Tensor], path: Path, title: str) -> Path:
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -101,7 +102,7 @@ def step_learn_kernel(out):
         ax.set_ylabel("summed squared error")
         ax.set_title(f"learning [1, -1]: learned {[round(v, 3) for v in kernel.tolist()]}", fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "learn_kernel.png")
+        save_figure(fig, out / "learn_kernel.png")
         plt.close(fig)
         figs.append(out / "learn_kernel.png")
     return "\n".join(lines) + f"\n    learned kernel {[round(v, 4) for v in kernel.tolist()]}", ok, figs

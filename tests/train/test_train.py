@@ -100,18 +100,17 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(tmp_path):
 
 
 SLOW_CHECKPOINT = """
-import sys, time
-import cnnlab.train.checkpoint as c
-original = c.atomic_write
-def slow(path, write, binary=True):
-    def partial(f):
-        write(f)
-        if str(path).endswith("checkpoint.pt") and "epoch   2/" in open(sys.argv[-1]).read():
-            f.flush()
-            print("WRITING CHECKPOINT", flush=True)
-            time.sleep(60)  # killed here, mid-write
-    original(path, partial, binary)
-c.atomic_write = slow
+import os, sys, time
+import cnnlab.files as files
+original = files._write_all
+def slow(fd, blob):
+    if ".checkpoint.pt." in os.readlink(f"/proc/self/fd/{fd}") and "epoch   2/" in open(sys.argv[-1]).read():
+        original(fd, blob[: len(blob) // 2])
+        os.fsync(fd)
+        print("WRITING CHECKPOINT", flush=True)
+        time.sleep(60)  # killed here, mid-write
+    original(fd, blob)
+files._write_all = slow
 from cnnlab.cli import main
 sys.exit(main(sys.argv[1:-1]))
 """
@@ -168,8 +167,10 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tmp
 
 def test_resume_refuses_changes_that_break_the_checkpoint(tmp_path):
     first = run_fit(tmp_path, "run", epochs=1)
-    with pytest.raises(ValueError, match="cannot change optimizer when resuming"):
+    with pytest.raises(ValueError, match="cannot change optimizer='sgd' \\(asked 'adam'\\) when resuming"):
         fit(resume=first.folder, quiet=True, epochs=2, optimizer="adam")
+    with pytest.raises(ValueError, match="cannot change model='lenet' \\(asked 'resnet18'\\)"):
+        fit(resume=first.folder, quiet=True, model="resnet18")
 
 
 def test_two_processes_end_with_the_weights_of_one(tmp_path):
@@ -209,13 +210,13 @@ def test_evaluate_and_predict_commands(tmp_path):
     assert len(resized["predictions"]) == 2 and resized["predictions"][0]["probability"] >= resized["predictions"][1]["probability"]
     proc = cli("predict", str(result.folder), str(tmp_path / "notes.png"))
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "notes.png: not a readable image" in out
+    assert proc.returncode == 2 and "notes.png: not a readable image" in out
 
 
 def test_unknown_model_and_dataset_list_the_valid_ones(tmp_path):
     proc = cli("train", "resnet99", "--out", str(tmp_path / "x"))
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "unknown model 'resnet99'; choose one of: lenet" in out
+    assert proc.returncode == 2 and "unknown model 'resnet99'; choose one of: lenet" in out
     proc = cli("train", "--dataset", "imagenet", "--out", str(tmp_path / "y"))
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "unknown data set 'imagenet'" in out
+    assert proc.returncode == 2 and "unknown data set 'imagenet'" in out

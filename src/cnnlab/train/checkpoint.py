@@ -4,20 +4,21 @@
                         (torch.save of tensors and plain values; loaded with weights_only=True)
     model.safetensors   the weights plus metadata (model name, classes, input size, normalisation)
 
-Every write goes to a temporary file in the same folder, is flushed to disk (fsync) and then
-renamed over the old file, so a run killed at any moment leaves the previous complete file.
+Every write goes through :func:`cnnlab.files.atomic_write`: made in memory, written to a temporary
+file in the same folder, flushed to disk (fsync) and renamed over the old file, so a run killed
+at any moment leaves the previous complete file, and a failed write names the file and the reason.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..files import atomic_write
 
 __all__ = ["atomic_write", "load_checkpoint", "load_weights", "save_checkpoint", "save_weights"]
 
@@ -25,28 +26,14 @@ CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = True) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text), binary=False)
+    atomic_write(path, text)
 
 
 def save_checkpoint(folder: str | Path, state: dict) -> None:
-    atomic_write(Path(folder) / CHECKPOINT, lambda f: torch.save(state, f))
+    buf = io.BytesIO()
+    torch.save(state, buf)  # in memory first: a full disk is then the OS's own error, naming the file
+    atomic_write(Path(folder) / CHECKPOINT, buf.getvalue())
 
 
 def load_checkpoint(folder: str | Path, map_location="cpu") -> dict:
@@ -54,9 +41,13 @@ def load_checkpoint(folder: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {CHECKPOINT} to resume from (is this a cnnlab run folder?)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # a damaged file: say which and why
-        raise ValueError(f"{path}: cannot read the checkpoint ({err})") from None
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # torch's own message advises weights_only=False: never do that with an unknown file
+        state = None
+    if not isinstance(state, dict) or state.get("format") != "cnnlab-checkpoint-1":
+        raise ValueError(f"{path} is corrupt or not a cnnlab checkpoint; it cannot be resumed. The run's weights "
+                         f"(model.safetensors) may still be usable; start a new run to train again") from None
+    return state
 
 
 def save_weights(folder: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -65,7 +56,7 @@ def save_weights(folder: str | Path, state_dict: dict[str, torch.Tensor], metada
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     blob = save(tensors, metadata={k: json.dumps(v) for k, v in metadata.items()})
-    atomic_write(Path(folder) / WEIGHTS, lambda f: f.write(blob))
+    atomic_write(Path(folder) / WEIGHTS, blob)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

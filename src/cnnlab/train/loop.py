@@ -28,10 +28,12 @@ from torch import nn
 
 from ..data import Batches, load_dataset
 from ..data.loader import step_seed
+from ..files import WriteError
 from ..models import create_model, model_info
 from . import checkpoint as ckpt
-from .config import TrainConfig, resolve_config
+from .config import TrainConfig, resolve_config, validate
 from .distributed import Dist, setup
+from .runfolder import RunFolder, check_new_folder
 
 __all__ = ["RunResult", "TrainingError", "evaluate", "fit", "load_run_model"]
 
@@ -111,11 +113,6 @@ def _subset(data, n: int, seed: int):
                                source=f"{data.source} (subset of {len(train)} train / {len(test)} test)")
 
 
-def _default_folder(config: TrainConfig) -> Path:
-    dataset = config.dataset.replace("folder:", "folder-").replace("/", "_").strip("_")
-    return Path("runs") / f"{config.model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, dist: Dist | None = None, device=None) -> dict:
     """Accuracy and mean loss over a split; with ``dist`` the counts are summed over processes."""
@@ -191,171 +188,281 @@ def _metrics_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def fit(config: TrainConfig | None = None, *, resume: str | Path | None = None, quiet: bool = False,
-        json_lines: bool = False, **overrides) -> RunResult:
+def fit(config: TrainConfig | None = None, *, resume: str | Path | None = None, overwrite: bool = False,
+        quiet: bool = False, json_lines: bool = False, **overrides) -> RunResult:
     """Train as ``config`` says (or ``resolve_config(**overrides)``); resume from a run folder if given.
 
-    Returns the run folder and the per-epoch history. Raises :class:`TrainingError` on a NaN or
-    infinite loss, after keeping the last good checkpoint.
+    The run folder (``config.out``, or a new ``runs/<model>-<dataset>-<time>``) must be new or
+    empty: a folder holding a run is refused unless ``overwrite=True``, and a folder that another
+    process is training into is always refused. Returns the run folder and the per-epoch history.
+    Raises :class:`TrainingError` on a NaN or infinite loss, after keeping the last good checkpoint,
+    and :class:`cnnlab.files.WriteError` when a file cannot be written (the last good checkpoint
+    and weights stay intact).
     """
     # 1) configuration and processes
     state = None
     if resume is not None:
-        folder = Path(resume)
-        state = ckpt.load_checkpoint(folder)
-        config = TrainConfig.from_json(folder / "config.json")
-        changed = {k: v for k, v in overrides.items() if v is not None and v != getattr(config, k, None)}
-        fixed = set(changed) - RESUME_CHANGEABLE
-        if fixed:
-            raise ValueError(f"cannot change {', '.join(sorted(fixed))} when resuming {folder}; "
-                             f"changeable: {', '.join(sorted(RESUME_CHANGEABLE))}")
-        for key, value in changed.items():
-            setattr(config, key, value)
-        state["lr_override"] = "lr" in changed
+        if overwrite:
+            raise ValueError("resume and overwrite exclude each other: resuming continues the run in its folder")
+        config, state = _resume_config(Path(resume), overrides)
     elif config is None:
         config = resolve_config(**overrides)
     elif overrides:
         raise TypeError(f"fit() got a config and options {sorted(overrides)}; put them in the config (resolve_config) instead")
+    if resume is None and config.out:
+        check_new_folder(Path(config.out), overwrite)  # refuse before loading anything
     device_kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist = setup(device_kind)
     device = _device(config, dist)
     if config.threads:
         torch.set_num_threads(config.threads)
-    folder = Path(resume) if resume is not None else Path(config.out) if config.out else _default_folder(config)
-    config.out = str(folder)
     printer = _Printer(dist.main, quiet, json_lines)
     try:
-        return _train(config, state, folder, dist, device, printer)
+        return _train(config, state, resume is not None, overwrite, dist, device, printer)
     finally:
         dist.close()
 
 
-def _train(config: TrainConfig, state: dict | None, folder: Path, dist: Dist, device, printer: _Printer) -> RunResult:
-    # 2) data, model, optimiser
-    if dist.main:
-        data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, progress=not printer.quiet)
-    dist.barrier()
-    if not dist.main:
-        data = load_dataset(config.dataset, config.data_dir, fetch=False, image_size=config.image_size)
-    if config.subset:
-        data = _subset(data, config.subset, config.seed)
-    image_size = config.image_size or model_info(config.model)["input_size"]
-    pad = 0 if not config.augment else (2 if image_size <= 32 and data.image_shape[-1] <= 28 else 4)
-    common = {"mean": data.mean, "std": data.std, "normalize": config.normalize, "device": device,
-              "image_size": image_size, "channels_last": config.channels_last,
-              "rank": dist.rank, "world_size": dist.world_size}
-    train = Batches(data.train_images, data.train_labels, config.batch_size, shuffle=True, seed=config.seed,
-                    augment_pad=pad, flip=config.augment, **common)
-    test = Batches(data.test_images, data.test_labels, config.eval_batch_size, **common)
+def _resume_config(folder: Path, overrides: dict) -> tuple[TrainConfig, dict]:
+    """The run's own configuration with the allowed changes, and its checkpoint state."""
+    RunFolder.check_resumable(folder)
+    state = ckpt.load_checkpoint(folder)
+    config = TrainConfig.from_json(folder / "config.json")
+    changed = {k: v for k, v in overrides.items() if v is not None and v != getattr(config, k, None)}
+    fixed = set(changed) - RESUME_CHANGEABLE
+    if fixed:
+        was = ", ".join(f"{k}={getattr(config, k, None)!r} (asked {changed[k]!r})" for k in sorted(fixed))
+        raise ValueError(f"cannot change {was} when resuming {folder}; changeable: {', '.join(sorted(RESUME_CHANGEABLE))}")
+    done = len(state["history"])
+    if "epochs" in changed and changed["epochs"] <= done:
+        raise ValueError(f"--epochs {changed['epochs']}: {folder} has already trained {done} epoch(s); "
+                         f"give more than {done} to train further")
+    if "epochs" not in changed and state["epoch"] > config.epochs:
+        raise ValueError(f"{folder} is complete ({done} of {config.epochs} epochs); pass --epochs N with N > {done} to train further")
+    for key, value in changed.items():
+        setattr(config, key, value)
+    validate(config)
+    state["lr_override"] = "lr" in changed
+    return config, state
 
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend=config.backend,
-                         **_model_kwargs(config)).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(config, model.parameters())
-    schedule = _schedule(config, optimizer, len(train))
-    history: list[dict] = []
-    start_epoch, start_step, partial = 1, 0, [0.0, 0.0, 0.0, 0.0]  # loss sum, correct, count, train seconds
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
+
+def _claim(config: TrainConfig, resumed: bool, overwrite: bool) -> RunFolder:
+    if resumed:
+        return RunFolder.claim_existing(Path(config.out))
+    if config.out:
+        return RunFolder.claim_new(Path(config.out), overwrite)
+    return RunFolder.claim_default(config.model, config.dataset)
+
+
+def _train(config: TrainConfig, state: dict | None, resumed: bool, overwrite: bool, dist: Dist, device,
+           printer: _Printer) -> RunResult:
+    # 2) data, model, optimiser; then the run folder is claimed (nothing is written before)
+    run = _Run(config, state, dist, device, printer)
+    claimed = _claim(config, resumed, overwrite) if dist.main else None
+    run.folder = claimed.path if claimed is not None else Path(config.out or ".")
+    config.out = str(run.folder)
+    try:
+        return run.train()
+    except Exception as err:
+        if claimed is None or not claimed.discard_if_unused():
+            raise
+        note = f"nothing was saved ({'the run folder ' + str(run.folder) + ' was removed' if claimed.created else 'its files were removed'})"
+        if isinstance(err, WriteError):
+            raise err.with_hint(note) from None
+        if isinstance(err, TrainingError):
+            raise TrainingError(f"{err}; {note}") from None
+        raise
+    finally:
+        if claimed is not None:
+            claimed.release()
+
+
+class _Run:
+    """One training run's pieces, and the steps of the loop (the module docstring's 2-4)."""
+
+    def __init__(self, config: TrainConfig, state: dict | None, dist: Dist, device, printer: _Printer):
+        self.config, self.dist, self.device, self.printer, self.resumed = config, dist, device, printer, state is not None
+        self.folder = Path(".")
+        self.data = data = self._load_data()
+        self.image_size = config.image_size or model_info(config.model)["input_size"]
+        pad = 0 if not config.augment else (2 if self.image_size <= 32 and data.image_shape[-1] <= 28 else 4)
+        common = {"mean": data.mean, "std": data.std, "normalize": config.normalize, "device": device,
+                  "image_size": self.image_size, "channels_last": config.channels_last,
+                  "rank": dist.rank, "world_size": dist.world_size}
+        self.train_batches = Batches(data.train_images, data.train_labels, config.batch_size, shuffle=True, seed=config.seed,
+                                     augment_pad=pad, flip=config.augment, **common)
+        self.test_batches = Batches(data.test_images, data.test_labels, config.eval_batch_size, **common)
+
+        torch.manual_seed(config.seed)
+        self.model = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0],
+                                  backend=config.backend, **_model_kwargs(config)).to(device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _optimizer(config, self.model.parameters())
+        self.schedule = _schedule(config, self.optimizer, len(self.train_batches))
+        self.history: list[dict] = []
+        self.start = (1, 0, [0.0, 0.0, 0.0, 0.0])  # epoch, step, partial sums: loss, correct, count, train seconds
+        if state is not None:
+            self._restore(state)
+        self.net = self.model
+        if dist.enabled:
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.compile:
+            self.net = torch.compile(self.net)
+        self.metadata = _metadata(config, data, self.image_size)
+        self.amp = config.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.writer = None
+
+    def _load_data(self):
+        config, dist = self.config, self.dist
+        if dist.main:
+            data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, progress=not self.printer.quiet)
+        dist.barrier()
+        if not dist.main:
+            data = load_dataset(config.dataset, config.data_dir, fetch=False, image_size=config.image_size)
+        return _subset(data, config.subset, config.seed) if config.subset else data
+
+    def _restore(self, state: dict) -> None:
+        config = self.config
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
         if state.get("lr_override"):  # a new peak learning rate from here on
-            schedule.base_lrs = [config.lr for _ in schedule.base_lrs]
-            for group in optimizer.param_groups:
+            self.schedule.base_lrs = [config.lr for _ in self.schedule.base_lrs]
+            for group in self.optimizer.param_groups:
                 group["initial_lr"] = config.lr
-                group["lr"] = config.lr * schedule.lr_lambdas[0](schedule.last_epoch)
-        history = [dict(row) for row in state["history"]]
-        start_epoch, start_step, partial = state["epoch"], state["step"], list(state["partial"])
-    net = model
-    if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)
-    metadata = _metadata(config, data, image_size)
-    if dist.main:
-        folder.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text(folder / "config.json", config.to_json() + "\n")
-        if state is None:
-            printer.say(f"training {config.model} ({sum(p.numel() for p in model.parameters()):,} parameters, backend "
+                group["lr"] = config.lr * self.schedule.lr_lambdas[0](self.schedule.last_epoch)
+        self.history = [dict(row) for row in state["history"]]
+        self.start = (state["epoch"], state["step"], list(state["partial"]))
+
+    # -- writing: every file through cnnlab.files.atomic_write; a failure says what is still safe --
+    def _write(self, what) -> None:
+        if not self.dist.main:
+            return
+        try:
+            what()
+        except WriteError as err:
+            raise err.with_hint(self._safe_note()) from None
+
+    def _safe_note(self) -> str:
+        if not (self.folder / ckpt.CHECKPOINT).exists():
+            return "no checkpoint had been written yet"
+        state = ckpt.load_checkpoint(self.folder)
+        where = f"end of epoch {state['epoch'] - 1}" if state["step"] == 0 else f"epoch {state['epoch']}, step {state['step']}"
+        return (f"the last good checkpoint ({where}) and weights in {self.folder} are intact; "
+                f"after fixing the cause, continue with: cnnlab train --resume {self.folder}")
+
+    def save_checkpoint(self, epoch: int, step: int, partial_sums) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                 "epoch": epoch, "step": step, "partial": list(partial_sums), "history": self.history,
+                 "format": "cnnlab-checkpoint-1"}
+        self._write(lambda: ckpt.save_checkpoint(self.folder, state))
+
+    def _end_of_epoch_files(self, epoch: int) -> None:
+        # the checkpoint last: it commits the epoch. Killed or failed before it, a resume redoes this
+        # epoch exactly and rewrites the weights and metrics written so far with the same values
+        self._write(lambda: ckpt.save_weights(self.folder, self.model.state_dict(), self.metadata))
+        self._write(lambda: ckpt.write_text(self.folder / "metrics.csv", _metrics_csv(self.history)))
+        self.save_checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0, 0.0])
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train(self) -> RunResult:
+        config, printer, folder = self.config, self.printer, self.folder
+        start_epoch, start_step, partial = self.start
+        self._write(lambda: ckpt.write_text(folder / "config.json", config.to_json() + "\n"))
+        if not self.resumed:
+            data = self.data
+            printer.say(f"training {config.model} ({sum(p.numel() for p in self.model.parameters()):,} parameters, backend "
                         f"{config.backend}) on {data.name} ({len(data.train_labels):,} train / {len(data.test_labels):,} test, "
-                        f"from {data.source}) on {device}, {torch.get_num_threads()} threads -> {folder}")
+                        f"from {data.source}) on {self.device}, {torch.get_num_threads()} threads -> {folder}")
         else:
             printer.say(f"resuming {folder} at epoch {start_epoch}, step {start_step}")
+        self.writer = _tensorboard(config, folder, self.dist)
+        if self.writer is not None and not self.resumed:
+            _tensorboard_graph(self.writer, config, self.model, self.data, self.image_size, self.device)
+        elapsed_before = self.history[-1]["elapsed_s"] if self.history else 0.0
+        self.started = time.perf_counter() - elapsed_before - (partial[3] if start_step else 0.0)
 
-    def save(epoch: int, step: int, partial_sums) -> None:
-        if dist.main:
-            ckpt.save_checkpoint(folder, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "schedule": schedule.state_dict(), "epoch": epoch, "step": step,
-                                          "partial": list(partial_sums), "history": history, "format": "cnnlab-checkpoint-1"})
+        # 3) epochs
+        with _Interrupt() as interrupt:
+            for epoch in range(start_epoch, config.epochs + 1):
+                first = start_step if epoch == start_epoch else 0
+                sums = partial if epoch == start_epoch else [0.0, 0.0, 0.0, 0.0]
+                sums = self._one_epoch(epoch, first, sums, interrupt)
+                if sums is None:
+                    return RunResult(folder, self.history, "interrupted")
+                self._finish_epoch(epoch, sums)
 
-    writer = _tensorboard(config, folder, dist)
-    if writer is not None and state is None:
-        _tensorboard_graph(writer, config, model, data, image_size, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=config.label_smoothing)
-    elapsed_before = history[-1]["elapsed_s"] if history else 0.0
-    started = time.perf_counter() - elapsed_before - (partial[3] if start_step else 0.0)
+        # 4) figures
+        if self.dist.main:
+            self._write(lambda: _figures(self.model, self.test_batches, self.data, folder, self.history))
+            last = self.history[-1]
+            if printer.json:
+                print(json.dumps({"event": "summary", "folder": str(folder), **last}), flush=True)
+            else:
+                printer.say(f"done: test accuracy {last['test_acc']:.4f} after {_plural(last['epoch'], 'epoch')}, "
+                            f"{last['elapsed_s']:.0f} s; run folder {folder}")
+        if self.writer is not None:
+            self.writer.close()
+        return RunResult(folder, self.history)
 
-    # 3) epochs
-    with _Interrupt() as interrupt:
-        for epoch in range(start_epoch, config.epochs + 1):
-            net.train()
-            sums = partial if epoch == start_epoch else [0.0, 0.0, 0.0, 0.0]
-            first = start_step if epoch == start_epoch else 0
-            with printer.bar(len(train), first, f"epoch {epoch}/{config.epochs}") as bar:
-                for step, (x, y, global_count) in enumerate(train.epoch(epoch, first), start=first):
-                    if interrupt.requested:
-                        save(epoch, step, sums)
-                        printer.say(f"interrupted: checkpoint saved at epoch {epoch}, step {step}; "
-                                    f"continue with: cnnlab train --resume {folder}")
-                        return RunResult(folder, history, "interrupted")
-                    tick = time.perf_counter()
-                    torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout masks
-                    with torch.autocast(device.type, enabled=config.amp and device.type == "cuda"):
-                        logits = net(x)
-                        loss_sum = loss_fn(logits.float(), y)
-                    # each process's share of the global mean: DDP averages over processes
-                    scaled = loss_sum * (dist.world_size / global_count)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(scaled).backward()
-                    stats = dist.sum([loss_sum.item(), (logits.argmax(1) == y).sum().item(), len(y)], device)
-                    if not math.isfinite(stats[0]):
-                        raise TrainingError(f"the loss became {stats[0]} at epoch {epoch}, step {step}; stopped. The last good "
-                                            f"checkpoint is kept in {folder}" + (f" (end of epoch {history[-1]['epoch']})" if history else ""))
-                    scaler.step(optimizer)
-                    scaler.update()
-                    schedule.step()
-                    sums = [sums[0] + stats[0], sums[1] + stats[1], sums[2] + stats[2], sums[3] + time.perf_counter() - tick]
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}", acc=f"{sums[1] / max(sums[2], 1):.3f}")
-                    if writer is not None:
-                        writer.add_scalar("step/loss", stats[0] / max(stats[2], 1), (epoch - 1) * len(train) + step)
-            result = evaluate(net, test, dist, device)
-            row = {"epoch": epoch, "train_loss": sums[0] / sums[2], "train_acc": sums[1] / sums[2], "test_acc": result["acc"],
-                   "lr": optimizer.param_groups[0]["lr"], "examples_per_s": sums[2] / max(sums[3], 1e-9), "epoch_s": sums[3],
-                   "elapsed_s": time.perf_counter() - started}
-            history.append(row)
-            printer.record(row, config.epochs)
-            if dist.main:
-                ckpt.write_text(folder / "metrics.csv", _metrics_csv(history))
-                ckpt.save_weights(folder, model.state_dict(), metadata)
-                save(epoch + 1, 0, [0.0, 0.0, 0.0, 0.0])
-                if writer is not None:
-                    _tensorboard_epoch(writer, model, row, test)
+    def _one_epoch(self, epoch: int, first: int, sums: list[float], interrupt: _Interrupt) -> list[float] | None:
+        """Train one epoch from step ``first``; the updated sums, or None if interrupted (checkpoint saved)."""
+        config, dist, device = self.config, self.dist, self.device
+        loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=config.label_smoothing)
+        scaler = self.scaler
+        self.net.train()
+        with self.printer.bar(len(self.train_batches), first, f"epoch {epoch}/{config.epochs}") as bar:
+            for step, (x, y, global_count) in enumerate(self.train_batches.epoch(epoch, first), start=first):
+                if interrupt.requested:
+                    self.save_checkpoint(epoch, step, sums)
+                    self.printer.say(f"interrupted: checkpoint saved at epoch {epoch}, step {step}; "
+                                     f"continue with: cnnlab train --resume {self.folder}")
+                    return None
+                tick = time.perf_counter()
+                torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout masks
+                with torch.autocast(device.type, enabled=self.amp):
+                    logits = self.net(x)
+                    loss_sum = loss_fn(logits.float(), y)
+                # each process's share of the global mean: DDP averages over processes
+                scaled = loss_sum * (dist.world_size / global_count)
+                self.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(scaled).backward()
+                stats = dist.sum([loss_sum.item(), (logits.argmax(1) == y).sum().item(), len(y)], device)
+                if not math.isfinite(stats[0]):
+                    raise TrainingError(f"the loss became {stats[0]} at epoch {epoch}, step {step}; stopped. " + self._kept_note())
+                scaler.step(self.optimizer)
+                scaler.update()
+                self.schedule.step()
+                sums = [sums[0] + stats[0], sums[1] + stats[1], sums[2] + stats[2], sums[3] + time.perf_counter() - tick]
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}", acc=f"{sums[1] / max(sums[2], 1):.3f}")
+                if self.writer is not None:
+                    self.writer.add_scalar("step/loss", stats[0] / max(stats[2], 1), (epoch - 1) * len(self.train_batches) + step)
+        return sums
 
-    # 4) figures
-    if dist.main:
-        _figures(model, test, data, folder, history)
-        if printer.json:
-            print(json.dumps({"event": "summary", "folder": str(folder), **history[-1]}), flush=True)
-        else:
-            printer.say(f"done: test accuracy {history[-1]['test_acc']:.4f} after {history[-1]['epoch']} epochs, "
-                        f"{history[-1]['elapsed_s']:.0f} s; run folder {folder}")
-    if writer is not None:
-        writer.close()
-    return RunResult(folder, history)
+    def _kept_note(self) -> str:
+        if self.dist.main and not (self.folder / ckpt.CHECKPOINT).exists():
+            return "No checkpoint had been written yet"
+        last = f" (end of epoch {self.history[-1]['epoch']})" if self.history else ""
+        return f"The last good checkpoint is kept in {self.folder}{last}"
+
+    def _finish_epoch(self, epoch: int, sums: list[float]) -> None:
+        result = evaluate(self.net, self.test_batches, self.dist, self.device)
+        row = {"epoch": epoch, "train_loss": sums[0] / sums[2], "train_acc": sums[1] / sums[2], "test_acc": result["acc"],
+               "lr": self.optimizer.param_groups[0]["lr"], "examples_per_s": sums[2] / max(sums[3], 1e-9), "epoch_s": sums[3],
+               "elapsed_s": time.perf_counter() - self.started}
+        self.history.append(row)
+        self.printer.record(row, self.config.epochs)
+        if self.dist.main:
+            self._end_of_epoch_files(epoch)
+            if self.writer is not None:
+                _tensorboard_epoch(self.writer, self.model, row, self.test_batches)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _tensorboard(config: TrainConfig, folder: Path, dist: Dist):

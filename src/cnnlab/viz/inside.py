@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import save_figure
 from .plots import _image_for_display, use_agg
 
 __all__ = ["activations", "conv_layers", "plot_features", "plot_kernels", "plot_receptive", "tile_grid", "window_layers"]
@@ -96,7 +97,7 @@ def plot_kernels(weight: torch.Tensor, path: str | Path, title: str = "", max_ou
     fig.suptitle((title or "kernels") + shown + (" — RGB, shared scale" if rgb else ""), fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes, fraction=0.04, pad=0.02, label="weight")
-    fig.savefig(path, bbox_inches="tight")
+    save_figure(fig, path, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
@@ -120,7 +121,7 @@ def plot_features(image: torch.Tensor, maps: dict[str, torch.Tensor], path: str 
             axes[r, c + 1].set_title(f"ch {c}", fontsize=6)
     fig.suptitle(title or "feature maps", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -141,6 +142,6 @@ def plot_receptive(image: torch.Tensor, field: dict, path: str | Path, title: st
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import save_figure
+
 __all__ = ["plot_confusion", "plot_curves", "plot_predictions", "use_agg"]
 
 
@@ -42,7 +44,7 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> P
     ax.grid(alpha=0.3)
     ax.set_title(title or "training curves")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -77,7 +79,7 @@ def plot_predictions(images: torch.Tensor, labels: Sequence[int], predicted: Seq
                 spine.set_color("red")
     fig.suptitle("test images: true class / prediction (x = mistake)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -108,6 +110,6 @@ def plot_confusion(matrix: torch.Tensor, classes: Sequence[str], path: str | Pat
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_title(title or "confusion matrix", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
