@@ -47,18 +47,44 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             continue
         kind = _field_type(f.type)
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            preset = any(f.name in p for p in PRESETS.values())
+            help_text += f" (default: {f.default}{', or the model preset' if preset else ''})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=help_text)
     parser.add_argument("--resume", metavar="RUN", help="continue a run folder from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out (never done without it)")
-    parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (launches torchrun)")
+    parser.add_argument("--nproc", type=_positive_int("--nproc"), default=1, help="processes on this machine (launches torchrun)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="one JSON object per epoch and a summary, instead of text")
     parser.add_argument("--list", action="store_true", help="list models with their presets and exit")
     parser.epilog = "presets: " + "; ".join(f"{m}: " + ", ".join(f"{k}={v}" for k, v in p.items()) for m, p in PRESETS.items())
+
+
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number >= 1, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port must be a number in 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be in 0..65535 (0: any free port), got {value}")
+    return value
 
 
 def _free_port() -> int:
@@ -124,13 +150,14 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         predicted = torch.cat([model(x).argmax(1) for x, _, _ in batches.epoch(0)])
     labels = data.test_labels
     matrix = confusion_matrix(labels, predicted, len(meta["classes"]))
-    per_class = (matrix.diag().float() / matrix.sum(1).clamp_min(1)).tolist()
-    accuracy = (predicted == labels).float().mean().item()
+    per_class = [int(d) / max(int(n), 1) for d, n in zip(matrix.diag(), matrix.sum(1))]
+    correct = int((predicted == labels).sum())
+    accuracy = correct / len(labels)
     if args.json:
         print(json.dumps({"run": str(args.run), "test_acc": accuracy, "count": len(labels),
                           "per_class": dict(zip(meta["classes"], per_class)), "confusion": matrix.tolist()}))
         return 0
-    print(f"{args.run}: {meta['model']} on {data.name}: test accuracy {accuracy:.4f} ({int((predicted == labels).sum())}/{len(labels)})")
+    print(f"{args.run}: {meta['model']} on {data.name}: test accuracy {accuracy:.4f} ({correct}/{len(labels)})")
     width = max(len(c) for c in meta["classes"])
     print("\nper-class accuracy")
     for name, acc in zip(meta["classes"], per_class):
@@ -143,16 +170,22 @@ def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
+    """Classify each image; a file that cannot be read is reported and the others still are (exit 1 if any failed)."""
     import torch
 
-    from .data import preprocess, read_image
+    from .data import DataFormatError, preprocess, read_image
     from .train import load_run_model
 
     model, meta = load_run_model(args.run)
     size = meta["image_size"]
-    results = []
+    results, failed = [], 0
     for path in args.images:
-        image = read_image(path, meta["in_channels"], (size, size))
+        try:
+            image = read_image(path, meta["in_channels"], (size, size))
+        except (DataFormatError, OSError) as err:
+            failed += 1
+            results.append({"image": str(path), "error": str(err)})
+            continue
         x = preprocess(image[None], meta["mean"], meta["std"], meta["normalize"], None)
         with torch.no_grad():
             probs = torch.softmax(model(x)[0].float(), 0)
@@ -161,12 +194,15 @@ def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
                                                              for p, i in zip(top.values, top.indices)]})
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0]))
-        return 0
-    for r in results:
-        print(r["image"])
-        for p in r["predictions"]:
-            print(f"  {p['probability']:7.2%}  {p['class']}")
-    return 0
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"cnnlab: error: {r['error']}", file=sys.stderr)
+                continue
+            print(r["image"])
+            for p in r["predictions"]:
+                print(f"  {p['probability']:7.2%}  {p['class']}")
+    return 1 if failed else 0
 
 
 def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
@@ -184,31 +220,29 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _load_any_model(spec: str):
-    """A zoo name, a run folder, or ``package.module:factory`` (a callable returning an nn.Module)."""
-    import importlib
-
+def _load_any_model(spec: str, model_args: str | None = None):
+    """A zoo name, a run folder, or ``package.module:factory`` (a function or class making an nn.Module)."""
     from .models import create_model, list_models, model_info
+    from .models.factory import is_factory_spec, load_factory, parse_model_args
 
+    kwargs = parse_model_args(model_args)
     if Path(spec).is_dir():
         from .train import load_run_model
 
         model, meta = load_run_model(spec)
         return model, (meta["in_channels"], meta["image_size"], meta["image_size"])
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        factory = getattr(importlib.import_module(module_name), attr)
-        return (factory() if callable(factory) and not hasattr(factory, "forward") else factory), None
+    if is_factory_spec(spec):
+        return load_factory(spec, kwargs), None
     if spec not in list_models():
         raise ValueError(f"{spec!r} is not a model name ({', '.join(list_models())}), a run folder or package.module:factory")
     size = model_info(spec)["input_size"]
-    return create_model(spec, backend="torch"), (1, size, size)
+    return create_model(spec, backend="torch", **kwargs), (1, size, size)
 
 
 def cmd_summary(args: argparse.Namespace, argv: list[str]) -> int:
     from .analysis import RENDERERS, summary
 
-    model, default_input = _load_any_model(args.model)
+    model, default_input = _load_any_model(args.model, args.model_args)
     input_size = args.input or default_input
     if input_size is None:
         raise ValueError("--input is required for a module.path:factory model, e.g. --input 3x32x32")
@@ -230,6 +264,15 @@ def _run_input(meta: dict, image: Path | None, test_index: int | None, data_dir=
         picture = data.test_images[test_index]
     x = preprocess(picture[None], meta["mean"], meta["std"], meta["normalize"], size)
     return picture, x
+
+
+def _unit(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    try:
+        row, col = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--unit must be row,column (two whole numbers, e.g. 3,4), got {text!r}") from None
+    return row, col
 
 
 def cmd_viz(args: argparse.Namespace, argv: list[str]) -> int:
@@ -261,7 +304,7 @@ def cmd_viz(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             from .analysis import receptive_field_for_unit
 
-            unit = tuple(int(v) for v in args.unit.split(","))
+            unit = _unit(args.unit)
             field = receptive_field_for_unit(model, tuple(x.shape[1:]), args.layer, unit)
             (y0, y1), (x0, x1) = field["clipped"]
             inside.plot_receptive(x[0] if picture.shape[-1] != x.shape[-1] else picture, field, out,
@@ -277,6 +320,8 @@ def cmd_tour(args: argparse.Namespace, argv: list[str]) -> int:
         for step in STEPS:
             print(f"{step.name:15s} {step.title}")
         return 0
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for the figures")
     return 0 if run_tour(args.names or None, args.out) else 1
 
 
@@ -307,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="classify image files with a run's model")
     predict.add_argument("run", type=Path, help="run folder")
     predict.add_argument("images", nargs="+", type=Path, help="image files (any size and mode)")
-    predict.add_argument("--top", type=int, default=3, help="classes to show per image")
+    predict.add_argument("--top", type=_positive_int("--top"), default=3, help="classes to show per image (at least 1)")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=cmd_predict)
 
@@ -316,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--input", default=None, help="input size CxHxW, e.g. 1x28x28 (default: the model's)")
     summ.add_argument("--depth", type=int, default=None, help="show modules at this nesting depth instead of every leaf")
     summ.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    summ.add_argument("--model-args", default=None, metavar="JSON", help="keyword arguments for a zoo model or a package.module:factory")
     summ.set_defaults(func=cmd_summary)
 
     viz = sub.add_parser("viz", help="pictures of a run's model: kernels, feature maps, receptive fields")
@@ -348,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     explore = sub.add_parser("explore", help="a local web page to look inside a trained model")
     explore.add_argument("run", type=Path)
     explore.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    explore.add_argument("--port", type=int, default=8765)
+    explore.add_argument("--port", type=_port, default=8765, help="port to listen on, 0 for any free one (default: 8765)")
     explore.add_argument("--data-dir", default=None)
     explore.set_defaults(func=cmd_explore)
 

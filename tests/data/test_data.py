@@ -166,6 +166,8 @@ def test_folder_dataset_skips_nothing_silently(tmp_path):
     (tmp_path / "a" / "x.png").write_bytes(b"not an image at all")
     Image = pytest.importorskip("PIL.Image")
     Image.new("L", (8, 8)).save(tmp_path / "b" / "y.png")
+    Image.new("L", (8, 8)).save(tmp_path / "b" / "z.png")
+    Image.new("L", (8, 8)).save(tmp_path / "a" / "w.png")
     with pytest.raises(DataFormatError, match="x.png: not a readable image"):
         load_folder(tmp_path)
 

@@ -208,9 +208,16 @@ def test_evaluate_and_predict_commands(tmp_path):
     exact, resized = json.loads(out)
     assert exact["predictions"][0]["class"] == expected  # the same preprocessing as training
     assert len(resized["predictions"]) == 2 and resized["predictions"][0]["probability"] >= resized["predictions"][1]["probability"]
-    proc = cli("predict", str(result.folder), str(tmp_path / "notes.png"))
+    # one bad file among good ones: the good ones are still classified, the bad one named, exit 1
+    proc = cli("predict", str(result.folder), str(tmp_path / "item.png"), str(tmp_path / "notes.png"), str(tmp_path / "big.png"))
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "notes.png: not a readable image" in out
+    assert proc.returncode == 1 and "Traceback" not in out
+    assert "cnnlab: error: " + str(tmp_path / "notes.png") + ": not a readable image" in out
+    assert f"{tmp_path / 'item.png'}\n" in out and f"{tmp_path / 'big.png'}\n" in out and out.count("%") == 6
+    for top in ("0", "-1", "x"):
+        proc = cli("predict", str(result.folder), str(tmp_path / "item.png"), "--top", top)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and "--top must be" in out and "Traceback" not in out
 
 
 def test_unknown_model_and_dataset_list_the_valid_ones(tmp_path):

@@ -55,6 +55,18 @@ class Summary:
     def __str__(self) -> str:
         return to_table(self)
 
+    def to_table(self) -> str:
+        return to_table(self)
+
+    def to_markdown(self) -> str:
+        return to_markdown(self)
+
+    def to_csv(self) -> str:
+        return to_csv(self)
+
+    def to_json(self) -> str:
+        return to_json(self)
+
 
 def _mult_adds(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -197,11 +209,19 @@ def receptive_field_for_unit(model: nn.Module, input_size, layer: str, index) ->
     _, output, fld = records[layer]
     spatial_out = tuple(output.shape[-dims:]) if output.dim() > dims else ()
     index = tuple(index)
-    if fld is None or fld.whole or not spatial_out:
+    if not spatial_out:
+        spatial = [n for n, (_, out, _) in records.items() if n and out.dim() > dims + 1]
+        raise ValueError(f"layer {layer!r} ({type(records[layer][0]).__name__}) has no spatial output (shape "
+                         f"{tuple(output.shape[1:])}): each of its units sees the whole input; a unit needs a layer with "
+                         f"feature maps: {', '.join(spatial)}")
+    if len(index) != dims:
+        raise ValueError(f"a unit of layer {layer!r} needs {dims} indices (its output is {'x'.join(map(str, spatial_out))}), got {index}")
+    if any(not 0 <= i < n for i, n in zip(index, spatial_out)):
+        raise ValueError(f"unit {index} is outside layer {layer!r}'s output of spatial size {'x'.join(map(str, spatial_out))} "
+                         f"(indices from 0)")
+    if fld is None or fld.whole:
         full = [(0, n - 1) for n in input_size[1:]]
         return {"clipped": full, "unclipped": [(float(a), float(b)) for a, b in full], "whole": True}
-    if len(index) != dims or any(not 0 <= i < n for i, n in zip(index, spatial_out)):
-        raise ValueError(f"unit index {index} is outside layer {layer!r}'s output of spatial size {spatial_out}")
     unclipped, clipped = fld.rectangle(index, input_size[1:])
     return {"clipped": clipped, "unclipped": unclipped, "size": fld.size, "jump": fld.jump, "start": fld.start, "whole": False}
 

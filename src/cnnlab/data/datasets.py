@@ -4,7 +4,8 @@ image folders (``folder:PATH``).
 A folder data set has one sub-folder per class (PNG, JPEG, BMP, ...; gray or RGB). If it has
 ``train/`` and ``test/`` (or ``val/``) sub-folders those are the splits; otherwise a seeded 1 in 10
 of each class is held out for testing. Images are decoded by Pillow (by content, not by file
-name) and resized to one size so the set fits one tensor.
+name), turned upright by their EXIF orientation and resized to one size so the set fits one
+tensor; the set is colour (3 channels) if any of its images is colour, gray otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .formats import DataFormatError, read_cifar_batches, read_idx
+from .formats import DataFormatError, ImageTooLargeError, read_cifar_batches, read_idx
 from .sources import CIFAR_BATCHES, SPECS, DataNotFoundError, download, locate, not_found_message
 
 __all__ = ["ImageDataset", "dataset_names", "load_dataset", "load_folder", "read_image"]
@@ -98,20 +99,46 @@ def _read_idx_file(folder: Path, name: str) -> np.ndarray:
 def read_image(path, channels: int, size: tuple[int, int] | None) -> torch.Tensor:
     """Decode one image (a path or a binary file object) with Pillow to (channels, H, W) uint8, resized to ``size`` (H, W) if given.
 
-    Raises ``DataFormatError`` naming the file when its content is not a decodable image.
+    The image is turned upright by its EXIF orientation first (as photo viewers show it).
+    Raises ``DataFormatError`` naming the file when its content is not a decodable image, and
+    ``ImageTooLargeError`` when it has more pixels than Pillow's decompression-bomb limit.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
             img = img.convert("L" if channels == 1 else "RGB")
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             array = np.array(img, dtype=np.uint8)  # a writable copy
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataFormatError(f"{path}: not a readable image ({err})") from None
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"{_name(path)}: image too large to decode ({err})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataFormatError(f"{_name(path)}: not a readable image ({err})") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _name(path) -> str:
+    return str(path) if isinstance(path, (str, Path)) else "the image"
+
+
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _is_colour(path: Path) -> bool:
+    """Whether an image is colour, from its header (and palette) only."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode == "P":  # a palette image is colour unless every palette entry is a gray
+                palette = img.getpalette() or []
+                return any(not (r == g == b) for r, g, b in zip(palette[0::3], palette[1::3], palette[2::3]))
+            return img.mode not in GRAY_MODES
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise DataFormatError(f"{path}: not a readable image ({err})") from None
 
 
 def _class_files(root: Path) -> dict[str, list[Path]]:
@@ -136,18 +163,23 @@ def load_folder(path: str | Path, image_size: int | None = None, channels: int |
             held = max(1, len(files) // 10) if len(files) > 1 else 0
             test_files[cls], train_files[cls] = sorted(files[:held]), sorted(files[held:])
     classes = sorted(train_files)
-    if len(classes) < 2 or not all(train_files[c] for c in classes):
-        raise ValueError(f"folder data set {root}: need at least 2 class sub-folders with images, found {classes or 'none'}")
-    first = train_files[classes[0]][0]
+    empty = [c for c in classes if not train_files[c]]
+    if len(classes) < 2 or empty:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ValueError(f"folder data set {root}: need at least 2 class sub-folders with images ({kinds}); "
+                         + (f"these hold none: {', '.join(empty)}" if empty else f"found {', '.join(classes) or 'no sub-folders'}"))
+    if not any(test_files.values()):
+        raise ValueError(f"folder data set {root}: no test images (a class needs at least 2 images to hold one out for "
+                         f"testing); add images, or give train/ and test/ sub-folders")
+    all_files = [p for files in (train_files, test_files) for c in files for p in files[c]]
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(first) as img:
-            gray = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+        with Image.open(all_files[0]) as img:
             native = (img.size[1], img.size[0])
     except (UnidentifiedImageError, OSError) as err:
-        raise DataFormatError(f"{first}: not a readable image ({err})") from None
-    channels = channels or (1 if gray else 3)
+        raise DataFormatError(f"{all_files[0]}: not a readable image ({err})") from None
+    channels = channels or (3 if any(_is_colour(p) for p in all_files) else 1)  # colour if any image is
     size = (image_size, image_size) if image_size else native
 
     def split(files: dict[str, list[Path]]):
@@ -160,4 +192,4 @@ def load_folder(path: str | Path, image_size: int | None = None, channels: int |
     scaled = train_images.float() / 255
     mean = tuple(scaled.mean((0, 2, 3)).tolist())
     std = tuple(scaled.std((0, 2, 3)).clamp_min(1e-3).tolist())
-    return ImageDataset(f"folder:{root}", classes, train_images, train_labels, test_images, test_labels, mean, std, str(root))
+    return ImageDataset(f"folder:{root.resolve()}", classes, train_images, train_labels, test_images, test_labels, mean, std, str(root))

@@ -27,6 +27,10 @@ class DataFormatError(ValueError):
     """A data file is corrupt, truncated or not what it claims to be."""
 
 
+class ImageTooLargeError(DataFormatError):
+    """An image decodes, but has more pixels than Pillow's decompression-bomb limit allows."""
+
+
 def _read_bytes(path: Path) -> bytes:
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":

@@ -106,10 +106,12 @@ class Explorer:
                 "probabilities": [{"class": self.meta["classes"][i], "probability": float(probs[i])} for i in range(len(probs))],
                 "layers": layers}
 
+    @torch.no_grad()
     def kernels(self, layer: str, channel: int) -> dict:
         module = dict(self.model.named_modules()).get(layer)
         if not isinstance(module, nn.Conv2d):
-            raise KeyError(f"{layer!r} is not a convolution layer")
+            convs = [n for n, m in self.model.named_modules() if isinstance(m, nn.Conv2d)]
+            raise KeyError(f"{layer!r} is not a convolution layer; convolution layers: {', '.join(convs)}")
         if not 0 <= channel < module.out_channels:
             raise IndexError(f"channel must be in 0..{module.out_channels - 1}, got {channel}")
         weight = module.weight[channel].detach().cpu()  # (C_in/groups, kh, kw)
@@ -121,10 +123,12 @@ class Explorer:
 
 def decode_upload(content: bytes, channels: int, size: int) -> torch.Tensor:
     """Decode an upload by its content (not its name) to (channels, size, size) uint8; ValueError if it is no image."""
-    from ..data import DataFormatError, read_image
+    from ..data import DataFormatError, ImageTooLargeError, read_image
 
     try:
         return read_image(io.BytesIO(content), channels, (size, size))
+    except ImageTooLargeError as err:
+        raise ValueError(f"the upload is an image, but too large to decode safely: {str(err).split('(', 1)[-1].rstrip(')')}") from None
     except DataFormatError:
         raise ValueError("the upload is not an image Pillow can decode") from None
 
@@ -158,6 +162,8 @@ def create_app(run: str | Path, data_dir: str | None = None):
 
     @app.get("/api/test-images")
     def test_images(label: int | None = None, offset: int = 0, limit: int = 48):
+        if offset < 0 or limit < 1:
+            raise HTTPException(422, f"offset must be >= 0 and limit >= 1, got offset={offset}, limit={limit}")
         if explorer.data is None:
             return {"images": [], "total": 0}
         labels = explorer.data.test_labels
@@ -200,7 +206,7 @@ def create_app(run: str | Path, data_dir: str | None = None):
         try:
             return explorer.kernels(layer, channel)
         except (KeyError, IndexError) as err:
-            raise HTTPException(404, str(err).strip("'\"")) from None
+            raise HTTPException(404, err.args[0]) from None
 
     @app.get("/api/curves.png")
     def curves():
@@ -216,10 +222,35 @@ def create_app(run: str | Path, data_dir: str | None = None):
     return app
 
 
+def open_socket(host: str, port: int):
+    """Bind the listening socket first, so a bad address or a busy port is one clear ValueError."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ValueError(f"--host {host!r} is not an address of this machine ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        hint = "choose another --port, or --port 0 for any free one" if err.errno == 98 else "check --host and --port"
+        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}; {hint}") from None
+    sock.listen(128)
+    return sock
+
+
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8765, data_dir: str | None = None) -> None:
     """Start the explorer with uvicorn (blocking) and print its address."""
     import uvicorn
 
+    sock = open_socket(host, port)
     app = create_app(run, data_dir)
-    print(f"cnnlab explore: serving {run} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"cnnlab explore: serving {run} at http://{shown}:{bound}/ (Ctrl-C to stop)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])

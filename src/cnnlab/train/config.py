@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ class TrainConfig:
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format for inputs and model (about 1.3x faster for LeNet on CPU)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     seed: int = field(default=0, metadata={"help": "seed for weights, shuffling and augmentation (a CPU run repeats exactly)"})
-    out: str | None = field(default=None, metadata={"help": "run folder (default runs/<model>-<dataset>-<time>)"})
+    out: str | None = field(default=None, metadata={"help": "run folder, new or empty (default: a new runs/<model>-<dataset>-<time>)"})
     tensorboard: bool = field(default=False, metadata={"help": "write TensorBoard event files to the run folder"})
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size for evaluation"})
 
@@ -86,6 +87,15 @@ def resolve_config(model: str = "lenet", **overrides: Any) -> TrainConfig:
     values = {**PRESETS.get(model, {}), **{k: v for k, v in overrides.items() if v is not None}, "model": model}
     config = TrainConfig(**values)
     validate(config)
+    return absolute_paths(config)
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Store data paths absolute, so a run's tools find its data from any folder."""
+    if config.dataset.startswith("folder:"):
+        config.dataset = "folder:" + str(Path(config.dataset.removeprefix("folder:")).expanduser().resolve())
+    if config.data_dir:
+        config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     return config
 
 
@@ -97,8 +107,16 @@ def validate(config: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "step_epochs"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.threads is not None and config.threads < 1:
+        raise ValueError(f"threads must be >= 1, got {config.threads}")
+    for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing"):
+        if not math.isfinite(getattr(config, name)):
+            raise ValueError(f"{name} must be a finite number, got {getattr(config, name)}")
     if not config.lr > 0:
         raise ValueError(f"lr must be > 0, got {config.lr}")
+    if config.momentum < 0 or config.weight_decay < 0 or config.gamma <= 0:
+        raise ValueError(f"momentum and weight_decay must be >= 0 and gamma > 0, got momentum={config.momentum}, "
+                         f"weight_decay={config.weight_decay}, gamma={config.gamma}")
     if config.ratio is not None and (not config.model.startswith("vgg") or config.ratio < 1):
         raise ValueError(f"ratio must be a positive int and applies to vgg11/vgg16 only, got ratio={config.ratio} for {config.model!r}")
     if config.subset is not None and config.subset < 1:

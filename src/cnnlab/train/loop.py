@@ -31,11 +31,11 @@ from ..data.loader import step_seed
 from ..files import WriteError
 from ..models import create_model, model_info
 from . import checkpoint as ckpt
-from .config import TrainConfig, resolve_config, validate
+from .config import TrainConfig, absolute_paths, resolve_config, validate
 from .distributed import Dist, setup
 from .runfolder import RunFolder, check_new_folder
 
-__all__ = ["RunResult", "TrainingError", "evaluate", "fit", "load_run_model"]
+__all__ = ["RunResult", "TrainingError", "check_input_fits", "evaluate", "fit", "load_run_model"]
 
 # What a resumed run may change (the rest would make the checkpoint's optimiser state meaningless).
 RESUME_CHANGEABLE = {"epochs", "lr", "threads", "device", "data_dir", "eval_batch_size", "tensorboard", "compile"}
@@ -110,7 +110,7 @@ def _subset(data, n: int, seed: int):
     test = torch.randperm(len(data.test_labels), generator=gen)[: -(-n // 6)]
     return dataclasses.replace(data, train_images=data.train_images[train], train_labels=data.train_labels[train],
                                test_images=data.test_images[test], test_labels=data.test_labels[test],
-                               source=f"{data.source} (subset of {len(train)} train / {len(test)} test)")
+                               source=f"{data.source}, a seeded random subset")
 
 
 @torch.no_grad()
@@ -242,6 +242,7 @@ def _resume_config(folder: Path, overrides: dict) -> tuple[TrainConfig, dict]:
     for key, value in changed.items():
         setattr(config, key, value)
     validate(config)
+    absolute_paths(config)
     state["lr_override"] = "lr" in changed
     return config, state
 
@@ -296,6 +297,7 @@ class _Run:
         torch.manual_seed(config.seed)
         self.model = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0],
                                   backend=config.backend, **_model_kwargs(config)).to(device)
+        check_input_fits(self.model, (data.image_shape[0], self.image_size, self.image_size), len(data.classes), config.model)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _optimizer(config, self.model.parameters())
@@ -461,6 +463,30 @@ class _Run:
                 _tensorboard_epoch(self.writer, self.model, row, self.test_batches)
 
 
+def check_input_fits(model: nn.Module, input_size: tuple[int, ...], num_classes: int, name: str = "the model") -> None:
+    """Raise ValueError before training if ``model`` cannot take one (C, H, W) input or does not give
+    one logit per class; the error names the layer where the shapes broke (the summary's shape walk)."""
+    described = "x".join(map(str, input_size))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_size, device=next(model.parameters(), torch.zeros(0)).device))
+    except Exception:
+        from ..analysis import summary
+
+        try:
+            summary(model, input_size)
+        except ValueError as err:
+            raise ValueError(f"{name} cannot take {described} inputs (--image-size or the data's channels): {err}") from None
+        raise
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name} gives output {got} for one {described} input; expected (1, {num_classes}): one logit per class")
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -481,7 +507,12 @@ def _tensorboard_graph(writer, config: TrainConfig, model: nn.Module, data, imag
     twin = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend="torch",
                         **_model_kwargs(config)).to(device)
     twin.load_state_dict(model.state_dict())
-    writer.add_graph(twin.eval(), torch.zeros(1, data.image_shape[0], image_size, image_size, device=device))
+    import warnings
+
+    with warnings.catch_warnings():  # torch.jit's deprecation notices: not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        writer.add_graph(twin.eval(), torch.zeros(1, data.image_shape[0], image_size, image_size, device=device))
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ Plain tensors in, a PNG out; matplotlib with the Agg backend.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,8 +120,9 @@ def plot_features(image: torch.Tensor, maps: dict[str, torch.Tensor], path: str 
         for c in range(min(max_maps, fmap.shape[0])):
             axes[r, c + 1].imshow(fmap[c].float().numpy(), cmap="viridis", interpolation="nearest")
             axes[r, c + 1].set_title(f"ch {c}", fontsize=6)
-    fig.suptitle(title or "feature maps", fontsize=9)
-    fig.tight_layout()
+    height = 1.25 * rows + 0.6
+    fig.suptitle(textwrap.fill(title or "feature maps", 110), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the title above the first row's labels
     save_figure(fig, path)
     plt.close(fig)
     return Path(path)
@@ -138,7 +140,7 @@ def plot_receptive(image: torch.Tensor, field: dict, path: str | Path, title: st
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, linewidth=2, color="tab:orange"))
     (uy0, uy1), (ux0, ux1) = field["unclipped"]
     ax.plot([(ux0 + ux1) / 2], [(uy0 + uy1) / 2], "+", color="red", markersize=12, markeredgewidth=2)
-    ax.set_title(title or "receptive field", fontsize=8)
+    ax.set_title(textwrap.fill(title or "receptive field", 48), fontsize=8)  # never clipped at the sides
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
