@@ -48,8 +48,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         kind = _field_type(f.type)
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if "default" not in help_text:
-            preset = any(f.name in p for p in PRESETS.values())
+        preset = any(f.name in p for p in PRESETS.values())
+        if "default" in help_text:
+            pass
+        elif f.default is None:
+            help_text += " (default: the model preset)" if preset else ""
+        else:
             help_text += f" (default: {f.default}{', or the model preset' if preset else ''})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -332,10 +336,17 @@ def cmd_explore(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, answering a usage error in one line (the full usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="cnnlab", description="Convolutional neural networks from first principles.")
+    parser = _Parser(prog="cnnlab", description="Convolutional neural networks from first principles.")
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -72,11 +72,11 @@ def load_factory(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
             raise ValueError(f"{spec!r} is a module object, not a factory: it takes no --model-args")
         return obj
     if not callable(obj):
-        raise ValueError(f"{spec!r} is a {type(obj).__name__}, not a function or class that makes a torch.nn.Module")
+        raise ValueError(f"{spec!r} is an object of type {type(obj).__name__}, not a function or class that makes a torch.nn.Module")
     try:
         model = obj(**kwargs)
     except TypeError as err:
         raise ValueError(f"{spec!r} could not be called with --model-args {json.dumps(kwargs)}: {err}") from None
     if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise ValueError(f"{spec!r} returned an object of type {type(model).__name__}, not a torch.nn.Module")
     return model
