@@ -32,10 +32,10 @@ def _show(t: torch.Tensor) -> str:
 
 
 def _heat(matrices: dict[str, torch.Tensor], path: Path, title: str) -> Path:
-    from .viz.plots import use_agg
+    from .viz.plots import new_figure
 
-    plt = use_agg()
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.2 * len(matrices), 3), dpi=110, squeeze=False)
+    fig = new_figure(figsize=(3.2 * len(matrices), 3), dpi=110)
+    axes = fig.subplots(1, len(matrices), squeeze=False)
     for ax, (name, m) in zip(axes[0], matrices.items()):
         im = ax.imshow(m.float().numpy(), cmap="RdBu_r" if m.min() < 0 else "viridis", interpolation="nearest")
         ax.set_title(name, fontsize=8)
@@ -48,7 +48,6 @@ def _heat(matrices: dict[str, torch.Tensor], path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -93,17 +92,16 @@ def step_learn_kernel(out):
     ok = losses[-1] < 0.3 and torch.allclose(kernel, torch.tensor([1.0, -1.0]), atol=0.2)
     figs = []
     if out:
-        from .viz.plots import use_agg
+        from .viz.plots import new_figure
+        fig = new_figure(figsize=(4, 3), dpi=110)
 
-        plt = use_agg()
-        fig, ax = plt.subplots(figsize=(4, 3), dpi=110)
+        ax = fig.subplots()
         ax.plot(range(1, 11), losses, "-o")
         ax.set_xlabel("step")
         ax.set_ylabel("summed squared error")
         ax.set_title(f"learning [1, -1]: learned {[round(v, 3) for v in kernel.tolist()]}", fontsize=8)
         fig.tight_layout()
         save_figure(fig, out / "learn_kernel.png")
-        plt.close(fig)
         figs.append(out / "learn_kernel.png")
     return "\n".join(lines) + f"\n    learned kernel {[round(v, 4) for v in kernel.tolist()]}", ok, figs
 

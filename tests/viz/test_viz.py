@@ -40,18 +40,30 @@ def test_training_figures(run):
         assert_picture(run / name)
 
 
-def test_figure_functions(tmp_path):
+def test_figure_functions_return_figures_and_save_when_given_a_path(tmp_path):
+    from matplotlib.figure import Figure
+
     history = [{"epoch": e, "train_loss": 2 / e, "train_acc": 0.5 + e / 10, "test_acc": 0.4 + e / 10} for e in (1, 2, 3)]
-    assert_picture(plot_curves(history, tmp_path / "c.png"), (600, 400))
     images = torch.randint(0, 255, (10, 1, 28, 28), dtype=torch.uint8)
-    assert_picture(plot_predictions(images, list(range(10)), [0] * 10, [str(i) for i in range(10)], tmp_path / "p.png"))
-    assert_picture(plot_confusion(torch.randint(0, 9, (4, 4)), list("abcd"), tmp_path / "m.png"))
-    assert_picture(plot_kernels(torch.randn(6, 2, 5, 5), tmp_path / "k.png"))
-    assert_picture(plot_kernels(torch.randn(4, 3, 3, 3), tmp_path / "rgb.png"), (100, 100))  # RGB tiles
     maps = {"conv": torch.randn(4, 12, 12), "pool": torch.randn(4, 6, 6)}
-    assert_picture(plot_features(images[0], maps, tmp_path / "f.png", title="predicted 3"))
     field = {"clipped": [(2, 9), (4, 11)], "unclipped": [(2.0, 9.0), (4.0, 11.0)]}
-    assert_picture(plot_receptive(images[0], field, tmp_path / "r.png"))
+    calls = {
+        "c": (lambda p: plot_curves(history, p), (600, 400)),
+        "p": (lambda p: plot_predictions(images, list(range(10)), [0] * 10, [str(i) for i in range(10)], p), (200, 150)),
+        "m": (lambda p: plot_confusion(torch.randint(0, 9, (4, 4)), list("abcd"), p), (200, 150)),
+        "k": (lambda p: plot_kernels(torch.randn(6, 2, 5, 5), p), (200, 150)),
+        "rgb": (lambda p: plot_kernels(torch.randn(4, 3, 3, 3), p), (100, 100)),  # RGB tiles
+        "f": (lambda p: plot_features(images[0], maps, p, title="predicted 3"), (200, 150)),
+        "r": (lambda p: plot_receptive(images[0], field, p), (200, 150)),
+    }
+    for name, (draw, size) in calls.items():
+        fig = draw(tmp_path / f"{name}.png")
+        assert isinstance(fig, Figure)
+        assert_picture(tmp_path / f"{name}.png", size)
+        inline = draw(None)._repr_png_()  # what Jupyter shows: the same picture, nothing written
+        (tmp_path / f"{name}-inline.png").write_bytes(inline)
+        assert_picture(tmp_path / f"{name}-inline.png", size)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{n}.png" for n in calls] + [f"{n}-inline.png" for n in calls])
 
 
 @pytest.mark.parametrize("what", [["kernels", "--layer", "3"], ["features", "--test-index", "3"],

@@ -14,12 +14,16 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..files import save_figure
-from .plots import _image_for_display, use_agg
+from .plots import _image_for_display, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["activations", "conv_layers", "plot_features", "plot_kernels", "plot_receptive", "tile_grid", "window_layers"]
 
@@ -69,16 +73,17 @@ def activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> tup
     return logits[0].cpu(), {name: outputs[name] for name in layers}
 
 
-def plot_kernels(weight: torch.Tensor, path: str | Path, title: str = "", max_out: int = 64, max_in: int = 16) -> Path:
+def plot_kernels(weight: torch.Tensor, path: str | Path | None = None, title: str = "", max_out: int = 64, max_in: int = 16) -> Figure:
     """Kernels of a convolution: rows = output channels, columns = input channels, one colour scale."""
-    plt = use_agg()
     w = weight.detach().cpu().float()
     if w.dim() != 4:
         raise ValueError(f"plot_kernels needs a 2-D convolution weight (out, in, kh, kw), got shape {tuple(w.shape)}")
     out_c, in_c = min(w.shape[0], max_out), min(w.shape[1], max_in)
     rgb = w.shape[1] == 3
     columns = 1 if rgb else in_c
-    fig, axes = plt.subplots(out_c, columns, figsize=(0.9 * columns + 1.4, 0.9 * out_c + 0.8), dpi=100, squeeze=False)
+    fig = new_figure(figsize=(0.9 * columns + 1.4, 0.9 * out_c + 0.8), dpi=100)
+
+    axes = fig.subplots(out_c, columns, squeeze=False)
     limit = float(w[:out_c, :in_c].abs().max()) or 1.0
     image = None
     for o in range(out_c):
@@ -98,17 +103,18 @@ def plot_kernels(weight: torch.Tensor, path: str | Path, title: str = "", max_ou
     fig.suptitle((title or "kernels") + shown + (" — RGB, shared scale" if rgb else ""), fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes, fraction=0.04, pad=0.02, label="weight")
-    save_figure(fig, path, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        save_figure(fig, path, bbox_inches="tight")
+    return fig
 
 
-def plot_features(image: torch.Tensor, maps: dict[str, torch.Tensor], path: str | Path, title: str = "", max_maps: int = 16) -> Path:
+def plot_features(image: torch.Tensor, maps: dict[str, torch.Tensor], path: str | Path | None = None, title: str = "", max_maps: int = 16) -> Figure:
     """The input (left) and, one row per layer, up to ``max_maps`` of its feature maps (each scaled on its own)."""
-    plt = use_agg()
     rows = len(maps)
     columns = 1 + min(max_maps, max((m.shape[0] for m in maps.values()), default=1))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.25 * rows + 0.6), dpi=100, squeeze=False)
+    fig = new_figure(figsize=(1.1 * columns, 1.25 * rows + 0.6), dpi=100)
+
+    axes = fig.subplots(rows, columns, squeeze=False)
     for r, (name, fmap) in enumerate(maps.items()):
         for c in range(columns):
             axes[r, c].axis("off")
@@ -123,17 +129,19 @@ def plot_features(image: torch.Tensor, maps: dict[str, torch.Tensor], path: str 
     height = 1.25 * rows + 0.6
     fig.suptitle(textwrap.fill(title or "feature maps", 110), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the title above the first row's labels
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
 
 
-def plot_receptive(image: torch.Tensor, field: dict, path: str | Path, title: str = "") -> Path:
+def plot_receptive(image: torch.Tensor, field: dict, path: str | Path | None = None, title: str = "") -> Figure:
     """The input with the (clipped) receptive field of one unit outlined, its centre marked."""
-    plt = use_agg()
     from matplotlib.patches import Rectangle
 
-    fig, ax = plt.subplots(figsize=(4, 4.3), dpi=120)
+    fig = new_figure(figsize=(4, 4.3), dpi=120)
+
+
+    ax = fig.subplots()
     ax.imshow(_image_for_display(image), cmap="gray")
     (y0, y1), (x0, x1) = field["clipped"]
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=True, alpha=0.25, color="tab:orange"))
@@ -144,6 +152,6 @@ def plot_receptive(image: torch.Tensor, field: dict, path: str | Path, title: st
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        save_figure(fig, path)
+    return fig

@@ -1,36 +1,52 @@
 """Figures of a training run: curves, predictions and the confusion matrix (matplotlib, Agg).
 
-Each function takes plain data (lists, tensors) and a path, draws one figure and writes a PNG;
-nothing here trains or loads anything.
+Each function takes plain data (lists, tensors), draws one figure and returns it (a matplotlib
+``Figure`` that shows inline in Jupyter); with ``path`` it also writes a PNG there. Nothing here
+trains or loads anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..files import save_figure
 
-__all__ = ["plot_confusion", "plot_curves", "plot_predictions", "use_agg"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["new_figure", "plot_confusion", "plot_curves", "plot_predictions"]
 
 
-def use_agg():
-    """Import pyplot with the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+_FIGURE_CLASS = None
 
 
-def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
+def new_figure(**kwargs):
+    """A matplotlib ``Figure`` that draws without pyplot (no global state, any backend, any thread)
+    and shows itself in Jupyter (``_repr_png_``) whatever the notebook's matplotlib backend."""
+    global _FIGURE_CLASS
+    if _FIGURE_CLASS is None:
+        from matplotlib.figure import Figure as MplFigure
+
+        from ..files import figure_bytes
+
+        class CnnlabFigure(MplFigure):
+            def _repr_png_(self) -> bytes:
+                return figure_bytes(self)
+
+        _FIGURE_CLASS = CnnlabFigure
+    return _FIGURE_CLASS(**kwargs)
+
+
+def plot_curves(history: Sequence[dict], path: str | Path | None = None, title: str = "") -> Figure:
     """Loss (left axis) and train/test accuracy (right axis) per epoch, as the book draws them."""
-    plt = use_agg()
     epochs = [row["epoch"] for row in history]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = new_figure(figsize=(6, 4), dpi=120)
+
+    ax = fig.subplots()
     ax.plot(epochs, [row["train_loss"] for row in history], "-o", color="tab:blue", label="train loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
@@ -44,9 +60,9 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> P
     ax.grid(alpha=0.3)
     ax.set_title(title or "training curves")
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
 
 
 def _image_for_display(image: torch.Tensor):
@@ -59,12 +75,13 @@ def _image_for_display(image: torch.Tensor):
 
 
 def plot_predictions(images: torch.Tensor, labels: Sequence[int], predicted: Sequence[int], classes: Sequence[str],
-                     path: str | Path, columns: int = 8, probabilities: Sequence[float] | None = None) -> Path:
+                     path: str | Path | None = None, columns: int = 8, probabilities: Sequence[float] | None = None) -> Figure:
     """A grid of test images titled with the true and the predicted class; mistakes in red."""
-    plt = use_agg()
     n = len(images)
     rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), dpi=110, squeeze=False)
+    fig = new_figure(figsize=(1.6 * columns, 1.9 * rows), dpi=110)
+
+    axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
@@ -79,9 +96,9 @@ def plot_predictions(images: torch.Tensor, labels: Sequence[int], predicted: Seq
                 spine.set_color("red")
     fig.suptitle("test images: true class / prediction (x = mistake)", fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
 
 
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -90,13 +107,14 @@ def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes:
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def plot_confusion(matrix: torch.Tensor, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+def plot_confusion(matrix: torch.Tensor, classes: Sequence[str], path: str | Path | None = None, title: str = "") -> Figure:
     """The confusion matrix as a heat map, each row normalised, with the counts written in."""
-    plt = use_agg()
     matrix = matrix.cpu()
     share = matrix.float() / matrix.sum(1, keepdim=True).clamp_min(1)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k), dpi=120)
+    fig = new_figure(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k), dpi=120)
+
+    ax = fig.subplots()
     im = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(k), classes, fontsize=7)
@@ -110,6 +128,6 @@ def plot_confusion(matrix: torch.Tensor, classes: Sequence[str], path: str | Pat
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ax.set_title(title or "confusion matrix", fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
