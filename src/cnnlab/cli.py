@@ -41,7 +41,7 @@ def _field_type(annotation) -> type:
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     from .train.config import CHOICES, PRESETS, TrainConfig
 
-    parser.add_argument("model", nargs="?", default=None, help="model name (default: lenet); see 'cnnlab train --list'")
+    parser.add_argument("model", nargs="?", default=None, help="a zoo name (default: lenet; see 'cnnlab train --list') or package.module:factory")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "model":
             continue
@@ -57,6 +57,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             help_text += f" (default: {f.default}{', or the model preset' if preset else ''})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is dict:
+            parser.add_argument(flag, type=_json_object(flag), default=None, metavar="JSON", help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=help_text)
     parser.add_argument("--resume", metavar="RUN", help="continue a run folder from its last checkpoint")
@@ -77,6 +79,18 @@ def _positive_int(flag: str):
         if value < 1:
             raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
         return value
+
+    return parse
+
+
+def _json_object(flag: str):
+    def parse(text: str) -> dict:
+        from .models.factory import parse_model_args
+
+        try:
+            return parse_model_args(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).replace("--model-args", flag)) from None
 
     return parse
 

@@ -19,7 +19,8 @@ __all__ = ["PRESETS", "TrainConfig", "resolve_config"]
 
 @dataclass
 class TrainConfig:
-    model: str = field(default="lenet", metadata={"help": "model name (cnnlab.models.list_models())"})
+    model: str = field(default="lenet", metadata={"help": "a zoo name (cnnlab.models.list_models()) or package.module:factory"})
+    model_args: dict | None = field(default=None, metadata={"help": "JSON keyword arguments for a package.module:factory model, e.g. '{\"width\": 32}'"})
     ratio: int | None = field(default=None, metadata={"help": "VGG only: divide every block's channels by this (the book trains VGG-11 with 4)"})
     dataset: str = field(default="fashion-mnist", metadata={"help": "fashion-mnist, mnist, cifar10 or folder:PATH"})
     data_dir: str | None = field(default=None, metadata={"help": "look here first for the data set's files"})

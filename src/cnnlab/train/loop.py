@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import signal
 import sys
@@ -26,13 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import Batches, load_dataset
+from ..data import Batches
 from ..data.loader import step_seed
 from ..files import WriteError
 from ..models import create_model, model_info
 from . import checkpoint as ckpt
 from .config import TrainConfig, absolute_paths, resolve_config, validate
 from .distributed import Dist, setup
+from .inputs import describe_data, from_name, from_objects
+from .report import NotebookReporter, TerminalReporter, in_notebook
 from .runfolder import RunFolder, check_new_folder
 
 __all__ = ["RunResult", "TrainingError", "check_input_fits", "evaluate", "fit", "load_run_model"]
@@ -91,26 +92,44 @@ def _schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
 
 
 def _model_kwargs(config: TrainConfig) -> dict:
-    """Architecture options beyond classes and channels (VGG's ``ratio``)."""
-    return {} if config.ratio is None else {"ratio": config.ratio}
+    """Architecture options beyond classes and channels (VGG's ``ratio``, a factory's ``model_args``)."""
+    kwargs = dict(config.model_args or {})
+    if config.ratio is not None:
+        kwargs["ratio"] = config.ratio
+    return kwargs
 
 
-def _metadata(config: TrainConfig, data, image_size: int) -> dict:
-    return {"model": config.model, "model_kwargs": _model_kwargs(config), "backend": config.backend, "classes": data.classes, "dataset": data.name,
-            "in_channels": data.image_shape[0], "image_size": image_size, "normalize": config.normalize,
-            "mean": list(data.mean), "std": list(data.std), "format": "cnnlab-run-1"}
+def model_kind(name: str) -> str:
+    """'zoo' (a registered name), 'factory' (package.module:factory) or 'python' (a module object given to fit)."""
+    from ..models.factory import is_factory_spec
+
+    return "python" if name.startswith("python:") else "factory" if is_factory_spec(name) else "zoo"
 
 
-def _subset(data, n: int, seed: int):
-    """A seeded random ``n`` training images and ``ceil(n / 6)`` test images (the 60k/10k proportion)."""
-    import dataclasses
+def build_model(config: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The run's model from its configuration (a zoo name or a factory); seeded by the caller."""
+    from ..models.factory import load_factory
 
-    gen = torch.Generator().manual_seed(seed)
-    train = torch.randperm(len(data.train_labels), generator=gen)[:n]
-    test = torch.randperm(len(data.test_labels), generator=gen)[: -(-n // 6)]
-    return dataclasses.replace(data, train_images=data.train_images[train], train_labels=data.train_labels[train],
-                               test_images=data.test_images[test], test_labels=data.test_labels[test],
-                               source=f"{data.source}, a seeded random subset")
+    kind = model_kind(config.model)
+    if kind == "factory":
+        return load_factory(config.model, config.model_args)
+    if kind == "python":
+        raise ValueError(f"the model {config.model.removeprefix('python:')} was defined in Python; pass it to fit() as an nn.Module")
+    return create_model(config.model, num_classes=num_classes, in_channels=in_channels, backend=config.backend, **_model_kwargs(config))
+
+
+def _metadata(config: TrainConfig, inputs, model: nn.Module) -> dict:
+    meta = {"model": config.model, "model_kwargs": _model_kwargs(config), "backend": config.backend, "classes": inputs.classes,
+            "dataset": inputs.name, "in_channels": inputs.image_shape[0], "image_size": inputs.image_shape[-1],
+            "normalize": inputs.normalize, "mean": list(inputs.mean), "std": list(inputs.std), "format": "cnnlab-run-1"}
+    kind = model_kind(config.model)
+    if kind == "factory":
+        module = sys.modules[config.model.partition(":")[0]]
+        depth = config.model.partition(":")[0].count(".") + 1
+        meta["factory_path"] = str(Path(module.__file__).resolve().parents[depth - 1]) if getattr(module, "__file__", None) else None
+    if kind != "zoo":
+        meta["architecture"] = repr(model)
+    return meta
 
 
 @torch.no_grad()
@@ -154,32 +173,6 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-class _Printer:
-    """Epoch lines (or JSON lines) on stdout from rank 0; a tqdm bar on a terminal."""
-
-    def __init__(self, enabled: bool, quiet: bool, json_lines: bool):
-        self.enabled, self.quiet, self.json = enabled, quiet, json_lines
-
-    def bar(self, total: int, initial: int, desc: str):
-        from tqdm import tqdm
-
-        show = self.enabled and not self.quiet and not self.json and sys.stderr.isatty()
-        return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
-
-    def say(self, text: str) -> None:
-        if self.enabled and not self.json:
-            print(text, flush=True)
-
-    def record(self, row: dict, epochs: int) -> None:
-        if not self.enabled:
-            return
-        if self.json:
-            print(json.dumps({"event": "epoch", **row}), flush=True)
-        else:
-            print(f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.3f}  "
-                  f"test acc {row['test_acc']:.3f}  {row['examples_per_s']:,.0f} ex/s  {row['elapsed_s']:.1f} s", flush=True)
-
-
 def _metrics_csv(history: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
@@ -188,27 +181,64 @@ def _metrics_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def fit(config: TrainConfig | None = None, *, resume: str | Path | None = None, overwrite: bool = False,
-        quiet: bool = False, json_lines: bool = False, **overrides) -> RunResult:
-    """Train as ``config`` says (or ``resolve_config(**overrides)``); resume from a run folder if given.
+def fit(model: str | nn.Module | TrainConfig | None = None, data=None, *, resume: str | Path | None = None,
+        overwrite: bool = False, quiet: bool = False, json_lines: bool = False, classes: list[str] | None = None,
+        reporters: list | None = None, **options) -> RunResult:
+    """Train a model into a run folder: the book's ``train_ch6`` with checkpoints, exact resume and figures.
 
-    The run folder (``config.out``, or a new ``runs/<model>-<dataset>-<time>``) must be new or
-    empty: a folder holding a run is refused unless ``overwrite=True``, and a folder that another
-    process is training into is always refused. Returns the run folder and the per-epoch history.
+    Args:
+        model: a zoo name (``"lenet"``), ``"package.module:factory"``, your own ``nn.Module``, or a
+            :class:`TrainConfig` (then nothing else but ``resume``/``overwrite``/``quiet``).
+        data: a data set name (``"fashion-mnist"``, ``"mnist"``, ``"cifar10"``, ``"folder:PATH"``),
+            ``(images, labels)`` tensors (1 in 10 held out for testing), ``((X, y), (X_test, y_test))``,
+            a ``Dataset`` (1 in 10 held out), or a pair ``(train, test)`` of Datasets or DataLoaders
+            (the book's ``train_iter, test_iter``). Default: ``options["dataset"]`` or Fashion-MNIST.
+        resume: a run folder to continue (with the same model object and data if they were Python objects).
+        overwrite: replace the run already in ``out`` (refused otherwise).
+        quiet: no progress output at all.  json_lines: one JSON object per epoch (terminal only).
+        classes: class names, when the data cannot tell them.
+        reporters: extra :class:`cnnlab.train.report.Reporter` objects to watch training.
+        **options: any :class:`TrainConfig` field (``epochs``, ``lr``, ``batch_size``, ``out``, ...).
+
+    Returns:
+        :class:`RunResult`: the run folder and the per-epoch history.
+
     Raises :class:`TrainingError` on a NaN or infinite loss, after keeping the last good checkpoint,
-    and :class:`cnnlab.files.WriteError` when a file cannot be written (the last good checkpoint
-    and weights stay intact).
+    and :class:`cnnlab.files.WriteError` when a file cannot be written (the last good checkpoint and
+    weights stay intact). A folder that holds a run is refused unless ``overwrite=True``; one another
+    process is training into is always refused.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2), ...)
+        >>> result = cnnlab.fit(net, "fashion-mnist", epochs=10, lr=0.9, batch_size=256)
     """
     # 1) configuration and processes
+    module = model if isinstance(model, nn.Module) else None
+    data_object = data if data is not None and not isinstance(data, str) else None
     state = None
-    if resume is not None:
+    if isinstance(model, TrainConfig):
+        if data is not None or options:
+            raise TypeError(f"fit() got a TrainConfig and {'data' if data is not None else sorted(options)}; put them in the config")
+        config = model
+    elif resume is not None:
         if overwrite:
-            raise ValueError("resume and overwrite exclude each other: resuming continues the run in its folder")
-        config, state = _resume_config(Path(resume), overrides)
-    elif config is None:
-        config = resolve_config(**overrides)
-    elif overrides:
-        raise TypeError(f"fit() got a config and options {sorted(overrides)}; put them in the config (resolve_config) instead")
+            raise ValueError("resume and overwrite exclude each other: resuming continues the run in its own folder")
+        if isinstance(model, str):
+            options["model"] = model
+        if isinstance(data, str):
+            options["dataset"] = data
+        config, state = _resume_config(Path(resume), options)
+        _check_resumed_objects(config, module, data_object, Path(resume))
+    else:
+        name = model if isinstance(model, str) else f"python:{type(module).__name__}" if module is not None else options.pop("model", "lenet")
+        if data is not None:
+            options["dataset"] = data if isinstance(data, str) else describe_data(data)
+        config = resolve_config(name, **options)
+    if model_kind(config.model) == "python" and module is None:
+        raise ValueError(f"{config.model.removeprefix('python:')} was defined in Python: pass the module itself, fit(net, data, ...)")
+    if data_object is None and not is_named_data_set(config.dataset):
+        raise ValueError(f"the data ({config.dataset}) was given as Python objects: pass them again, fit(net, data, ...)")
     if resume is None and config.out:
         check_new_folder(Path(config.out), overwrite)  # refuse before loading anything
     device_kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -216,11 +246,44 @@ def fit(config: TrainConfig | None = None, *, resume: str | Path | None = None, 
     device = _device(config, dist)
     if config.threads:
         torch.set_num_threads(config.threads)
-    printer = _Printer(dist.main, quiet, json_lines)
+    watchers = list(reporters or []) if dist.main else []
+    if dist.main and in_notebook() and not json_lines:
+        watchers += [] if quiet else [NotebookReporter()]  # quiet: no bar, no live figure
+    elif dist.main:
+        watchers.append(TerminalReporter(quiet=quiet, json_lines=json_lines))  # quiet: epoch lines, no bar
     try:
-        return _train(config, state, resume is not None, overwrite, dist, device, printer)
+        return _train(config, state, resume is not None, overwrite, dist, device, _Reporters(watchers), module, data_object, classes)
     finally:
         dist.close()
+
+
+def is_named_data_set(name: str) -> bool:
+    return not (name == "tensors" or name.startswith("python:"))
+
+
+def _check_resumed_objects(config: TrainConfig, module, data_object, folder: Path) -> None:
+    if model_kind(config.model) == "python":
+        if module is None:
+            raise ValueError(f"{folder}'s model ({config.model.removeprefix('python:')}) was defined in Python; resume it "
+                             f"with cnnlab.fit(net, data, resume={str(folder)!r})")
+        if f"python:{type(module).__name__}" != config.model:
+            raise ValueError(f"{folder} was trained with a {config.model.removeprefix('python:')}, not a {type(module).__name__}")
+    elif module is not None:
+        raise ValueError(f"{folder} was trained with {config.model!r}; resume it without a model object")
+
+
+class _Reporters:
+    """Fan one call out to every reporter."""
+
+    def __init__(self, reporters: list):
+        self.reporters = reporters
+
+    def __getattr__(self, name: str):
+        def call(*args):
+            for r in self.reporters:
+                getattr(r, name, lambda *a: None)(*args)
+
+        return call
 
 
 def _resume_config(folder: Path, overrides: dict) -> tuple[TrainConfig, dict]:
@@ -255,10 +318,10 @@ def _claim(config: TrainConfig, resumed: bool, overwrite: bool) -> RunFolder:
     return RunFolder.claim_default(config.model, config.dataset)
 
 
-def _train(config: TrainConfig, state: dict | None, resumed: bool, overwrite: bool, dist: Dist, device,
-           printer: _Printer) -> RunResult:
+def _train(config: TrainConfig, state: dict | None, resumed: bool, overwrite: bool, dist: Dist, device, report,
+           module: nn.Module | None, data_object, classes) -> RunResult:
     # 2) data, model, optimiser; then the run folder is claimed (nothing is written before)
-    run = _Run(config, state, dist, device, printer)
+    run = _Run(config, state, dist, device, report, module, data_object, classes)
     claimed = _claim(config, resumed, overwrite) if dist.main else None
     run.folder = claimed.path if claimed is not None else Path(config.out or ".")
     config.out = str(run.folder)
@@ -281,27 +344,28 @@ def _train(config: TrainConfig, state: dict | None, resumed: bool, overwrite: bo
 class _Run:
     """One training run's pieces, and the steps of the loop (the module docstring's 2-4)."""
 
-    def __init__(self, config: TrainConfig, state: dict | None, dist: Dist, device, printer: _Printer):
-        self.config, self.dist, self.device, self.printer, self.resumed = config, dist, device, printer, state is not None
+    def __init__(self, config: TrainConfig, state: dict | None, dist: Dist, device, report, module, data_object, classes):
+        self.config, self.dist, self.device, self.report, self.resumed = config, dist, device, report, state is not None
         self.folder = Path(".")
-        self.data = data = self._load_data()
-        self.image_size = config.image_size or model_info(config.model)["input_size"]
-        pad = 0 if not config.augment else (2 if self.image_size <= 32 and data.image_shape[-1] <= 28 else 4)
-        common = {"mean": data.mean, "std": data.std, "normalize": config.normalize, "device": device,
-                  "image_size": self.image_size, "channels_last": config.channels_last,
-                  "rank": dist.rank, "world_size": dist.world_size}
-        self.train_batches = Batches(data.train_images, data.train_labels, config.batch_size, shuffle=True, seed=config.seed,
-                                     augment_pad=pad, flip=config.augment, **common)
-        self.test_batches = Batches(data.test_images, data.test_labels, config.eval_batch_size, **common)
+        kind = model_kind(config.model)
+        if data_object is None:
+            def image_size_of(data):
+                return config.image_size or (model_info(config.model)["input_size"] if kind == "zoo" else data.image_shape[-1])
+
+            progress = any(isinstance(r, TerminalReporter) and not r.quiet for r in report.reporters)
+            self.inputs = from_name(config, dist, device, image_size_of, progress=progress)
+        else:
+            self.inputs = from_objects(data_object, config, dist, device, classes)
+        inputs = self.inputs
 
         torch.manual_seed(config.seed)
-        self.model = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0],
-                                  backend=config.backend, **_model_kwargs(config)).to(device)
-        check_input_fits(self.model, (data.image_shape[0], self.image_size, self.image_size), len(data.classes), config.model)
+        self.model = (module if module is not None else build_model(config, len(inputs.classes), inputs.image_shape[0])).to(device)
+        self.model_name = config.model.removeprefix("python:")
+        check_input_fits(self.model, inputs.image_shape, len(inputs.classes), self.model_name)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _optimizer(config, self.model.parameters())
-        self.schedule = _schedule(config, self.optimizer, len(self.train_batches))
+        self.schedule = _schedule(config, self.optimizer, len(inputs.train))
         self.history: list[dict] = []
         self.start = (1, 0, [0.0, 0.0, 0.0, 0.0])  # epoch, step, partial sums: loss, correct, count, train seconds
         if state is not None:
@@ -311,23 +375,17 @@ class _Run:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if config.compile:
             self.net = torch.compile(self.net)
-        self.metadata = _metadata(config, data, self.image_size)
+        self.metadata = _metadata(config, inputs, self.model)
         self.amp = config.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.writer = None
 
-    def _load_data(self):
-        config, dist = self.config, self.dist
-        if dist.main:
-            data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, progress=not self.printer.quiet)
-        dist.barrier()
-        if not dist.main:
-            data = load_dataset(config.dataset, config.data_dir, fetch=False, image_size=config.image_size)
-        return _subset(data, config.subset, config.seed) if config.subset else data
-
     def _restore(self, state: dict) -> None:
         config = self.config
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(f"the checkpoint does not fit this model: {str(err).splitlines()[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if state.get("lr_override"):  # a new peak learning rate from here on
@@ -370,21 +428,22 @@ class _Run:
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self) -> RunResult:
-        config, printer, folder = self.config, self.printer, self.folder
+        config, report, folder, inputs = self.config, self.report, self.folder, self.inputs
         start_epoch, start_step, partial = self.start
         self._write(lambda: ckpt.write_text(folder / "config.json", config.to_json() + "\n"))
         if not self.resumed:
-            data = self.data
-            printer.say(f"training {config.model} ({sum(p.numel() for p in self.model.parameters()):,} parameters, backend "
-                        f"{config.backend}) on {data.name} ({len(data.train_labels):,} train / {len(data.test_labels):,} test, "
-                        f"from {data.source}) on {self.device}, {torch.get_num_threads()} threads -> {folder}")
+            report.say(f"training {self.model_name} ({sum(p.numel() for p in self.model.parameters()):,} parameters, backend "
+                       f"{config.backend if model_kind(config.model) == 'zoo' else 'of the model'}) on {inputs.name} "
+                       f"({inputs.n_train:,} train / {inputs.n_test:,} test, from {inputs.source}) on {self.device}, "
+                       f"{torch.get_num_threads()} threads -> {folder}")
         else:
-            printer.say(f"resuming {folder} at epoch {start_epoch}, step {start_step}")
+            report.say(f"resuming {folder} at epoch {start_epoch}, step {start_step}")
         self.writer = _tensorboard(config, folder, self.dist)
         if self.writer is not None and not self.resumed:
-            _tensorboard_graph(self.writer, config, self.model, self.data, self.image_size, self.device)
+            _tensorboard_graph(self.writer, config, self.model, inputs, self.device)
         elapsed_before = self.history[-1]["elapsed_s"] if self.history else 0.0
         self.started = time.perf_counter() - elapsed_before - (partial[3] if start_step else 0.0)
+        report.start(self)
 
         # 3) epochs
         with _Interrupt() as interrupt:
@@ -393,56 +452,62 @@ class _Run:
                 sums = partial if epoch == start_epoch else [0.0, 0.0, 0.0, 0.0]
                 sums = self._one_epoch(epoch, first, sums, interrupt)
                 if sums is None:
+                    report.end(self.history)
                     return RunResult(folder, self.history, "interrupted")
                 self._finish_epoch(epoch, sums)
+        report.end(self.history)
 
         # 4) figures
         if self.dist.main:
-            self._write(lambda: _figures(self.model, self.test_batches, self.data, folder, self.history))
+            self._write(lambda: _figures(self.model, inputs, folder, self.history, self.model_name))
             last = self.history[-1]
-            if printer.json:
-                print(json.dumps({"event": "summary", "folder": str(folder), **last}), flush=True)
-            else:
-                printer.say(f"done: test accuracy {last['test_acc']:.4f} after {_plural(last['epoch'], 'epoch')}, "
-                            f"{last['elapsed_s']:.0f} s; run folder {folder}")
+            report.summary({"event": "summary", "folder": str(folder), **last})
+            report.say(f"done: test accuracy {last['test_acc']:.4f} after {_plural(last['epoch'], 'epoch')}, "
+                       f"{last['elapsed_s']:.0f} s; run folder {folder}")
         if self.writer is not None:
             self.writer.close()
         return RunResult(folder, self.history)
 
     def _one_epoch(self, epoch: int, first: int, sums: list[float], interrupt: _Interrupt) -> list[float] | None:
         """Train one epoch from step ``first``; the updated sums, or None if interrupted (checkpoint saved)."""
-        config, dist, device = self.config, self.dist, self.device
+        config, dist, device, train = self.config, self.dist, self.device, self.inputs.train
         loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=config.label_smoothing)
         scaler = self.scaler
         self.net.train()
-        with self.printer.bar(len(self.train_batches), first, f"epoch {epoch}/{config.epochs}") as bar:
-            for step, (x, y, global_count) in enumerate(self.train_batches.epoch(epoch, first), start=first):
-                if interrupt.requested:
-                    self.save_checkpoint(epoch, step, sums)
-                    self.printer.say(f"interrupted: checkpoint saved at epoch {epoch}, step {step}; "
-                                     f"continue with: cnnlab train --resume {self.folder}")
-                    return None
-                tick = time.perf_counter()
-                torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout masks
-                with torch.autocast(device.type, enabled=self.amp):
-                    logits = self.net(x)
-                    loss_sum = loss_fn(logits.float(), y)
-                # each process's share of the global mean: DDP averages over processes
-                scaled = loss_sum * (dist.world_size / global_count)
-                self.optimizer.zero_grad(set_to_none=True)
-                scaler.scale(scaled).backward()
-                stats = dist.sum([loss_sum.item(), (logits.argmax(1) == y).sum().item(), len(y)], device)
-                if not math.isfinite(stats[0]):
-                    raise TrainingError(f"the loss became {stats[0]} at epoch {epoch}, step {step}; stopped. " + self._kept_note())
-                scaler.step(self.optimizer)
-                scaler.update()
-                self.schedule.step()
-                sums = [sums[0] + stats[0], sums[1] + stats[1], sums[2] + stats[2], sums[3] + time.perf_counter() - tick]
-                bar.update(1)
-                bar.set_postfix(loss=f"{sums[0] / max(sums[2], 1):.4f}", acc=f"{sums[1] / max(sums[2], 1):.3f}")
-                if self.writer is not None:
-                    self.writer.add_scalar("step/loss", stats[0] / max(stats[2], 1), (epoch - 1) * len(self.train_batches) + step)
+        self.report.epoch_start(epoch, len(train), first)
+        for step, (x, y, global_count) in enumerate(train.epoch(epoch, first), start=first):
+            if interrupt.requested:
+                self.save_checkpoint(epoch, step, sums)
+                self.report.say(f"interrupted: checkpoint saved at epoch {epoch}, step {step}; "
+                                f"continue with: cnnlab train --resume {self.folder}")
+                return None
+            tick = time.perf_counter()
+            torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout masks
+            with torch.autocast(device.type, enabled=self.amp):
+                logits = self.net(x)
+                loss_sum = self._loss(loss_fn, logits, y)
+            # each process's share of the global mean: DDP averages over processes
+            scaled = loss_sum * (dist.world_size / global_count)
+            self.optimizer.zero_grad(set_to_none=True)
+            scaler.scale(scaled).backward()
+            stats = dist.sum([loss_sum.item(), (logits.argmax(1) == y).sum().item(), len(y)], device)
+            if not math.isfinite(stats[0]):
+                raise TrainingError(f"the loss became {stats[0]} at epoch {epoch}, step {step}; stopped. " + self._kept_note())
+            scaler.step(self.optimizer)
+            scaler.update()
+            self.schedule.step()
+            sums = [sums[0] + stats[0], sums[1] + stats[1], sums[2] + stats[2], sums[3] + time.perf_counter() - tick]
+            self.report.step(epoch, step, sums)
+            if self.writer is not None:
+                self.writer.add_scalar("step/loss", stats[0] / max(stats[2], 1), (epoch - 1) * len(train) + step)
         return sums
+
+    def _loss(self, loss_fn, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        classes = len(self.inputs.classes)
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise ValueError(f"a label {int(y.max()) if int(y.max()) >= classes else int(y.min())} is outside 0..{classes - 1} "
+                             f"({classes} classes: {', '.join(self.inputs.classes[:5])}{', ...' if classes > 5 else ''})")
+        return loss_fn(logits.float(), y)
 
     def _kept_note(self) -> str:
         if self.dist.main and not (self.folder / ckpt.CHECKPOINT).exists():
@@ -451,16 +516,16 @@ class _Run:
         return f"The last good checkpoint is kept in {self.folder}{last}"
 
     def _finish_epoch(self, epoch: int, sums: list[float]) -> None:
-        result = evaluate(self.net, self.test_batches, self.dist, self.device)
+        result = evaluate(self.net, self.inputs.test, self.dist, self.device)
         row = {"epoch": epoch, "train_loss": sums[0] / sums[2], "train_acc": sums[1] / sums[2], "test_acc": result["acc"],
                "lr": self.optimizer.param_groups[0]["lr"], "examples_per_s": sums[2] / max(sums[3], 1e-9), "epoch_s": sums[3],
                "elapsed_s": time.perf_counter() - self.started}
         self.history.append(row)
-        self.printer.record(row, self.config.epochs)
+        self.report.epoch_end(row)
         if self.dist.main:
             self._end_of_epoch_files(epoch)
             if self.writer is not None:
-                _tensorboard_epoch(self.writer, self.model, row, self.test_batches)
+                _tensorboard_epoch(self.writer, self.model, row, self.inputs.test)
 
 
 def check_input_fits(model: nn.Module, input_size: tuple[int, ...], num_classes: int, name: str = "the model") -> None:
@@ -501,18 +566,24 @@ def _tensorboard(config: TrainConfig, folder: Path, dist: Dist):
     return SummaryWriter(log_dir=str(folder / "tensorboard"))
 
 
-def _tensorboard_graph(writer, config: TrainConfig, model: nn.Module, data, image_size: int, device) -> None:
-    """The model graph, traced from a torch-backend twin (same modules and weights): jit tracing does
-    not follow the custom autograd Functions of the scratch operations."""
-    twin = create_model(config.model, num_classes=len(data.classes), in_channels=data.image_shape[0], backend="torch",
-                        **_model_kwargs(config)).to(device)
-    twin.load_state_dict(model.state_dict())
+def _tensorboard_graph(writer, config: TrainConfig, model: nn.Module, inputs, device) -> None:
+    """The model graph. A zoo model is traced from a torch-backend twin (same modules and weights): jit
+    tracing does not follow the custom autograd Functions of the scratch operations."""
     import warnings
 
+    if model_kind(config.model) == "zoo":
+        twin = create_model(config.model, num_classes=len(inputs.classes), in_channels=inputs.image_shape[0], backend="torch",
+                            **_model_kwargs(config)).to(device)
+        twin.load_state_dict(model.state_dict())
+    else:
+        twin = model
     with warnings.catch_warnings():  # torch.jit's deprecation notices: not the user's concern
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        writer.add_graph(twin.eval(), torch.zeros(1, data.image_shape[0], image_size, image_size, device=device))
+        warnings.simplefilter("ignore")
+        try:
+            writer.add_graph(twin.eval(), torch.zeros(1, *inputs.image_shape, device=device))
+        except Exception as err:  # a user's model jit cannot trace: the rest of TensorBoard still works
+            print(f"note: TensorBoard graph skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", flush=True)
+    model.train()
 
 
 @torch.no_grad()
@@ -537,25 +608,53 @@ def _tensorboard_epoch(writer, model: nn.Module, row: dict, test: Batches) -> No
 
 
 @torch.no_grad()
-def _figures(model: nn.Module, test: Batches, data, folder: Path, history: list[dict]) -> None:
+def _figures(model: nn.Module, inputs, folder: Path, history: list[dict], name: str) -> None:
     from ..viz import confusion_matrix, plot_confusion, plot_curves, plot_predictions
 
     model.eval()
-    predicted = torch.cat([model(x).argmax(1).cpu() for x, _, _ in test.epoch(0)])
-    labels = data.test_labels[: len(predicted)]
-    plot_curves(history, folder / "curves.png", title=f"{model.__class__.__name__} on {data.name}")
-    show = torch.arange(min(32, len(labels)))
-    plot_predictions(data.test_images[show], labels[show].tolist(), predicted[show].tolist(), data.classes, folder / "predictions.png")
-    matrix = confusion_matrix(labels, predicted, len(data.classes))
-    plot_confusion(matrix, data.classes, folder / "confusion.png", title=f"test accuracy {(labels == predicted).float().mean():.3f}")
+    shown, predicted, labels = [], [], []
+    for x, y, _ in inputs.test.epoch(0):
+        predicted.append(model(x).argmax(1).cpu())
+        labels.append(y.cpu())
+        if sum(len(s) for s in shown) < 32:
+            shown.append(x[: 32 - sum(len(s) for s in shown)].float().cpu())
+    predicted, labels, images = torch.cat(predicted), torch.cat(labels), torch.cat(shown)
+    classes = inputs.classes
+    plot_curves(history, folder / "curves.png", title=f"{name} on {inputs.name}")
+    n = len(images)
+    plot_predictions(images, labels[:n].tolist(), predicted[:n].tolist(), classes, folder / "predictions.png")
+    matrix = confusion_matrix(labels, predicted, len(classes))
+    plot_confusion(matrix, classes, folder / "confusion.png", title=f"test accuracy {(labels == predicted).float().mean():.3f}")
 
 
-def load_run_model(run: str | Path, device="cpu", backend: str | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild a run's model from ``model.safetensors`` (weights + metadata); returns (model in eval mode, metadata)."""
+def load_run_model(run: str | Path, device="cpu", backend: str | None = None, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a run's model from ``model.safetensors`` (weights + metadata); returns (model in eval mode, metadata).
+
+    A zoo model is rebuilt by name, a ``package.module:factory`` one by importing the factory again
+    (from the folder it was found in when trained). A model that was defined in Python (a notebook)
+    cannot be rebuilt from a name: pass the same architecture as ``model`` and its weights are loaded.
+    """
     state, meta = ckpt.load_weights(run)
     if "model" not in meta:
         raise ValueError(f"{run}: weights carry no cnnlab metadata (model name, classes); was it written by cnnlab?")
-    model = create_model(meta["model"], num_classes=len(meta["classes"]), in_channels=meta["in_channels"],
-                         backend=backend or meta.get("backend", "scratch"), **meta.get("model_kwargs", {}))
-    model.load_state_dict(state)
+    kind = model_kind(meta["model"])
+    if model is None and kind == "python":
+        first = meta.get("architecture", "").splitlines()[0] if meta.get("architecture") else meta["model"]
+        raise ValueError(f"{run}: this run's model ({first} ...) was defined in Python, so it cannot be rebuilt from its name. "
+                         f"In Python: cnnlab.load_run({str(run)!r}, model=net) with the same architecture; on the command line, "
+                         f"put it in a file as a function and train with: cnnlab train mymodule:factory")
+    if model is None and kind == "factory":
+        from ..models.factory import load_factory
+
+        where = meta.get("factory_path")
+        if where and where not in sys.path:
+            sys.path.append(where)  # found again from any folder
+        model = load_factory(meta["model"], meta.get("model_kwargs") or None)
+    elif model is None:
+        model = create_model(meta["model"], num_classes=len(meta["classes"]), in_channels=meta["in_channels"],
+                             backend=backend or meta.get("backend", "scratch"), **meta.get("model_kwargs", {}))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{run}: the weights do not fit the model given: {str(err).splitlines()[0]}") from None
     return model.to(device).eval(), meta
