@@ -58,6 +58,12 @@ class Summary:
     def to_table(self) -> str:
         return to_table(self)
 
+    def to_html(self) -> str:
+        return to_html(self)
+
+    def _repr_html_(self) -> str:  # Jupyter shows the table as HTML
+        return to_html(self)
+
     def to_markdown(self) -> str:
         return to_markdown(self)
 
@@ -282,6 +288,19 @@ def to_csv(s: Summary) -> str:
 
 def to_json(s: Summary) -> str:
     return json.dumps({"model": s.model, "input_size": s.input_size, "rows": [asdict(r) for r in s.rows], "totals": s.totals}, indent=1)
+
+
+def to_html(s: Summary) -> str:
+    """An HTML table (what Jupyter shows), numbers right-aligned, with the totals below."""
+    from html import escape
+
+    head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
+    right = {3, 4}
+    body = "".join("<tr>" + "".join(f"<td style='text-align:{'right' if i in right else 'left'};white-space:pre'>{escape(c)}</td>"
+                                    for i, c in enumerate(_cells(r))) + "</tr>" for r in s.rows)
+    totals = "<br>".join(escape(line) for line in _totals_lines(s))
+    return (f"<div class='cnnlab-summary'><b>{escape(s.model)} on input {escape(_fmt_tuple(s.input_size))}</b>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><p>{totals}</p></div>")
 
 
 RENDERERS = {"table": to_table, "csv": to_csv, "json": to_json, "markdown": to_markdown}

@@ -53,14 +53,14 @@ def _data_url(png: bytes) -> str:
 class Explorer:
     """The run's model, data and precomputed facts; thread-safe forward passes."""
 
-    def __init__(self, run: str | Path, data_dir: str | None = None):
+    def __init__(self, run: str | Path, data_dir: str | None = None, model: nn.Module | None = None):
         from ..analysis import summary
         from ..data import load_dataset
         from ..train import load_run_model
         from ..viz.inside import window_layers
 
         self.run = Path(run)
-        self.model, self.meta = load_run_model(self.run)
+        self.model, self.meta = load_run_model(self.run, model=model)
         self.size = self.meta["image_size"]
         self.channels = self.meta["in_channels"]
         self.layers = window_layers(self.model)
@@ -133,9 +133,9 @@ def decode_upload(content: bytes, channels: int, size: int) -> torch.Tensor:
         raise ValueError("the upload is not an image Pillow can decode") from None
 
 
-def create_app(run: str | Path, data_dir: str | None = None):
-    """The FastAPI application for one run folder."""
-    explorer = Explorer(run, data_dir)
+def create_app(run: str | Path, data_dir: str | None = None, model: nn.Module | None = None):
+    """The FastAPI application for one run folder (``model``: the architecture of a run defined in Python)."""
+    explorer = Explorer(run, data_dir, model)
     app = FastAPI(title=f"cnnlab explore {Path(run).name}", docs_url=None, redoc_url=None)
     app.state.explorer = explorer
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -9,9 +9,10 @@ from typing import Any
 
 from .config import PRESETS, TrainConfig, resolve_config
 
-__all__ = ["PRESETS", "RunResult", "TrainConfig", "TrainingError", "evaluate", "fit", "load_run_model", "resolve_config"]
+__all__ = ["PRESETS", "Run", "RunResult", "TrainConfig", "TrainingError", "evaluate", "fit", "load_run", "load_run_model", "resolve_config"]
 
 _LOOP = {"RunResult", "TrainingError", "evaluate", "fit", "load_run_model"}
+_RUN = {"Run", "load_run"}
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from . import loop
 
         return getattr(loop, name)
+    if name in _RUN:
+        from . import run
+
+        return getattr(run, name)
     raise AttributeError(f"module 'cnnlab.train' has no attribute {name!r}")

@@ -174,7 +174,7 @@ def from_objects(data, config, dist, device, classes: list[str] | None) -> Train
     if names is None:
         raise ValueError("cannot tell the classes of this data; pass classes=[...] to fit (names, one per class)")
     shape = tuple(x.shape[1:])
-    return TrainInputs(name, name, names, shape,
+    return TrainInputs(name, "data given in Python", names, shape,
                        LoaderBatches(train, config.seed, device, config.channels_last, "the training data"),
                        LoaderBatches(test, config.seed, device, config.channels_last, "the test data"),
                        _count(train), _count(test), (0.0,) * shape[0], (1.0,) * shape[0], False)

@@ -306,7 +306,12 @@ def _resume_config(folder: Path, overrides: dict) -> tuple[TrainConfig, dict]:
         setattr(config, key, value)
     validate(config)
     absolute_paths(config)
+    if model_kind(config.model) == "factory" and (folder / ckpt.WEIGHTS).is_file():
+        where = ckpt.load_weights(folder)[1].get("factory_path")
+        if where and where not in sys.path:
+            sys.path.append(where)  # the factory is found again from any folder
     state["lr_override"] = "lr" in changed
+    config.out = str(folder)  # where it is now, from wherever the resume was asked
     return config, state
 
 
