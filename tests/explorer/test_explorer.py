@@ -186,3 +186,21 @@ def test_page_end_to_end_in_chromium(server, run, tmp_path):
     out = subprocess.run([sys.executable, "-m", "cnnlab", "predict", str(run), str(image), "--json"], capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(out)["predictions"][0]["class"] == shown
+
+
+def test_explore_from_python_runs_in_the_background_and_a_second_call_replaces_the_first(run):
+    import cnnlab
+
+    first = cnnlab.explore(run, data_dir=str(FIXTURES), display=False)
+    with urllib.request.urlopen(first.url + "api/info") as response:
+        assert json.load(response)["model"] == "lenet-modern"
+    second = cnnlab.explore(run, data_dir=str(FIXTURES), display=False)
+    try:
+        assert not first.running and second.running and second.url != first.url
+        with pytest.raises(OSError):
+            urllib.request.urlopen(first.url + "api/info", timeout=5)  # the first server is gone, its port closed
+        with urllib.request.urlopen(second.url + "api/info") as response:
+            assert json.load(response)["test_images"] == 200
+    finally:
+        second.stop()
+    assert not second.running

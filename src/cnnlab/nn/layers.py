@@ -126,8 +126,6 @@ def _max_pool_class(name: str, base: type, scratch, torch_op) -> type:
     def __init__(self, *args, backend: str = "scratch", **kwargs):
         base.__init__(self, *args, **kwargs)
         self._set_backend(backend)
-        if backend == "scratch" and self.return_indices:
-            raise ValueError("return_indices=True needs backend='torch'")
 
     doc = f"``torch.nn.{name}`` with a choice of backend (default: cnnlab's own ``{scratch.__name__}``)."
     return type(name, (_MaxPoolMixin, base), {"__init__": __init__, "__doc__": doc, "__module__": __name__,

@@ -24,6 +24,10 @@ benchmarks/bench_ops.py):
       product per kernel tap on the flattened padded image);
     - everything else: the channels-last window matrix and a single product.
 
+When a graph is requested (``create_graph=True``: a gradient penalty, a Hessian), the backward
+differentiates ``reference_conv``, the definition in plain operations, instead (``ops/autograd.py``),
+so second and higher derivatives are exact; ordinary training steps keep the fast path.
+
 Groups split channels into ``groups`` independent blocks (a batched product, one per
 group); depthwise convolution is ``groups == in_channels``.
 
@@ -38,8 +42,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from .autograd import graph_backward, wants_graph
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
@@ -74,6 +78,23 @@ def _kernel_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """(C_out, C/G, *K) -> (G, C_out/G, K*C/G), columns in the window matrix's (*K, C) order."""
     o = weight.shape[0]
     return weight.movedim(1, -1).reshape(groups, o // groups, -1)
+
+
+def reference_conv(x, weight, bias, stride, pads: Pads, dilation, groups: int) -> torch.Tensor:
+    """The definition, in plain differentiable operations (for the differentiable backward):
+    each output is a window of the padded input times the kernel, summed. (N, C, *S) -> (N, O, *S_out)."""
+    kernel = tuple(weight.shape[2:])
+    n, c = x.shape[:2]
+    o, k = weight.shape[0], len(kernel)
+    xp = pad_channels_last(x, pads).contiguous()  # (N, *S_pad, C)
+    windows = sliding_windows(xp, kernel, stride, dilation)  # (N, *S_out, *K, C)
+    out_size = windows.shape[1 : 1 + k]
+    cols = windows.reshape(n, -1, numel(kernel), groups, c // groups)  # (N, L, K, G, C/G)
+    w = weight.reshape(groups, o // groups, c // groups, numel(kernel))  # (G, O/G, C/G, K)
+    out = torch.einsum("nlkgc,gock->nlgo", cols, w).reshape(n, *out_size, o)
+    if bias is not None:
+        out = out + bias
+    return out.movedim(-1, 1)
 
 
 def _col2im(grad_cols: torch.Tensor, x_shape, kernel, stride, pads: Pads, dilation, out_size) -> torch.Tensor:
@@ -148,14 +169,17 @@ class ConvNd(torch.autograd.Function):
             out = out.view(x.shape[0], *out_size, -1).movedim(-1, 1)  # (N, O, *S_out)
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, groups, out_size, planar)
         ctx.cols = cols if ctx.needs_input_grad[1] else None  # reused for grad_weight
-        ctx.save_for_backward(weight)
+        ctx.save_for_backward(weight, x, bias)  # x and bias: only for a differentiable backward
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        (weight,) = ctx.saved_tensors
+        weight, x, bias = ctx.saved_tensors
         x_shape, kernel, stride, pads, dilation, groups, out_size, planar = ctx.geometry
+        if wants_graph():
+            grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, groups), (x, weight, bias),
+                                   ctx.needs_input_grad[:3], grad_out)
+            return (*grads, None, None, None, None)
         n, o = x_shape[0], weight.shape[0]
         g = grad_out.reshape(n, groups, o // groups, -1)  # (N, G, O/G, L)
         grad_x = grad_w = grad_b = None
@@ -233,14 +257,18 @@ class ShiftedConvNd(torch.autograd.Function):
             y[:m].addmm_(rows[off : off + m], taps[t])
         valid = (slice(None), *(slice(0, s) for s in out_size))
         ctx.geometry = (tuple(x.shape), kernel, pads, dilation, padded, out_size, offsets, m)
-        ctx.save_for_backward(weight, xp if ctx.needs_input_grad[1] else None)
+        ctx.save_for_backward(weight, xp if ctx.needs_input_grad[1] else None, x, bias)
         return y.view(n, *padded, o)[valid].movedim(-1, 1)  # (N, O, *S_out), a view
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        weight, xp = ctx.saved_tensors
+        weight, xp, x, bias = ctx.saved_tensors
         x_shape, kernel, pads, dilation, padded, out_size, offsets, m = ctx.geometry
+        if wants_graph():
+            ones = (1,) * len(kernel)
+            grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, ones, pads, dilation, 1), (x, weight, bias),
+                                   ctx.needs_input_grad[:3], grad_out)
+            return (*grads, None, None)
         n, c = x_shape[0], x_shape[1]
         o = weight.shape[0]
         g_rows = grad_out.new_zeros((n * math.prod(padded), o))

@@ -17,12 +17,18 @@ Backward in training mode (three reductions per channel)::
     dweight = sum(dy * x_hat),   dbias = sum(dy)
 
 In inference mode the statistics are constants: ``dx = dy * weight / sqrt(running_var + eps)``.
+
+For float16/bfloat16 inputs the statistics and the normalisation are computed in float32 and the
+result cast back (as torch does: half-precision sums of thousands of values lose the mean).
+When a graph is requested (second derivatives), the backward differentiates
+``reference_batch_norm`` instead (``ops/autograd.py``).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+
+from .autograd import graph_backward, wants_graph
 
 __all__ = ["batch_norm"]
 
@@ -48,34 +54,43 @@ class BatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
         dims = x.dim()
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        xa = x.float() if half else x  # statistics accumulate in float32 for half-precision inputs, as torch's do
         if training:  # batch statistics, two passes (exact in float64)
             m = x.numel() // x.shape[1]
-            mean = _channel_sum(x) / m
-            centred = x - _channel_view(mean, dims)
+            mean = _channel_sum(xa) / m
+            centred = xa - _channel_view(mean, dims)
             var = _channel_sum(centred * centred) / m
             _update_running(running_mean, running_var, mean, var, m, momentum)
         else:
-            mean, var = running_mean.to(x.dtype), running_var.to(x.dtype)
-            centred = x - _channel_view(mean, dims)
+            mean, var = running_mean.to(xa.dtype), running_var.to(xa.dtype)
+            centred = xa - _channel_view(mean, dims)
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight  # (C,)
-        shift = torch.zeros_like(scale) if bias is None else bias
+        scale = invstd if weight is None else invstd * weight.to(xa.dtype)  # (C,)
+        shift = torch.zeros_like(scale) if bias is None else bias.to(xa.dtype)
         y = torch.addcmul(_channel_view(shift, dims), centred, _channel_view(scale, dims))  # centred * scale + shift
-        ctx.training = training
-        ctx.save_for_backward(centred, weight, invstd)
-        return y
+        ctx.training, ctx.eps = training, eps
+        ctx.stats = None if training else (mean.clone(), var.clone())  # the statistics used, for a differentiable backward
+        ctx.save_for_backward(centred, weight, invstd, x, bias)
+        return y.to(x.dtype) if half else y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        centred, weight, invstd = ctx.saved_tensors
+        centred, weight, invstd, x, bias = ctx.saved_tensors
+        if wants_graph():
+            stats = ctx.stats
+            grads = graph_backward(lambda x, w, b: reference_batch_norm(x, w, b, stats, ctx.eps), (x, weight, bias),
+                                   ctx.needs_input_grad[:3], grad_out)
+            return (*grads, None, None, None, None, None)
+        out_dtype = grad_out.dtype
+        grad_out = grad_out.to(centred.dtype)
         dims = grad_out.dim()
         grad_x = grad_w = grad_b = None
         sum_dy = _channel_sum(grad_out) if (ctx.needs_input_grad[2] or ctx.training) else None
         need_dot = ctx.needs_input_grad[1] or (ctx.training and ctx.needs_input_grad[0])
         dot = _channel_sum(grad_out * centred) * invstd if need_dot else None  # sum(dy * x_hat) per channel
         if ctx.needs_input_grad[0]:
-            scale = invstd if weight is None else invstd * weight  # (C,)
+            scale = invstd if weight is None else invstd * weight.to(invstd.dtype)  # (C,)
             if ctx.training:
                 # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), as dy*scale + centred*k1 + k0
                 m = grad_out.numel() // grad_out.shape[1]
@@ -85,11 +100,31 @@ class BatchNorm(torch.autograd.Function):
                 grad_x.addcmul_(grad_out, _channel_view(scale, dims))
             else:
                 grad_x = grad_out * _channel_view(scale, dims)
+            grad_x = grad_x.to(out_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = dot
+            grad_w = dot.to(weight.dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = sum_dy
+            grad_b = sum_dy.to(bias.dtype)
         return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def reference_batch_norm(x, weight, bias, stats, eps: float) -> torch.Tensor:
+    """The definition in plain differentiable operations: batch statistics when ``stats`` is None,
+    else the given (mean, var); float32 accumulation for half-precision inputs."""
+    dims = x.dim()
+    xa = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    axes = [0, *range(2, dims)]
+    if stats is None:
+        mean = xa.mean(axes, keepdim=True)
+        var = ((xa - mean) ** 2).mean(axes, keepdim=True)
+    else:
+        mean, var = (_channel_view(t.to(xa.dtype), dims) for t in stats)
+    y = (xa - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * _channel_view(weight.to(xa.dtype), dims)
+    if bias is not None:
+        y = y + _channel_view(bias.to(xa.dtype), dims)
+    return y.to(x.dtype)
 
 
 def _update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:

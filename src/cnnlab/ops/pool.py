@@ -19,11 +19,12 @@ Adaptive average pooling has windows of varying size (``start = floor(i*n/o)``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from .autograd import graph_backward, wants_graph
 from .shapes import Pads, as_tuple, pool_output_size
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
@@ -71,7 +72,8 @@ def _pool_geometry(name, x, dims, kernel_size, stride, padding, dilation, ceil_m
 def _batched(fn, x, dims, *args):
     """Run ``fn`` on a batched input, adding and removing the batch axis for unbatched ones."""
     if isinstance(x, torch.Tensor) and x.dim() == dims + 1:
-        return fn(x.unsqueeze(0), *args).squeeze(0)
+        out = fn(x.unsqueeze(0), *args)
+        return tuple(t.squeeze(0) for t in out) if isinstance(out, tuple) else out.squeeze(0)
     return fn(x, *args)
 
 
@@ -93,15 +95,19 @@ class MaxPoolNd(torch.autograd.Function):
         for _, index in window_offsets(kernel):
             best = windows[index].clone() if best is None else torch.maximum(best, windows[index], out=best)
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, out_size)
-        ctx.save_for_backward(xp, best)
+        ctx.save_for_backward(xp, best, x)  # x: only for a differentiable backward
         return best.movedim(-1, 1)  # (N, C, *S_out)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        xp, best = ctx.saved_tensors
+        xp, best, x = ctx.saved_tensors
         x_shape, kernel, stride, pads, dilation, out_size = ctx.geometry
         windows = sliding_windows(xp, kernel, stride, dilation, out_size)
+        if wants_graph():  # the first winner of each window, found once, then a differentiable gather
+            winners = winner_offsets(windows, kernel, best)
+            grads = graph_backward(lambda x: reference_max_pool(x, kernel, stride, pads, dilation, out_size, winners), (x,),
+                                   ctx.needs_input_grad[:1], grad_out)
+            return grads[0], None, None, None, None, None
         g = grad_out.movedim(1, -1)  # (N, *S_out, C)
         grad_xp, grad_windows = _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size)
         winners = _nan_winners(windows, kernel, best) if best.isnan().any() else None
@@ -115,6 +121,46 @@ class MaxPoolNd(torch.autograd.Function):
                 unclaimed &= ~hit
             grad_windows[index].add_(torch.where(hit, g, zero))
         return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None
+
+
+def winner_offsets(windows: torch.Tensor, kernel, best: torch.Tensor) -> torch.Tensor:
+    """Kernel-offset index (0..prod(K)-1) of each window's winner, as torch picks it: the first
+    maximum in scan order, or the last NaN. (N, *S_out, C) int64, like ``best``."""
+    if best.isnan().any():
+        return _nan_winners(windows, kernel, best).long()
+    winners = torch.zeros(best.shape, dtype=torch.long, device=best.device)
+    unclaimed = torch.ones(best.shape, dtype=torch.bool, device=best.device)
+    for i, index in window_offsets(kernel):
+        hit = (windows[index] == best) & unclaimed
+        winners.masked_fill_(hit, i)
+        unclaimed &= ~hit
+    return winners
+
+
+def reference_max_pool(x, kernel, stride, pads: Pads, dilation, out_size, winners: torch.Tensor) -> torch.Tensor:
+    """The window's value at its winner, in plain differentiable operations (a gather)."""
+    d = len(kernel)
+    xp = pad_channels_last(x, pads, float("-inf")).contiguous()
+    windows = sliding_windows(xp, kernel, stride, dilation, out_size)  # (N, *S_out, *K, C)
+    flat = windows.reshape(*windows.shape[: 1 + d], -1, windows.shape[-1])  # (N, *S_out, prod(K), C)
+    return flat.gather(-2, winners.unsqueeze(-2)).squeeze(-2).movedim(-1, 1)
+
+
+def max_indices(x_shape, kernel, stride, pads: Pads, dilation, winners: torch.Tensor) -> torch.Tensor:
+    """torch's ``return_indices``: each winner's flat position in its (unpadded) input plane, (N, C, *S_out)."""
+    spatial = x_shape[2:]
+    out_size = winners.shape[1:-1]
+    index = torch.zeros_like(winners)
+    rest = winners
+    for axis in reversed(range(len(kernel))):
+        tap = rest % kernel[axis]
+        rest = rest // kernel[axis]
+        shape = [1] * winners.dim()
+        shape[1 + axis] = out_size[axis]
+        start = torch.arange(out_size[axis], device=winners.device).view(shape) * stride[axis] - pads[axis][0]
+        position = start + tap * dilation[axis]
+        index = index + position * math.prod(spatial[axis + 1 :])
+    return index.movedim(-1, 1)
 
 
 def _nan_winners(windows: torch.Tensor, kernel, best: torch.Tensor) -> torch.Tensor:
@@ -172,19 +218,30 @@ class AvgPoolNd(torch.autograd.Function):
         for _, index in window_offsets(kernel):
             total = windows[index].clone() if total is None else total.add_(windows[index])
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, out_size)
-        ctx.save_for_backward(divisor)
+        ctx.save_for_backward(divisor, x)  # x: only for a differentiable backward
         return (total / divisor).movedim(-1, 1)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
-        (divisor,) = ctx.saved_tensors
+        divisor, x = ctx.saved_tensors
         x_shape, kernel, stride, pads, out_size = ctx.geometry
+        if wants_graph():
+            grads = graph_backward(lambda x: reference_avg_pool(x, kernel, stride, pads, out_size, divisor), (x,),
+                                   ctx.needs_input_grad[:1], grad_out)
+            return grads[0], None, None, None, None, None
         g = grad_out.movedim(1, -1) / divisor  # (N, *S_out, C)
         grad_xp, windows = _zero_windows(g, x_shape, kernel, stride, pads, (1,) * len(kernel), out_size)
         for _, index in window_offsets(kernel):
             windows[index].add_(g)
         return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None
+
+
+def reference_avg_pool(x, kernel, stride, pads: Pads, out_size, divisor: torch.Tensor) -> torch.Tensor:
+    """The window's sum over its divisor, in plain differentiable operations."""
+    d = len(kernel)
+    xp = pad_channels_last(x, pads, 0.0).contiguous()
+    windows = sliding_windows(xp, kernel, stride, (1,) * d, out_size)  # (N, *S_out, *K, C)
+    return (windows.sum(tuple(range(1 + d, 1 + 2 * d))) / divisor).movedim(-1, 1)
 
 
 def _in_own_layout(pool, x: torch.Tensor, *args) -> torch.Tensor:
@@ -202,10 +259,14 @@ def _in_own_layout(pool, x: torch.Tensor, *args) -> torch.Tensor:
 
 
 def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    if return_indices:
-        raise ValueError("return_indices=True is not supported by cnnlab's max pooling; use return_indices=False")
     kernel, stride, pads, dilation, out_size = _pool_geometry(f"max_pool{dims}d", x, dims, kernel_size, stride, padding, dilation, ceil_mode)
-    return _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size)
+    out = _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size)
+    if not return_indices:
+        return out
+    with torch.no_grad():  # the winners, found the way the backward finds them
+        windows = sliding_windows(pad_channels_last(x.detach(), pads, float("-inf")), kernel, stride, dilation, out_size)
+        winners = winner_offsets(windows, kernel, out.detach().movedim(1, -1))
+        return out, max_indices(tuple(x.shape), kernel, stride, pads, dilation, winners)
 
 
 def _avg_pool(x, dims, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -309,8 +370,7 @@ class AdaptiveAvgPool2d(torch.autograd.Function):
         return ph @ x @ pw.T  # (N, C, oh, ow)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out):  # plain products of grad_out with constants: differentiable as it stands
         h, w, oh, ow = ctx.sizes
         if oh == ow == 1:
             return (grad_out / (h * w)).expand(*grad_out.shape[:-2], h, w).contiguous(), None

@@ -16,6 +16,7 @@ A run that fails before its first checkpoint removes what it wrote (the whole fo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -32,9 +33,12 @@ RUN_FILES = {"config.json", "metrics.csv", "model.safetensors", "checkpoint.pt",
 
 def default_folder(model: str, dataset: str, root: str | Path = "runs") -> Path:
     """``runs/<model>-<dataset>-<time>`` (not yet created)."""
-    name = dataset.replace("folder:", "folder-").replace("/", "_").replace("\\", "_").strip("_.") or "data"
-    model = model.replace(":", "-").replace("/", "_")
-    return Path(root) / f"{model}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    def clean(text: str) -> str:  # letters, digits, '.', '_' and '-' only
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "data"
+
+    if dataset.startswith("folder:"):
+        dataset = "folder-" + Path(dataset.removeprefix("folder:")).name
+    return Path(root) / f"{clean(model)}-{clean(dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _is_run_file(name: str) -> bool:
