@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -179,6 +180,7 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert out.count("epoch   2/2") == 1  # rank 0 alone prints
+    assert "Grad strides do not match" not in out  # gradients keep their parameters' layout (DDP's contract)
     a, b = load_weights(single.folder)[0], load_weights(tmp_path / "ddp")[0]
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
@@ -227,3 +229,8 @@ def test_unknown_model_and_dataset_list_the_valid_ones(tmp_path):
     proc = cli("train", "--dataset", "imagenet", "--out", str(tmp_path / "y"))
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "unknown data set 'imagenet'" in out
+
+
+def test_amp_runs_on_the_cpu_in_bfloat16_and_the_run_says_so(tmp_path):
+    result = run_fit(tmp_path, "amp", epochs=1, model="bn-lenet", amp=True)
+    assert load_weights(result.folder)[1]["amp"] == "bfloat16" and math.isfinite(result.final["train_loss"])

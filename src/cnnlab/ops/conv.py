@@ -200,7 +200,14 @@ class ConvNd(torch.autograd.Function):
                 grad_w = gw.reshape(o, *kernel, -1).movedim(-1, 1)  # (O, C/G, *K)
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, _like(grad_w, weight), grad_b, None, None, None, None
+
+
+def _like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
+    """``grad`` with ``param``'s strides (autograd's gradient layout contract, which DDP checks)."""
+    if grad is None or grad.stride() == param.stride():
+        return grad
+    return torch.empty_like(param).copy_(grad)
 
 
 # A stride-1 convolution with this many input channels skips the window matrix altogether, when
@@ -287,7 +294,7 @@ class ShiftedConvNd(torch.autograd.Function):
             grad_w = gw.permute(2, 1, 0).reshape(weight.shape)
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, _like(grad_w, weight), grad_b, None, None
 
 
 def _check_conv(input: torch.Tensor, weight: torch.Tensor, bias, dims: int, groups) -> None:
@@ -321,7 +328,43 @@ def _check_conv(input: torch.Tensor, weight: torch.Tensor, bias, dims: int, grou
             raise TypeError(f"{name}: {what} dtype {other.dtype} differs from input dtype {input.dtype}")
 
 
+def _autocast(input, weight, bias):
+    """Under ``torch.autocast`` a convolution runs in the autocast dtype, as torch's does (its
+    "lower precision" cast policy): inputs, weight and bias are cast, the op then runs as written."""
+    if not isinstance(input, torch.Tensor) or not torch.is_autocast_enabled(input.device.type):
+        return input, weight, bias, False
+    dtype = torch.get_autocast_dtype(input.device.type)
+
+    def cast(t):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    return cast(input), cast(weight), cast(bias), True
+
+
+def _strides_like_channels_last(t: torch.Tensor) -> bool:
+    """torch's own test for a channels-last tensor (its C++ ``is_channels_last_strides``), ambiguous
+    cases (size-1 axes) falling back to channels-first as torch's do."""
+    sizes, strides = t.shape, t.stride()
+    if t.dim() not in (4, 5) or strides[1] == 0:
+        return False
+    order = (1, 3, 2, 0) if t.dim() == 4 else (1, 4, 3, 2, 0)
+    low = 0
+    for d in order:
+        if sizes[d] == 0 or strides[d] < low or (d == 0 and low == strides[1]):
+            return False
+        low = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
+
+
+def memory_format_like_torch(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """torch's convolution returns channels-last when its input or its weight is stored so."""
+    if x.dim() in (4, 5) and (_strides_like_channels_last(x) or _strides_like_channels_last(weight)):
+        return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> torch.Tensor:
+    input, weight, bias, autocast = _autocast(input, weight, bias)
     _check_conv(input, weight, bias, dims, groups)
     stride = as_tuple(stride, dims, "stride", minimum=1)
     dilation = as_tuple(dilation, dims, "dilation", minimum=1)
@@ -330,11 +373,26 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
     unbatched = input.dim() == dims + 1
     x = input.unsqueeze(0) if unbatched else input
     check_fits(x.shape[2:], pads, kernel, dilation, f"conv{dims}d")
-    if _use_shifted(x, kernel, stride, pads, dilation, groups):
-        out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)
-    else:
-        out = ConvNd.apply(x, weight, bias, stride, pads, dilation, groups)
+    if x.shape[0] == 0:  # an empty batch: an empty output, still connected to the inputs
+        out_size = [(n + lo + hi - d * (k - 1) - 1) // s + 1 for n, (lo, hi), k, s, d in zip(x.shape[2:], pads, kernel, stride, dilation)]
+        link = x.sum() + weight.sum() + (bias.sum() if bias is not None else 0)
+        out = x.new_zeros((0, weight.shape[0], *out_size)) + 0 * link
+        return out.squeeze(0) if unbatched else out
+    with torch.autocast(x.device.type, enabled=False) if autocast else _nothing():
+        if _use_shifted(x, kernel, stride, pads, dilation, groups):
+            out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)
+        else:
+            out = ConvNd.apply(x, weight, bias, stride, pads, dilation, groups)
+    out = out.contiguous(memory_format=memory_format_like_torch(x, weight))  # a no-op when it already is
     return out.squeeze(0) if unbatched else out
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def conv1d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1):

@@ -41,7 +41,7 @@ class TrainConfig:
     backend: str = field(default="scratch", metadata={"help": "scratch (cnnlab's own ops) or torch"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     threads: int | None = field(default=None, metadata={"help": "CPU threads (torch.set_num_threads)"})
-    amp: bool = field(default=False, metadata={"help": "mixed precision (CUDA only)"})
+    amp: bool = field(default=False, metadata={"help": "mixed precision: float16 with loss scaling on CUDA, bfloat16 on the CPU (torch.autocast)"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format for inputs and model (about 1.3x faster for LeNet on CPU)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     seed: int = field(default=0, metadata={"help": "seed for weights, shuffling and augmentation (a CPU run repeats exactly)"})

@@ -381,8 +381,11 @@ class _Run:
         if config.compile:
             self.net = torch.compile(self.net)
         self.metadata = _metadata(config, inputs, self.model)
-        self.amp = config.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # mixed precision: float16 with loss scaling on CUDA, bfloat16 on the CPU (no scaling needed)
+        self.amp = config.amp
+        self.amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if config.amp else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and device.type == "cuda")
+        self.metadata["amp"] = str(self.amp_dtype).removeprefix("torch.") if self.amp else None
         self.writer = None
 
     def _restore(self, state: dict) -> None:
@@ -440,7 +443,7 @@ class _Run:
             report.say(f"training {self.model_name} ({sum(p.numel() for p in self.model.parameters()):,} parameters, backend "
                        f"{config.backend if model_kind(config.model) == 'zoo' else 'of the model'}) on {inputs.name} "
                        f"({inputs.n_train:,} train / {inputs.n_test:,} test, from {inputs.source}) on {self.device}, "
-                       f"{torch.get_num_threads()} threads -> {folder}")
+                       f"{torch.get_num_threads()} threads{', mixed precision ' + self.metadata['amp'] if self.amp else ''} -> {folder}")
         else:
             report.say(f"resuming {folder} at epoch {start_epoch}, step {start_step}")
         self.writer = _tensorboard(config, folder, self.dist)
@@ -488,7 +491,7 @@ class _Run:
                 return None
             tick = time.perf_counter()
             torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout masks
-            with torch.autocast(device.type, enabled=self.amp):
+            with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp):
                 logits = self.net(x)
                 loss_sum = self._loss(loss_fn, logits, y)
             # each process's share of the global mean: DDP averages over processes

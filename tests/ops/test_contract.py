@@ -1,0 +1,91 @@
+"""The rest of the operator contract, as torch keeps it: empty batches, memory format of outputs and
+gradients, autocast (mixed precision) with the default backend."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+from cnnlab.models import create_model
+
+from helpers import max_rel_error
+
+EMPTY = [
+    (lambda x, w: ops.conv1d(x, w, padding=1), lambda x, w: F.conv1d(x, w, padding=1), (0, 3, 9), (4, 3, 3)),
+    (lambda x, w: ops.conv2d(x, w, stride=2), lambda x, w: F.conv2d(x, w, stride=2), (0, 3, 9, 8), (4, 3, 3, 3)),
+    (lambda x, w: ops.conv3d(x, w), lambda x, w: F.conv3d(x, w), (0, 2, 4, 4, 4), (3, 2, 2, 2, 2)),
+    (lambda x, w: ops.max_pool2d(x, 2), lambda x, w: F.max_pool2d(x, 2), (0, 3, 8, 8), None),
+    (lambda x, w: ops.avg_pool3d(x, 2), lambda x, w: F.avg_pool3d(x, 2), (0, 2, 4, 4, 4), None),
+    (lambda x, w: ops.adaptive_avg_pool2d(x, 3), lambda x, w: F.adaptive_avg_pool2d(x, 3), (0, 3, 8, 8), None),
+    (lambda x, w: ops.batch_norm(x, None, None, w, None, training=True),
+     lambda x, w: F.batch_norm(x, None, None, w, None, training=True), (0, 3, 5, 5), (3,)),
+    (lambda x, w: ops.batch_norm(x, torch.zeros(3), torch.ones(3), w, None),
+     lambda x, w: F.batch_norm(x, torch.zeros(3), torch.ones(3), w, None), (0, 3), (3,)),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "x_shape", "w_shape"), EMPTY)
+def test_an_empty_batch_gives_torchs_empty_output_and_zero_gradients(ours, theirs, x_shape, w_shape):
+    results = []
+    for op in (ours, theirs):
+        x = torch.zeros(x_shape, requires_grad=True)
+        w = torch.randn(w_shape, requires_grad=True) if w_shape else None
+        out = op(x, w)
+        out.sum().backward()
+        results.append((out.shape, x.grad.shape, None if w is None else w.grad))
+    (shape, xg, wg), (shape_t, xg_t, wg_t) = results
+    assert shape == shape_t and xg == xg_t
+    assert wg is None or (torch.equal(wg, torch.zeros_like(wg)) and (wg_t is None or torch.equal(wg, wg_t)))
+
+
+def test_convolution_output_memory_format_is_torchs():
+    rng = random.Random(5)
+    for n in range(60):
+        c, o = rng.choice([1, 2, 3, 8, 17]), rng.randint(1, 5)
+        x = torch.randn(2, c, rng.randint(5, 12), rng.randint(5, 12))
+        w = torch.randn(o, c, rng.randint(1, 3), rng.randint(1, 3))
+        if rng.random() < 0.5:
+            x = x.to(memory_format=torch.channels_last)
+        if rng.random() < 0.3:
+            w = w.to(memory_format=torch.channels_last)
+        kw = {"stride": rng.randint(1, 2), "padding": rng.randint(0, 1)}
+        ours, theirs = ops.conv2d(x, w, **kw), F.conv2d(x, w, **kw)
+        for fmt in (torch.contiguous_format, torch.channels_last):  # (strides of size-1 axes carry no layout)
+            assert ours.is_contiguous(memory_format=fmt) == theirs.is_contiguous(memory_format=fmt), (n, tuple(x.shape), x.stride(), w.stride())
+        assert max_rel_error(ours, theirs) < 1e-5
+    x3 = torch.randn(1, 4, 5, 6, 7).to(memory_format=torch.channels_last_3d)
+    assert ops.conv3d(x3, torch.randn(2, 4, 2, 2, 2)).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("channels", [1, 6, 20])
+def test_weight_gradients_keep_their_parameters_layout(channels):
+    for layout in (torch.channels_last, torch.contiguous_format):
+        w = torch.randn(8, channels, 5, 5).to(memory_format=layout).requires_grad_()
+        x = torch.randn(4, channels, 14, 14).to(memory_format=torch.channels_last)
+        ops.conv2d(x, w, padding=2).sum().backward()
+        assert w.grad.stride() == w.stride()
+
+
+@pytest.mark.parametrize("name", ["lenet", "bn-lenet", "resnet18"])
+def test_autocast_runs_the_scratch_backend_like_torchs(name):
+    size = 28 if "lenet" in name else 32
+    ours, theirs = create_model(name), create_model(name, backend="torch")
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(8, 1, size, size)
+    outs = []
+    for model in (ours, theirs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().logsumexp(1).sum().backward()
+        outs.append(out)
+    truth = copy.deepcopy(ours).double()(x.double())
+    assert outs[0].dtype == outs[1].dtype == torch.bfloat16
+    err_ours, err_theirs = (outs[0].double() - truth).abs().max(), (outs[1].double() - truth).abs().max()
+    assert err_ours <= 2 * err_theirs + 0.02, (float(err_ours), float(err_theirs))  # within torch's own bfloat16 error
+    for (n, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert a.grad is not None and a.grad.dtype == torch.float32 and a.grad.shape == b.grad.shape, n
