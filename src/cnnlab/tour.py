@@ -25,6 +25,7 @@ class Step:
     name: str
     title: str
     run: Callable[[Path | None], tuple[str, bool, list[Path]]]
+    against: str = "the book"
 
 
 def _show(t: torch.Tensor) -> str:
@@ -160,6 +161,38 @@ def step_pooling(out):
             f"    two channels, second: {two[0, 1].tolist()}"), ok, figs
 
 
+def step_second_order(out):
+    """A gradient penalty and a Hessian-vector product through a scratch LeNet, beside torch's own kernels."""
+    from .models import create_model
+
+    torch.manual_seed(0)
+    ours = create_model("bn-lenet").double().train()
+    theirs = create_model("bn-lenet", backend="torch").double().train()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    v = [torch.randn_like(p) for p in ours.parameters()]
+    penalties, hvps = [], []
+    for model in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(model(xi).logsumexp(1).sum(), xi, create_graph=True)  # WGAN-GP's input gradient
+        penalty = (gx.flatten(1).norm(dim=1) - 1).pow(2).mean()
+        penalties.append(torch.autograd.grad(penalty, list(model.parameters())))
+        loss = torch.nn.functional.cross_entropy(model(x), torch.arange(4))
+        grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+        hvps.append(torch.autograd.grad(sum((g * t).sum() for g, t in zip(grads, v)), list(model.parameters())))
+    def norm(ts):
+        return sum(t.pow(2).sum() for t in ts).sqrt().item()
+
+    def gap(a, b):  # the largest difference relative to the largest value, over all parameters
+        return max((x - y).abs().max().item() for x, y in zip(a, b)) / max(y.abs().max().item() for y in b)
+
+    ok = gap(*penalties) < 1e-9 and gap(*hvps) < 1e-9 and norm(hvps[0]) > 0
+    return (f"gradient penalty's gradient: |cnnlab| = {norm(penalties[0]):.10g}, |torch| = {norm(penalties[1]):.10g} "
+            f"(largest relative difference {gap(*penalties):.1e})\n"
+            f"    Hessian-vector product: |cnnlab| = {norm(hvps[0]):.10g}, |torch| = {norm(hvps[1]):.10g} "
+            f"(largest relative difference {gap(*hvps):.1e})"), ok, []
+
+
 STEPS = [
     Step("corr2d", "cross-correlation of a 3x3 input with a 2x2 kernel", step_corr2d),
     Step("edges", "detecting vertical edges with the kernel [1, -1]", step_edges),
@@ -167,6 +200,7 @@ STEPS = [
     Step("padding-stride", "output shapes with padding and stride", step_padding_stride),
     Step("channels", "multiple input and output channels, 1x1 convolution", step_channels),
     Step("pooling", "max and average pooling, with padding, stride and channels", step_pooling),
+    Step("second-order", "a gradient penalty and a Hessian-vector product through a scratch BN-LeNet, against torch", step_second_order, "torch"),
 ]
 
 
@@ -185,5 +219,5 @@ def run_tour(names: list[str] | None = None, out: str | Path | None = None, echo
         all_ok &= ok
         echo(f"== {step.name}: {step.title}")
         echo(text if text.startswith("    ") else "    " + text)
-        echo(f"    {'matches' if ok else 'DOES NOT MATCH'} the book" + (f"; figure: {', '.join(map(str, figures))}" if figures else ""))
+        echo(f"    {'matches' if ok else 'DOES NOT MATCH'} {step.against}" + (f"; figure: {', '.join(map(str, figures))}" if figures else ""))
     return all_ok

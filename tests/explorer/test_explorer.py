@@ -163,7 +163,8 @@ def test_page_end_to_end_in_chromium(server, run, tmp_path):
         page.goto(server)
         page.wait_for_selector("#thumbs img")
         page.select_option("#class-filter", "7")
-        page.wait_for_selector("#thumbs img[data-index]")
+        page.wait_for_function("[...document.querySelectorAll('#thumbs img')].length > 2 && "
+                               "[...document.querySelectorAll('#thumbs img')].every(img => img.dataset.label === '7')")
         thumb = page.locator("#thumbs img").nth(2)
         index = int(thumb.get_attribute("data-index"))
         thumb.click()

@@ -59,7 +59,9 @@ def test_convolution_output_memory_format_is_torchs():
             assert ours.is_contiguous(memory_format=fmt) == theirs.is_contiguous(memory_format=fmt), (n, tuple(x.shape), x.stride(), w.stride())
         assert max_rel_error(ours, theirs) < 1e-5
     x3 = torch.randn(1, 4, 5, 6, 7).to(memory_format=torch.channels_last_3d)
-    assert ops.conv3d(x3, torch.randn(2, 4, 2, 2, 2)).is_contiguous(memory_format=torch.channels_last_3d)
+    w3 = torch.randn(2, 4, 2, 2, 2)
+    for fmt in (torch.contiguous_format, torch.channels_last_3d):
+        assert ops.conv3d(x3, w3).is_contiguous(memory_format=fmt) == F.conv3d(x3, w3).is_contiguous(memory_format=fmt)
 
 
 @pytest.mark.parametrize("channels", [1, 6, 20])
@@ -89,3 +91,60 @@ def test_autocast_runs_the_scratch_backend_like_torchs(name):
     assert err_ours <= 2 * err_theirs + 0.02, (float(err_ours), float(err_theirs))  # within torch's own bfloat16 error
     for (n, a), b in zip(ours.named_parameters(), theirs.parameters()):
         assert a.grad is not None and a.grad.dtype == torch.float32 and a.grad.shape == b.grad.shape, n
+
+
+FORBIDDEN = ("convolution", "conv1d", "conv2d", "conv3d", "mkldnn", "max_pool", "avg_pool", "adaptive_avg_pool", "batch_norm",
+             "im2col", "col2im", "unfold", "fold")
+
+
+def test_no_torch_convolution_pooling_or_norm_kernel_is_reached_at_any_order():
+    """A dispatcher-level look (TorchDispatchMode) at every aten op the scratch ops reach: forward, backward,
+    the backward of the backward, forward-mode AD and vmap. None is torch's convolution, pooling, batch
+    norm or im2col/col2im."""
+    from torch.func import jvp, vmap
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    bn_w = torch.rand(4, dtype=torch.float64, requires_grad=True)
+
+    def net(x, w):
+        y = ops.conv2d(x, w, padding=1)
+        y = ops.batch_norm(y, None, None, bn_w, None, training=True)
+        y = ops.max_pool2d(y, 2) + ops.avg_pool2d(y, 2)
+        return ops.adaptive_avg_pool2d(y, 1).sum()
+
+    with Record() as record:
+        (gx, gw) = torch.autograd.grad(net(x, w), (x, w), create_graph=True)
+        torch.autograd.grad(gx.pow(2).sum() + gw.pow(2).sum(), (x, w))
+        jvp(lambda x: net(x, w.detach()), (x.detach(),), (torch.ones_like(x),))
+        vmap(lambda x: net(x.unsqueeze(0), w.detach()))(x.detach())
+    reached = sorted(name for name in record.seen if any(word in name for word in FORBIDDEN))
+    assert record.seen and not reached, reached
+
+
+def test_per_sample_gradients_of_a_whole_scratch_model_equal_torchs():
+    from torch.func import functional_call, grad, vmap
+
+    ours, theirs = create_model("lenet").double(), create_model("lenet", backend="torch").double()
+    theirs.load_state_dict(ours.state_dict())
+    x, y = torch.randn(5, 1, 28, 28, dtype=torch.float64), torch.arange(5)
+    results = []
+    for model in (ours, theirs):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+
+        def loss(p, xi, yi, model=model):
+            return F.cross_entropy(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
+        results.append(vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y))
+    for k in results[0]:
+        assert results[0][k].shape[0] == 5 and max_rel_error(results[0][k], results[1][k]) < 1e-10, k

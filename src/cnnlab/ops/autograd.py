@@ -43,3 +43,37 @@ def graph_backward(reference: Callable[..., torch.Tensor], inputs: Sequence[torc
     for i, g in zip(wanted, grads):
         result[i] = torch.zeros_like(inputs[i]) if g is None else g
     return tuple(result)
+
+
+def transformed(*tensors) -> bool:
+    """True when a torch.func transform (vmap, grad, jvp, jacrev, ...) or forward-mode AD is at work on
+    these tensors. The ops then run their reference forms, whose every step torch.func and forward-mode
+    AD already know (batching rules, tangents), so jvp, vmap, per-sample gradients and Hessians equal
+    torch's; the hand-written fast paths are for ordinary (reverse-mode) training."""
+    from torch._C._functorch import is_functorch_wrapped_tensor
+    from torch.autograd.forward_ad import unpack_dual
+
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and (is_functorch_wrapped_tensor(t) or unpack_dual(t).tangent is not None):
+            return True
+    return False
+
+
+def reference_windows(x: torch.Tensor, pads, kernel, stride, dilation, out_size=None, value: float = 0.0) -> torch.Tensor:
+    """All windows of ``x`` (N, C, *S) as (N, *S_out, *K, C), built from a padding and index selections
+    (out-of-place, differentiable, batchable): the reference forms' window view."""
+    import torch.nn.functional as F
+
+    d = len(kernel)
+    xl = x.movedim(1, -1)  # (N, *S, C)
+    flat_pads = [0, 0]
+    for lo, hi in reversed(pads):
+        flat_pads += [lo, hi]
+    xp = F.pad(xl, flat_pads, value=value)
+    for a, (k, s, dl) in enumerate(zip(kernel, stride, dilation)):
+        pos = 1 + 2 * a
+        o = out_size[a] if out_size is not None else (xp.shape[pos] - dl * (k - 1) - 1) // s + 1
+        index = (torch.arange(o, device=x.device)[:, None] * s + torch.arange(k, device=x.device)[None, :] * dl).flatten()
+        xp = xp.index_select(pos, index).unflatten(pos, (o, k))
+    order = [0, *(1 + 2 * a for a in range(d)), *(2 + 2 * a for a in range(d)), 1 + 2 * d]
+    return xp.permute(order)

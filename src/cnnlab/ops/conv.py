@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .autograd import graph_backward, wants_graph
+from .autograd import graph_backward, reference_windows, transformed, wants_graph
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
@@ -86,8 +86,7 @@ def reference_conv(x, weight, bias, stride, pads: Pads, dilation, groups: int) -
     kernel = tuple(weight.shape[2:])
     n, c = x.shape[:2]
     o, k = weight.shape[0], len(kernel)
-    xp = pad_channels_last(x, pads).contiguous()  # (N, *S_pad, C)
-    windows = sliding_windows(xp, kernel, stride, dilation)  # (N, *S_out, *K, C)
+    windows = reference_windows(x, pads, kernel, stride, dilation)  # (N, *S_out, *K, C)
     out_size = windows.shape[1 : 1 + k]
     cols = windows.reshape(n, -1, numel(kernel), groups, c // groups)  # (N, L, K, G, C/G)
     w = weight.reshape(groups, o // groups, c // groups, numel(kernel))  # (G, O/G, C/G, K)
@@ -357,8 +356,9 @@ def _strides_like_channels_last(t: torch.Tensor) -> bool:
 
 
 def memory_format_like_torch(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
-    """torch's convolution returns channels-last when its input or its weight is stored so."""
-    if x.dim() in (4, 5) and (_strides_like_channels_last(x) or _strides_like_channels_last(weight)):
+    """torch's convolution returns channels-last when its input or its weight is stored so (for 3-D
+    convolutions only on CUDA: its CPU kernels answer channels-first)."""
+    if (x.dim() == 4 or (x.dim() == 5 and x.is_cuda)) and (_strides_like_channels_last(x) or _strides_like_channels_last(weight)):
         return torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     return torch.contiguous_format
 
@@ -373,6 +373,9 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
     unbatched = input.dim() == dims + 1
     x = input.unsqueeze(0) if unbatched else input
     check_fits(x.shape[2:], pads, kernel, dilation, f"conv{dims}d")
+    if transformed(x, weight, bias):  # torch.func / forward-mode AD: the reference form, which they know
+        out = reference_conv(x, weight, bias, stride, pads, dilation, groups)
+        return out.squeeze(0) if unbatched else out
     if x.shape[0] == 0:  # an empty batch: an empty output, still connected to the inputs
         out_size = [(n + lo + hi - d * (k - 1) - 1) // s + 1 for n, (lo, hi), k, s, d in zip(x.shape[2:], pads, kernel, stride, dilation)]
         link = x.sum() + weight.sum() + (bias.sum() if bias is not None else 0)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .autograd import graph_backward, wants_graph
+from .autograd import graph_backward, transformed, wants_graph
 
 __all__ = ["batch_norm"]
 
@@ -170,4 +170,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise ValueError(f"batch_norm: training needs more than 1 value per channel, got input shape {tuple(input.shape)}")
     elif running_mean is None or running_var is None:
         raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+    if transformed(input, weight, bias):  # torch.func / forward-mode AD: the reference form
+        if training and (running_mean is not None or running_var is not None):
+            if transformed(input):
+                raise ValueError("batch_norm: under torch.func transforms, training mode cannot update running statistics "
+                                 "(as with torch's own); use eval mode, or running_mean=running_var=None "
+                                 "(BatchNorm(track_running_stats=False))")
+        stats = None if training else (running_mean, running_var)
+        return reference_batch_norm(input, weight, bias, stats, eps)
     return BatchNorm.apply(input, weight, bias, running_mean, running_var, training, momentum, eps)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .autograd import graph_backward, wants_graph
+from .autograd import graph_backward, reference_windows, transformed, wants_graph
 from .shapes import Pads, as_tuple, pool_output_size
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
@@ -137,12 +137,13 @@ def winner_offsets(windows: torch.Tensor, kernel, best: torch.Tensor) -> torch.T
     return winners
 
 
-def reference_max_pool(x, kernel, stride, pads: Pads, dilation, out_size, winners: torch.Tensor) -> torch.Tensor:
+def reference_max_pool(x, kernel, stride, pads: Pads, dilation, out_size, winners: torch.Tensor | None) -> torch.Tensor:
     """The window's value at its winner, in plain differentiable operations (a gather)."""
     d = len(kernel)
-    xp = pad_channels_last(x, pads, float("-inf")).contiguous()
-    windows = sliding_windows(xp, kernel, stride, dilation, out_size)  # (N, *S_out, *K, C)
+    windows = reference_windows(x, pads, kernel, stride, dilation, out_size, float("-inf"))  # (N, *S_out, *K, C)
     flat = windows.reshape(*windows.shape[: 1 + d], -1, windows.shape[-1])  # (N, *S_out, prod(K), C)
+    if winners is None:  # under torch.func: the first maximum, as argmax finds it
+        winners = flat.argmax(-2)
     return flat.gather(-2, winners.unsqueeze(-2)).squeeze(-2).movedim(-1, 1)
 
 
@@ -239,8 +240,7 @@ class AvgPoolNd(torch.autograd.Function):
 def reference_avg_pool(x, kernel, stride, pads: Pads, out_size, divisor: torch.Tensor) -> torch.Tensor:
     """The window's sum over its divisor, in plain differentiable operations."""
     d = len(kernel)
-    xp = pad_channels_last(x, pads, 0.0).contiguous()
-    windows = sliding_windows(xp, kernel, stride, (1,) * d, out_size)  # (N, *S_out, *K, C)
+    windows = reference_windows(x, pads, kernel, stride, (1,) * d, out_size)  # (N, *S_out, *K, C)
     return (windows.sum(tuple(range(1 + d, 1 + 2 * d))) / divisor).movedim(-1, 1)
 
 
@@ -260,6 +260,10 @@ def _in_own_layout(pool, x: torch.Tensor, *args) -> torch.Tensor:
 
 def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     kernel, stride, pads, dilation, out_size = _pool_geometry(f"max_pool{dims}d", x, dims, kernel_size, stride, padding, dilation, ceil_mode)
+    if transformed(x):  # torch.func / forward-mode AD: the reference form
+        if return_indices:
+            raise ValueError(f"max_pool{dims}d: return_indices=True is not supported under torch.func transforms or forward-mode AD")
+        return reference_max_pool(x, kernel, stride, pads, dilation, out_size, None)
     out = _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size)
     if not return_indices:
         return out
@@ -279,7 +283,10 @@ def _avg_pool(x, dims, kernel_size, stride, padding, ceil_mode, count_include_pa
     else:
         pad = tuple(lo for lo, _ in pads)
         divisor = _avg_divisor(x.shape[2:], kernel, stride, pad, out_size, count_include_pad, x)
-    return _in_own_layout(AvgPoolNd, x, kernel, stride, pads, out_size, divisor)
+    if transformed(x):  # torch.func / forward-mode AD: the reference form
+        return reference_avg_pool(x, kernel, stride, pads, out_size, divisor)
+    out = _in_own_layout(AvgPoolNd, x, kernel, stride, pads, out_size, divisor)
+    return out.contiguous() if dims == 3 and not x.is_cuda else out  # torch's CPU avg_pool3d answers channels-first
 
 
 def max_pool1d(input, kernel_size: IntOrTuple, stride: IntOrTuple | None = None, padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False, return_indices: bool = False):
@@ -399,7 +406,14 @@ def adaptive_avg_pool2d(input, output_size: int | Sequence[int | None]):
     sizes = as_tuple(sizes, 2, "output_size", minimum=1)
     if h < 1 or w < 1:
         raise ValueError(f"adaptive_avg_pool2d: input spatial size must be at least 1x1, got {tuple(input.shape)}")
-    return AdaptiveAvgPool2d.apply(input, sizes)
+    with torch.autocast(input.device.type, enabled=False):  # pooling runs in its input's dtype, as torch's does
+        if transformed(input):  # torch.func / forward-mode AD: the averaging matrices as plain products
+            (h, w), (oh, ow) = input.shape[-2:], sizes
+            return _averaging_matrix(h, oh, input) @ input @ _averaging_matrix(w, ow, input).T
+        out = AdaptiveAvgPool2d.apply(input, sizes)
+    if input.dim() == 4 and input.shape[1] > 1 and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)  # torch keeps a channels-last input's layout
+    return out
 
 
 # --- the chapter's pool2d (D2L 7.5.1) --------------------------------------------------------

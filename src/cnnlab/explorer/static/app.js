@@ -29,9 +29,13 @@ async function start() {
   if (first) first.click();
 }
 
+let thumbsAsked = 0, predictAsked = 0;  // only the latest answer is shown: a slow earlier one never overwrites it
+
 async function loadThumbs() {
   const label = $("class-filter").value;
+  const asked = ++thumbsAsked;
   const list = await api(`/api/test-images?limit=48${label === "" ? "" : "&label=" + label}`);
+  if (asked !== thumbsAsked) return;
   const box = $("thumbs");
   box.innerHTML = "";
   for (const item of list.images) {
@@ -40,6 +44,7 @@ async function loadThumbs() {
     img.alt = `test image ${item.index} (${info.classes[item.label]})`;
     img.title = img.alt;
     img.dataset.index = item.index;
+    img.dataset.label = item.label;
     img.onclick = () => pickTest(item.index, img);
     box.appendChild(img);
   }
@@ -48,15 +53,21 @@ async function loadThumbs() {
 async function pickTest(index, img) {
   document.querySelectorAll("#thumbs img").forEach((el) => el.classList.remove("chosen"));
   if (img) img.classList.add("chosen");
-  try { show(await api(`/api/predict/test/${index}`, { method: "POST" }), `test:${index}`); showError(""); }
-  catch (err) { showError(err.message); }
+  const asked = ++predictAsked;
+  try {
+    const result = await api(`/api/predict/test/${index}`, { method: "POST" });
+    if (asked === predictAsked) { show(result, `test:${index}`); showError(""); }
+  } catch (err) { if (asked === predictAsked) showError(err.message); }
 }
 
 async function postImage(blob, name) {
   const form = new FormData();
   form.append("file", blob, name);
-  try { show(await api("/api/predict/upload", { method: "POST", body: form }), `upload:${name}`); showError(""); }
-  catch (err) { showError(err.message); }
+  const asked = ++predictAsked;
+  try {
+    const result = await api("/api/predict/upload", { method: "POST", body: form });
+    if (asked === predictAsked) { show(result, `upload:${name}`); showError(""); }
+  } catch (err) { if (asked === predictAsked) showError(err.message); }
 }
 
 function uploadFile(event) {
