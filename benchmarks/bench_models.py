@@ -1,0 +1,117 @@
+"""Whole-model training steps: every zoo model with the scratch backend against the torch backend.
+
+One training step = forward, cross-entropy, backward, SGD step, channels-last, on a fixed random
+batch. The two backends share the weights and are timed interleaved (scratch step, torch step,
+scratch step, ...) in one process with fixed threads, so the machine's drift hits both alike.
+Reports the median step time of each, examples/s and the ratio (scratch / torch; lower is
+better, 1.0 = as fast as PyTorch's own kernels).
+
+    python benchmarks/bench_models.py [--runs 7] [--threads 2] [--only lenet,resnet18] [--batch 64]
+
+The 28-pixel models run at batches 64 and 256; the large families at batch 32 and the smallest
+of 32/64/96 px they take (CPU-sized inputs; the book's 224/96 px presets are GPU-sized). Writes benchmarks/results/models.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.models import create_model, list_models
+
+SMALL = {"lenet", "bn-lenet", "lenet-modern"}
+
+
+def cases(only: set[str] | None, batch: int | None) -> list[tuple[str, int, int]]:
+    out = []
+    for name in list_models():
+        if only and name not in only:
+            continue
+        if name in SMALL:
+            out += [(name, 28, b) for b in ([batch] if batch else [64, 256])]
+        else:
+            out.append((name, smallest_input(name), batch or 32))
+    return out
+
+
+def smallest_input(name: str) -> int:
+    """The smallest of 32, 64, 96 px the model takes (AlexNet's and NiN's 11x11 stride-4 stems need 64)."""
+    from cnnlab.train.loop import check_input_fits
+
+    model = create_model(name, backend="torch")
+    for size in (32, 64, 96):
+        try:
+            check_input_fits(model, (1, size, size), 10, name)
+            return size
+        except ValueError:
+            continue
+    return 224
+
+
+def step_fn(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def measure(name: str, size: int, batch: int, runs: int, warmup: int = 2) -> dict:
+    torch.manual_seed(0)
+    scratch = create_model(name).to(memory_format=torch.channels_last).train()
+    native = create_model(name, backend="torch").to(memory_format=torch.channels_last).train()
+    native.load_state_dict(scratch.state_dict())
+    x = torch.randn(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    steps = {"scratch": step_fn(scratch, x, y), "torch": step_fn(native, x, y)}
+    times: dict[str, list[float]] = {"scratch": [], "torch": []}
+    for i in range(warmup + runs):
+        for backend, step in steps.items():  # interleaved
+            t = time.perf_counter()
+            step()
+            if i >= warmup:
+                times[backend].append(time.perf_counter() - t)
+    s, t = statistics.median(times["scratch"]), statistics.median(times["torch"])
+    return {"model": name, "input": size, "batch": batch, "scratch_ms": s * 1e3, "torch_ms": t * 1e3,
+            "scratch_ex_s": batch / s, "torch_ex_s": batch / t, "ratio": s / t}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default=None, help="comma-separated model names")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "models.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name, size, batch in cases(set(args.only.split(",")) if args.only else None, args.batch):
+        row = measure(name, size, batch, args.runs)
+        rows.append(row)
+        print(f"{name:14s} {size:3d} px  batch {batch:4d}  scratch {row['scratch_ms']:8.1f} ms  torch {row['torch_ms']:8.1f} ms  "
+              f"ratio {row['ratio']:.2f}x", flush=True)
+    geo = statistics.geometric_mean([r["ratio"] for r in rows])
+    lines = ["# Whole-model training steps: scratch backend vs torch backend", "",
+             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, channels-last, "
+             f"median of {args.runs} interleaved steps after 2 warm-ups, one process. Ratio = scratch / torch (lower is better).", "",
+             "| model | input | batch | scratch ms | torch ms | scratch ex/s | torch ex/s | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['input']} px | {r['batch']} | {r['scratch_ms']:.1f} | {r['torch_ms']:.1f} | {r['scratch_ex_s']:,.0f} | "
+              f"{r['torch_ex_s']:,.0f} | {r['ratio']:.2f}x |" for r in rows]
+    lines += ["", f"Geometric mean of the ratios: {geo:.2f}x."]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"geometric mean {geo:.2f}x; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
