@@ -37,6 +37,8 @@ _API = {
     "plot_kernels": ("viz.inside", "plot_kernels"),
     "plot_features": ("viz.inside", "plot_features"),
     "plot_receptive": ("viz.inside", "plot_receptive"),
+    "plot_attribution": ("viz.inside", "plot_attribution"),
+    "explain": ("analysis.attribution", "explain"),
     "activations": ("viz.inside", "activations"),
 }
 __all__ = ["__version__", *sorted(_SUBMODULES), *sorted(_API)]

@@ -312,12 +312,18 @@ def cmd_viz(args: argparse.Namespace, argv: list[str]) -> int:
             raise ValueError("give exactly one of --image PATH or --test-index K")
         picture, x = _run_input(meta, args.image, args.test_index, args.data_dir)
         layers = args.layers.split(",") if getattr(args, "layers", None) else inside.window_layers(model)
-        if args.what == "receptive":
-            layers = [args.layer]
+        if args.what in ("receptive", "cam"):
+            layers = [args.layer] if args.layer else []
         logits, maps = inside.activations(model, x, layers)
         probs = torch.softmax(logits.float(), 0)
         guess = f"predicted {meta['classes'][int(probs.argmax())]} ({float(probs.max()):.1%})"
-        if args.what == "features":
+        if args.what == "cam":
+            from .analysis.attribution import explain
+
+            attribution = explain(model, x, args.layer, args.target)
+            inside.plot_attribution(picture if picture.shape[-1] == x.shape[-1] else x[0], attribution, out, classes=meta["classes"],
+                                    title=f"{meta['model']}: why {meta['classes'][attribution.target]}? ({guess})")
+        elif args.what == "features":
             inside.plot_features(picture, maps, out, title=f"{meta['model']}: {guess}")
         else:
             from .analysis import receptive_field_for_unit
@@ -393,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = viz.add_subparsers(dest="what", required=True)
     for name, text in (("kernels", "a convolution layer's kernels as a grid"),
                        ("features", "the feature maps of every conv and pooling layer for one image"),
-                       ("receptive", "the receptive field of one unit drawn on the input")):
+                       ("receptive", "the receptive field of one unit drawn on the input"),
+                       ("cam", "why the model decided: Grad-CAM at a convolution layer and the input saliency")):
         p = what.add_parser(name, help=text)
         p.add_argument("run", type=Path)
         p.add_argument("--out", default=None, help="PNG to write (default: RUN/<what>.png)")
@@ -408,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "receptive":
             p.add_argument("--layer", required=True)
             p.add_argument("--unit", required=True, help="row,column of the unit in that layer's output")
+        if name == "cam":
+            p.add_argument("--layer", default=None, help="convolution layer (default: the last)")
+            p.add_argument("--target", type=int, default=None, help="class index to explain (default: the predicted class)")
         p.set_defaults(func=cmd_viz)
 
     tour = sub.add_parser("tour", help="the chapter's worked examples, computed and checked")

@@ -25,7 +25,8 @@ from .plots import _image_for_display, new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["activations", "conv_layers", "plot_features", "plot_kernels", "plot_receptive", "tile_grid", "window_layers"]
+__all__ = ["activations", "conv_layers", "plot_attribution", "plot_features", "plot_kernels", "plot_receptive", "tile_grid",
+           "window_layers"]
 
 
 def tile_grid(tiles: torch.Tensor, columns: int | None = None, pad: int = 1) -> torch.Tensor:
@@ -151,6 +152,36 @@ def plot_receptive(image: torch.Tensor, field: dict, path: str | Path | None = N
     ax.set_title(textwrap.fill(title or "receptive field", 48), fontsize=8)  # never clipped at the sides
     ax.set_xticks([])
     ax.set_yticks([])
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_attribution(image: torch.Tensor, attribution, path: str | Path | None = None, classes=None, title: str = "") -> Figure:
+    """Why the model decided: the image, its Grad-CAM overlaid, and the input-gradient saliency.
+
+    ``attribution`` is a :class:`cnnlab.analysis.attribution.Attribution`.
+    """
+    fig = new_figure(figsize=(9, 3.4), dpi=110)
+    axes = fig.subplots(1, 3)
+    shown = _image_for_display(image)
+    cmap = "gray" if shown.ndim == 2 else None
+    name = classes[attribution.target] if classes else str(attribution.target)
+    share = float(attribution.probabilities[attribution.target])
+    axes[0].imshow(shown, cmap=cmap)
+    axes[0].set_title(f"input; class {name} ({share:.0%})", fontsize=8)
+    axes[1].imshow(shown, cmap=cmap)
+    cam = attribution.cam_upsampled
+    axes[1].imshow((cam / (cam.max() + 1e-12)).numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    empty = " - zero everywhere: no positive evidence here" if float(cam.max()) == 0 else ""
+    axes[1].set_title(f"Grad-CAM at {attribution.layer} ({attribution.cam.shape[0]}x{attribution.cam.shape[1]}){empty}", fontsize=8)
+    axes[2].imshow(attribution.saliency.amax(0).numpy(), cmap="hot")
+    axes[2].set_title("saliency |d logit / d pixel|", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(textwrap.fill(title or f"why {name}", 110), fontsize=9)
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
