@@ -312,11 +312,18 @@ def cmd_viz(args: argparse.Namespace, argv: list[str]) -> int:
             raise ValueError("give exactly one of --image PATH or --test-index K")
         picture, x = _run_input(meta, args.image, args.test_index, args.data_dir)
         layers = args.layers.split(",") if getattr(args, "layers", None) else inside.window_layers(model)
-        if args.what in ("receptive", "cam"):
+        if args.what in ("receptive", "cam", "unit"):
             layers = [args.layer] if args.layer else []
         logits, maps = inside.activations(model, x, layers)
         probs = torch.softmax(logits.float(), 0)
         guess = f"predicted {meta['classes'][int(probs.argmax())]} ({float(probs.max()):.1%})"
+        if args.what == "unit":
+            from .analysis.unit import unit_computation, unit_text
+
+            computation = unit_computation(model, x, args.layer, _unit(args.unit), args.channel)
+            print(f"{meta['model']} layer {args.layer}, channel {args.channel}, unit {args.unit} ({guess}):")
+            print(unit_text(computation))
+            return 0
         if args.what == "cam":
             from .analysis.attribution import explain
 
@@ -400,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("kernels", "a convolution layer's kernels as a grid"),
                        ("features", "the feature maps of every conv and pooling layer for one image"),
                        ("receptive", "the receptive field of one unit drawn on the input"),
-                       ("cam", "why the model decided: Grad-CAM at a convolution layer and the input saliency")):
+                       ("cam", "why the model decided: Grad-CAM at a convolution layer and the input saliency"),
+                       ("unit", "how one value of a convolution or pooling layer is computed, written out")):
         p = what.add_parser(name, help=text)
         p.add_argument("run", type=Path)
         p.add_argument("--out", default=None, help="PNG to write (default: RUN/<what>.png)")
@@ -415,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "receptive":
             p.add_argument("--layer", required=True)
             p.add_argument("--unit", required=True, help="row,column of the unit in that layer's output")
+        if name == "unit":
+            p.add_argument("--layer", required=True, help="a convolution or pooling layer")
+            p.add_argument("--unit", required=True, help="row,column of the unit in that layer's output")
+            p.add_argument("--channel", type=int, default=0, help="output channel (default 0)")
         if name == "cam":
             p.add_argument("--layer", default=None, help="convolution layer (default: the last)")
             p.add_argument("--target", type=int, default=None, help="class index to explain (default: the predicted class)")
