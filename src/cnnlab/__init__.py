@@ -39,6 +39,8 @@ _API = {
     "plot_receptive": ("viz.inside", "plot_receptive"),
     "plot_attribution": ("viz.inside", "plot_attribution"),
     "explain": ("analysis.attribution", "explain"),
+    "top_patches": ("analysis.patches", "top_patches"),
+    "plot_top_patches": ("viz.inside", "plot_top_patches"),
     "activations": ("viz.inside", "activations"),
 }
 __all__ = ["__version__", *sorted(_SUBMODULES), *sorted(_API)]

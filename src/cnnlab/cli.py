@@ -293,6 +293,36 @@ def _unit(text: str) -> tuple[int, int]:
     return row, col
 
 
+def _viz_patches(args, model, meta, out: Path) -> int:
+    """The top test-image patches of every channel of one layer (one batched pass over the test set)."""
+    import time
+
+    import torch
+
+    from .analysis.patches import top_patches
+    from .data import Batches, load_dataset
+    from .viz import inside
+
+    data = load_dataset(meta["dataset"], args.data_dir, fetch=False, image_size=meta["image_size"])
+    batches = Batches(data.test_images, data.test_labels, 512, mean=meta["mean"], std=meta["std"], normalize=meta["normalize"],
+                      image_size=meta["image_size"])
+    started = time.perf_counter()
+    result = top_patches(model, batches.epoch(0), args.layer, k=args.k)
+    seconds = time.perf_counter() - started
+    channels = [int(c) for c in args.channels.split(",")] if args.channels else list(result)[:16]
+    bad = [c for c in channels if c not in result]
+    if bad:
+        raise ValueError(f"--channels: layer {args.layer!r} has channels 0..{len(result) - 1}, got {bad[0]}")
+    pictures = data.test_images
+    if pictures.shape[-1] != meta["image_size"]:
+        pictures = torch.nn.functional.interpolate(pictures.float(), size=(meta["image_size"],) * 2, mode="bilinear").round().to(torch.uint8)
+    inside.plot_top_patches(pictures, result, out, channels=channels,
+                            title=f"{meta['model']} layer {args.layer}: top {args.k} test patches per channel "
+                                  f"({len(data.test_labels):,} images, {seconds:.1f} s)")
+    print(f"{out} ({len(data.test_labels):,} test images in {seconds:.1f} s)")
+    return 0
+
+
 def cmd_viz(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
@@ -301,6 +331,8 @@ def cmd_viz(args: argparse.Namespace, argv: list[str]) -> int:
 
     model, meta = load_run_model(args.run)
     out = Path(args.out or Path(args.run) / f"{args.what}.png")
+    if args.what == "patches":
+        return _viz_patches(args, model, meta, out)
     if args.what == "kernels":
         layer = args.layer or inside.conv_layers(model)[0]
         modules = dict(model.named_modules())
@@ -408,13 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
                        ("features", "the feature maps of every conv and pooling layer for one image"),
                        ("receptive", "the receptive field of one unit drawn on the input"),
                        ("cam", "why the model decided: Grad-CAM at a convolution layer and the input saliency"),
-                       ("unit", "how one value of a convolution or pooling layer is computed, written out")):
+                       ("unit", "how one value of a convolution or pooling layer is computed, written out"),
+                       ("patches", "what each channel responds to: its top test-image patches")):
         p = what.add_parser(name, help=text)
         p.add_argument("run", type=Path)
         p.add_argument("--out", default=None, help="PNG to write (default: RUN/<what>.png)")
         p.add_argument("--data-dir", default=None)
         if name == "kernels":
             p.add_argument("--layer", default=None, help="convolution layer name (default: the first)")
+        elif name == "patches":
+            p.add_argument("--layer", required=True, help="a convolution or pooling layer")
+            p.add_argument("--k", type=_positive_int("--k"), default=9, help="images per channel (default 9)")
+            p.add_argument("--channels", default=None, help="comma-separated channels to draw (default: the first 16)")
         else:
             p.add_argument("--image", type=Path, default=None, help="an image file")
             p.add_argument("--test-index", type=int, default=None, help="a test image of the run's data set")

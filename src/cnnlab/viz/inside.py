@@ -25,8 +25,8 @@ from .plots import _image_for_display, new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["activations", "conv_layers", "plot_attribution", "plot_features", "plot_kernels", "plot_receptive", "tile_grid",
-           "window_layers"]
+__all__ = ["activations", "conv_layers", "plot_attribution", "plot_features", "plot_kernels", "plot_receptive", "plot_top_patches",
+           "tile_grid", "window_layers"]
 
 
 def tile_grid(tiles: torch.Tensor, columns: int | None = None, pad: int = 1) -> torch.Tensor:
@@ -183,6 +183,42 @@ def plot_attribution(image: torch.Tensor, attribution, path: str | Path | None =
         ax.set_yticks([])
     fig.suptitle(textwrap.fill(title or f"why {name}", 110), fontsize=9)
     fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_top_patches(images: torch.Tensor, patches: dict, path: str | Path | None = None, channels=None, title: str = "") -> Figure:
+    """What each channel responds to: per row a channel, its top images' patches (the receptive field
+    of the most active unit), strongest first, with the activation; a dashed frame marks a patch the
+    image border cut. ``images`` are the pictures in the order the pass saw them; ``patches`` is
+    :func:`cnnlab.analysis.patches.top_patches`'s result."""
+    channels = list(patches) if channels is None else list(channels)
+    k = max(len(patches[c]) for c in channels)
+    fig = new_figure(figsize=(1.05 * k + 0.8, 1.1 * len(channels) + 0.6), dpi=100)
+    axes = fig.subplots(len(channels), k, squeeze=False)
+    for r, ch in enumerate(channels):
+        for col in range(k):
+            ax = axes[r, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(patches[ch]):
+                ax.axis("off")
+                continue
+            p = patches[ch][col]
+            (r0, r1), (c0, c1) = p.rectangle
+            crop = images[p.image][:, r0 : r1 + 1, c0 : c1 + 1]
+            shown = _image_for_display(crop)
+            ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, interpolation="nearest")
+            ax.set_title(f"{p.activation:.2f}", fontsize=6)
+            if p.clipped:
+                for spine in ax.spines.values():
+                    spine.set_linestyle("--")
+                    spine.set_color("tab:orange")
+            if col == 0:
+                ax.set_ylabel(f"ch {ch}", fontsize=7)
+    fig.suptitle(textwrap.fill(title or "top patches per channel", 110), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (1.1 * len(channels) + 0.6)))
     if path is not None:
         save_figure(fig, path)
     return fig
