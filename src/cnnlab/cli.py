@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("kernels", "a convolution layer's kernels as a grid"),
                        ("features", "the feature maps of every conv and pooling layer for one image"),
                        ("receptive", "the receptive field of one unit drawn on the input"),
-                       ("cam", "why the model decided: Grad-CAM at a convolution layer and the input saliency"),
+                       ("cam", "why the model decided: Grad-CAM at a convolution or pooling layer and the input saliency"),
                        ("unit", "how one value of a convolution or pooling layer is computed, written out"),
                        ("patches", "what each channel responds to: its top test-image patches")):
         p = what.add_parser(name, help=text)
@@ -465,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--unit", required=True, help="row,column of the unit in that layer's output")
             p.add_argument("--channel", type=int, default=0, help="output channel (default 0)")
         if name == "cam":
-            p.add_argument("--layer", default=None, help="convolution layer (default: the last)")
+            p.add_argument("--layer", default=None, help="convolution or pooling layer (default: the last with a spatial map)")
             p.add_argument("--target", type=int, default=None, help="class index to explain (default: the predicted class)")
         p.set_defaults(func=cmd_viz)
 
