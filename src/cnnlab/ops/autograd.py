@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch._C._functorch import is_functorch_wrapped_tensor
+from torch.autograd.forward_ad import unpack_dual
 
 __all__ = ["graph_backward", "wants_graph"]
 
@@ -50,9 +52,6 @@ def transformed(*tensors) -> bool:
     these tensors. The ops then run their reference forms, whose every step torch.func and forward-mode
     AD already know (batching rules, tangents), so jvp, vmap, per-sample gradients and Hessians equal
     torch's; the hand-written fast paths are for ordinary (reverse-mode) training."""
-    from torch._C._functorch import is_functorch_wrapped_tensor
-    from torch.autograd.forward_ad import unpack_dual
-
     for t in tensors:
         if isinstance(t, torch.Tensor) and (is_functorch_wrapped_tensor(t) or unpack_dual(t).tangent is not None):
             return True

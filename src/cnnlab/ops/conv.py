@@ -37,6 +37,7 @@ the same operation.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Sequence
@@ -389,7 +390,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
         link = x.sum() + weight.sum() + (bias.sum() if bias is not None else 0)
         out = x.new_zeros((0, weight.shape[0], *out_size)) + 0 * link
         return out.squeeze(0) if unbatched else out
-    with torch.autocast(x.device.type, enabled=False) if autocast else _nothing():
+    with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
         if _use_shifted(x, kernel, stride, pads, dilation, groups):
             out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)
         else:
@@ -397,13 +398,6 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
     out = out.contiguous(memory_format=memory_format_like_torch(x, weight))  # a no-op when it already is
     return out.squeeze(0) if unbatched else out
 
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def conv1d(input, weight, bias=None, stride: IntOrTuple = 1, padding: str | IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1):

@@ -26,10 +26,6 @@ CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 
 
-def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, text)
-
-
 def save_checkpoint(folder: str | Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)  # in memory first: a full disk is then the OS's own error, naming the file

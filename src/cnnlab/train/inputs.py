@@ -52,10 +52,8 @@ def is_named_data(data) -> bool:
 
 def describe_data(data) -> str:
     """What the run folder records for data given as Python objects."""
-    if isinstance(data, torch.Tensor) or (isinstance(data, (tuple, list)) and data and isinstance(data[0], torch.Tensor)):
-        return "tensors"
-    if isinstance(data, (tuple, list)) and data and isinstance(data[0], (tuple, list)):
-        return "tensors"
+    if isinstance(data, (tuple, list)) and data and isinstance(data[0], (torch.Tensor, tuple, list)):
+        return "tensors"  # (X, y) or ((X, y), (X_test, y_test))
     first = data[0] if isinstance(data, (tuple, list)) and data else data
     inner = getattr(first, "dataset", None)
     kind = type(first).__name__ + (f"({type(inner).__name__})" if inner is not None else "")

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..data import Batches
 from ..data.loader import step_seed
-from ..files import WriteError
+from ..files import WriteError, write_text
 from ..models import create_model, model_info
 from . import checkpoint as ckpt
 from .config import TrainConfig, absolute_paths, resolve_config, validate
@@ -431,14 +431,14 @@ class _Run:
         # the checkpoint last: it commits the epoch. Killed or failed before it, a resume redoes this
         # epoch exactly and rewrites the weights and metrics written so far with the same values
         self._write(lambda: ckpt.save_weights(self.folder, self.model.state_dict(), self.metadata))
-        self._write(lambda: ckpt.write_text(self.folder / "metrics.csv", _metrics_csv(self.history)))
+        self._write(lambda: write_text(self.folder / "metrics.csv", _metrics_csv(self.history)))
         self.save_checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0, 0.0])
 
     # -- the loop -------------------------------------------------------------------------------
     def train(self) -> RunResult:
         config, report, folder, inputs = self.config, self.report, self.folder, self.inputs
         start_epoch, start_step, partial = self.start
-        self._write(lambda: ckpt.write_text(folder / "config.json", config.to_json() + "\n"))
+        self._write(lambda: write_text(folder / "config.json", config.to_json() + "\n"))
         if not self.resumed:
             report.say(f"training {self.model_name} ({sum(p.numel() for p in self.model.parameters()):,} parameters, backend "
                        f"{config.backend if model_kind(config.model) == 'zoo' else 'of the model'}) on {inputs.name} "
