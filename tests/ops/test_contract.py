@@ -148,3 +148,37 @@ def test_per_sample_gradients_of_a_whole_scratch_model_equal_torchs():
         results.append(vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y))
     for k in results[0]:
         assert results[0][k].shape[0] == 5 and max_rel_error(results[0][k], results[1][k]) < 1e-10, k
+
+
+INPLACE_AFTER = [  # (name, op(x, w), x shape, weight shape): every fast path a layer can take
+    ("conv2d windows", lambda f, x, w: f.conv2d(x, w, stride=2, padding=1), (3, 4, 9, 9), (5, 4, 3, 3)),
+    ("conv2d shifted", lambda f, x, w: f.conv2d(x, w, padding=1), (3, 4, 9, 9), (5, 4, 3, 3)),
+    ("conv2d planar", lambda f, x, w: f.conv2d(x, w, padding=2), (3, 1, 9, 9), (5, 1, 5, 5)),
+    ("conv1d", lambda f, x, w: f.conv1d(x, w), (3, 4, 9), (5, 4, 3)),
+    ("conv3d groups", lambda f, x, w: f.conv3d(x, w, groups=2), (2, 4, 5, 5, 5), (4, 2, 2, 2, 2)),
+    ("max_pool2d", lambda f, x, w: f.max_pool2d(x, 3, stride=2, padding=1), (3, 4, 9, 9), None),
+    ("avg_pool2d", lambda f, x, w: f.avg_pool2d(x, 2), (3, 4, 8, 8), None),
+    ("adaptive_avg_pool2d", lambda f, x, w: f.adaptive_avg_pool2d(x, 1), (3, 4, 8, 8), None),
+    ("batch_norm", lambda f, x, w: f.batch_norm(x, None, None, w, None, training=True), (3, 4, 5, 5), (4,)),
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+@pytest.mark.parametrize(("name", "op", "x_shape", "w_shape"), INPLACE_AFTER, ids=[c[0] for c in INPLACE_AFTER])
+def test_an_in_place_change_after_the_op_works_and_leaves_the_gradients_right(name, op, x_shape, w_shape, channels_last):
+    """nn.ReLU(inplace=True) after a layer, as the user's own networks write it (and torchvision's)."""
+    torch.manual_seed(0)
+    x0 = torch.randn(x_shape, dtype=torch.float64)
+    if channels_last and x0.dim() == 4:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    w0 = None if w_shape is None else torch.randn(w_shape, dtype=torch.float64)
+    grads = []
+    for f in (ops, F):
+        x = x0.clone().requires_grad_()
+        w = None if w0 is None else w0.clone().requires_grad_()
+        out = torch.relu_(op(f, x, w))
+        (out * torch.linspace(-1, 2, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        grads.append((out.detach(), x.grad, None if w is None else w.grad))
+    for ours, theirs in zip(*grads):
+        if theirs is not None:
+            assert max_rel_error(ours, theirs) < 1e-10, name

@@ -22,12 +22,25 @@ import torch
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.autograd.forward_ad import unpack_dual
 
-__all__ = ["graph_backward", "wants_graph"]
+__all__ = ["graph_backward", "unviewed", "wants_graph"]
 
 
 def wants_graph() -> bool:
     """True inside a backward pass that must itself be differentiable (``create_graph=True``)."""
     return torch.is_grad_enabled()
+
+
+def unviewed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself (same memory, sizes and strides) but not marked as a view of another tensor.
+
+    An ``autograd.Function`` that returns a view of a tensor it made (a ``movedim`` to the
+    public layout, a slice of a larger buffer) gets an output autograd refuses to change in
+    place, so ``nn.ReLU(inplace=True)`` after the layer would fail. Use only where nothing saved
+    for the backward pass shares the memory: an in-place change is then harmless.
+    """
+    if not t._is_view():
+        return t
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
 def graph_backward(reference: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None], needs: Sequence[bool],

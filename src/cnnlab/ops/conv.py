@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .autograd import graph_backward, reference_windows, transformed, wants_graph
+from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
@@ -170,7 +170,7 @@ class ConvNd(torch.autograd.Function):
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, groups, out_size, planar)
         ctx.cols = cols if ctx.needs_input_grad[1] else None  # reused for grad_weight
         ctx.save_for_backward(weight, x, bias)  # x and bias: only for a differentiable backward
-        return out
+        return unviewed(out)  # nothing saved shares out: in-place changes after the layer are safe
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -273,7 +273,7 @@ class ShiftedConvNd(torch.autograd.Function):
         valid = (slice(None), *(slice(0, s) for s in out_size))
         ctx.geometry = (tuple(x.shape), kernel, pads, dilation, padded, out_size, offsets, m)
         ctx.save_for_backward(weight, xp if ctx.needs_input_grad[1] else None, x, bias)
-        return y.view(n, *padded, o)[valid].movedim(-1, 1)  # (N, O, *S_out), a view
+        return unviewed(y.view(n, *padded, o)[valid].movedim(-1, 1))  # (N, O, *S_out), in y's memory (not saved)
 
     @staticmethod
     def backward(ctx, grad_out):

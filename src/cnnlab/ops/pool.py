@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .autograd import graph_backward, reference_windows, transformed, wants_graph
+from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
 from .shapes import Pads, as_tuple, pool_output_size
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
@@ -96,7 +96,7 @@ class MaxPoolNd(torch.autograd.Function):
             best = windows[index].clone() if best is None else torch.maximum(best, windows[index], out=best)
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, out_size)
         ctx.save_for_backward(xp, best, x)  # x: only for a differentiable backward
-        return best.movedim(-1, 1)  # (N, C, *S_out)
+        return best.movedim(-1, 1).clone()  # (N, C, *S_out); a copy: in-place changes after the layer must not reach best
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -220,7 +220,7 @@ class AvgPoolNd(torch.autograd.Function):
             total = windows[index].clone() if total is None else total.add_(windows[index])
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, out_size)
         ctx.save_for_backward(divisor, x)  # x: only for a differentiable backward
-        return (total / divisor).movedim(-1, 1)
+        return unviewed((total / divisor).movedim(-1, 1))  # nothing saved shares it
 
     @staticmethod
     def backward(ctx, grad_out):
