@@ -110,6 +110,25 @@ def test_max_pool_ties_route_to_first_maximum():
     assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+def test_max_pool_gives_losers_an_exact_zero_when_the_gradient_is_inf_or_nan(layout):
+    """A winner's gradient is routed, never multiplied: inf or NaN reaches only the winner."""
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    x0[0, 0, :2, :2] = float("-inf")  # a window of -inf: the first position wins
+    if layout == "channels-last":
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    g[0, 0, 0, 0], g[1, 2, 1, 1], g[0, 1, 2, 0] = float("inf"), float("nan"), float("-inf")
+    grads = []
+    for f in (ops, F):
+        x = x0.clone().requires_grad_()
+        f.max_pool2d(x, 2).backward(g)
+        grads.append(x.grad)
+    assert torch.equal(grads[0].isnan(), grads[1].isnan())
+    assert torch.equal(grads[0].nan_to_num(), grads[1].nan_to_num())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pooling_lower_precision(dtype):
     torch.manual_seed(0)
