@@ -184,7 +184,9 @@ class ConvNd(torch.autograd.Function):
         g = grad_out.reshape(n, groups, o // groups, -1)  # (N, G, O/G, L)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            if groups == 1 and not planar:
+            if groups == 1 and not planar and _transposed_by_convolution(x_shape[1], o, stride, pads, dilation, kernel):
+                grad_x = _grad_input_by_convolution(grad_out, weight, pads, dilation)
+            elif groups == 1 and not planar:
                 # wide layers: one product over all M = N*L window positions, (M, O) @ (O, K*C), then
                 # channels-last col2im (a batched product per sample over an expanded kernel is several
                 # times slower on small maps: resnet18 at 32 px spent 83% of its step there)
@@ -209,6 +211,27 @@ class ConvNd(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
         return grad_x, _like(grad_w, weight), grad_b, None, None, None, None
+
+
+def _transposed_by_convolution(c: int, o: int, stride, pads: Pads, dilation, kernel) -> bool:
+    """Whether the input gradient is cheaper as a convolution of the output gradient: stride 1,
+    padding within the kernel's reach, and fewer output than input channels, so the window matrix
+    of the output gradient (M, K*O) is smaller than the (M, K*C) one col2im would scatter
+    (DenseNet's growth-rate layers, 12-32 outputs from 32-200 inputs: about 3x faster, measured)."""
+    return (o < c and all(s == 1 for s in stride)
+            and all(lo <= d * (k - 1) and hi <= d * (k - 1) for (lo, hi), d, k in zip(pads, dilation, kernel)))
+
+
+def _grad_input_by_convolution(grad_out: torch.Tensor, weight: torch.Tensor, pads: Pads, dilation) -> torch.Tensor:
+    """grad_x of a stride-1 convolution: grad_out, padded by ``d*(k-1) - pad`` on each side, cross-correlated
+    with the kernel flipped in space and transposed (O <-> C): one window matrix and one product.
+    (N, O, *S_out) -> (N, C, *S) with channels-last strides."""
+    kernel = tuple(weight.shape[2:])
+    spatial = tuple(range(2, weight.dim()))
+    grad_pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi) for (lo, hi), d, k in zip(pads, dilation, kernel))
+    cols, size = _window_matrix(grad_out, kernel, (1,) * len(kernel), grad_pads, dilation, 1)  # (1, M_x, K*O)
+    w = _kernel_matrix(weight.flip(spatial).transpose(0, 1), 1)  # (1, C, K*O)
+    return (cols[0] @ w[0].T).view(grad_out.shape[0], *size, -1).movedim(-1, 1)  # (N, C, *S)
 
 
 def _like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
