@@ -134,8 +134,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     from .train import PRESETS, fit, resolve_config
 
     if args.list:
-        for name in list_models():
-            print(f"{name:14s} " + ", ".join(f"{k}={v}" for k, v in PRESETS.get(name, {}).items()))
+        print(models_table(list_models(), PRESETS))
         return 0
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_torchrun(argv, args.nproc)
@@ -153,29 +152,50 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     return 130 if result.status == "interrupted" else 0
 
 
+def models_table(names: list[str], presets: dict) -> str:
+    """``cnnlab train --list``: each model's input, size and cost, what its recipe reached here, and the recipe."""
+    from importlib import resources
+
+    from .analysis import summary
+    from .models import create_model, model_info
+
+    measured = json.loads(resources.files("cnnlab.train").joinpath("recipes.json").read_text())
+    lines = [f"{'model':14s} {'input':>7s} {'params':>11s} {'mult-adds':>10s}  {'measured (2 CPU threads, scratch)':34s} recipe"]
+    for name in names:
+        size = model_info(name)["input_size"]
+        kwargs = {"ratio": presets[name]["ratio"]} if "ratio" in presets.get(name, {}) else {}
+        totals = summary(create_model(name, backend="torch", **kwargs), (1, size, size)).totals
+        m = measured.get(name)
+        result = f"{m['test_acc']:.3f} in {m['train_s']:.0f} s ({m['epochs']} epochs)" if m else "-"
+        recipe = ", ".join(f"{k}={v}" for k, v in presets.get(name, {}).items())
+        lines.append(f"{name:14s} {size:>4d} px {totals['params']:>11,} {totals['mult_adds'] / 1e6:>8.1f} M  {result:34s} {recipe}")
+    lines.append("On a CPU, train the -cpu models (or fast); the others are the book's, sized for a GPU (224 or 96 px).")
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
     from .data import Batches, load_dataset
-    from .train import load_run_model
+    from .train import load_run_model, predict_probabilities
     from .viz import confusion_matrix
 
     model, meta = load_run_model(args.run)
     data = load_dataset(meta["dataset"], args.data_dir, image_size=meta["image_size"])
     batches = Batches(data.test_images, data.test_labels, 1024, mean=meta["mean"], std=meta["std"], normalize=meta["normalize"],
                       image_size=meta["image_size"])
-    with torch.no_grad():
-        predicted = torch.cat([model(x).argmax(1) for x, _, _ in batches.epoch(0)])
+    predicted = torch.cat([predict_probabilities(model, x, args.tta).argmax(1) for x, _, _ in batches.epoch(0)])
     labels = data.test_labels
     matrix = confusion_matrix(labels, predicted, len(meta["classes"]))
     per_class = [int(d) / max(int(n), 1) for d, n in zip(matrix.diag(), matrix.sum(1))]
     correct = int((predicted == labels).sum())
     accuracy = correct / len(labels)
     if args.json:
-        print(json.dumps({"run": str(args.run), "test_acc": accuracy, "count": len(labels),
+        print(json.dumps({"run": str(args.run), "test_acc": accuracy, "count": len(labels), "tta": args.tta,
                           "per_class": dict(zip(meta["classes"], per_class)), "confusion": matrix.tolist()}))
         return 0
-    print(f"{args.run}: {meta['model']} on {data.name}: test accuracy {accuracy:.4f} ({correct}/{len(labels)})")
+    tta = " with flip averaging" if args.tta == "flip" else ""
+    print(f"{args.run}: {meta['model']} on {data.name}: test accuracy{tta} {accuracy:.4f} ({correct}/{len(labels)})")
     width = max(len(c) for c in meta["classes"])
     print("\nper-class accuracy")
     for name, acc in zip(meta["classes"], per_class):
@@ -416,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run")
     evaluate.add_argument("run", type=Path, help="run folder")
     evaluate.add_argument("--data-dir", default=None, help="look here first for the data set")
+    evaluate.add_argument("--tta", choices=("none", "flip"), default="none",
+                          help="test-time augmentation: flip averages the class probabilities of each image and its mirror image "
+                               "(default: none, the accuracy training reports)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -87,7 +87,63 @@ def plain_densenet():
     return nn.Sequential(*layers, nn.BatchNorm2d(c), nn.Linear(c, 10))
 
 
+def plain_fast():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, bias=False), nn.BatchNorm2d(16), nn.Conv2d(16, 32, 3, bias=False), nn.BatchNorm2d(32),
+                         nn.Conv2d(32, 64, 3, bias=False), nn.BatchNorm2d(64), nn.Linear(576, 10))
+
+
+def plain_alexnet_cpu():
+    return nn.Sequential(nn.Conv2d(1, 16, 5), nn.Conv2d(16, 32, 5), nn.Conv2d(32, 48, 3), nn.Conv2d(48, 48, 3), nn.Conv2d(48, 32, 3),
+                         nn.Linear(512, 256), nn.Linear(256, 256), nn.Linear(256, 10))
+
+
+def plain_vgg_cpu():
+    return nn.Sequential(nn.Conv2d(1, 16, 3), nn.Conv2d(16, 32, 3), nn.Conv2d(32, 64, 3), nn.Conv2d(64, 64, 3),
+                         nn.Linear(576, 256), nn.Linear(256, 256), nn.Linear(256, 10))
+
+
+def plain_nin_cpu():
+    def block(i, o, k):  # conv-BN (no conv bias) three times
+        return [nn.Conv2d(i, o, k, bias=False), nn.BatchNorm2d(o), nn.Conv2d(o, o, 1, bias=False), nn.BatchNorm2d(o),
+                nn.Conv2d(o, o, 1, bias=False), nn.BatchNorm2d(o)]
+    head = [nn.Conv2d(96, 10, 3, bias=False), nn.BatchNorm2d(10), nn.Conv2d(10, 10, 1, bias=False), nn.BatchNorm2d(10), nn.Conv2d(10, 10, 1)]
+    return nn.Sequential(*block(1, 24, 5), *block(24, 48, 3), *block(48, 96, 3), *head)
+
+
+def plain_googlenet_cpu():
+    def inception(i, c1, c2, c3, c4):
+        convs = [(i, c1, 1), (i, c2[0], 1), (c2[0], c2[1], 3), (i, c3[0], 1), (c3[0], c3[1], 5), (i, c4, 1)]
+        return [m for a, b, k in convs for m in (nn.Conv2d(a, b, k, bias=False), nn.BatchNorm2d(b))]
+    cfg = [(24, 16, (16, 24), (4, 8), 8), (56, 24, (24, 32), (8, 16), 16), (88, 32, (32, 48), (8, 16), 16),
+           (112, 40, (40, 56), (12, 24), 24)]
+    return nn.Sequential(nn.Conv2d(1, 24, 3, bias=False), nn.BatchNorm2d(24), *[m for c in cfg for m in inception(*c)], nn.Linear(144, 10))
+
+
+def plain_resnet_cpu():
+    layers, c = [nn.Conv2d(1, 32, 3), nn.BatchNorm2d(32)], 32
+    for i, out in enumerate((32, 64, 128)):
+        layers += [nn.Conv2d(c, out, 3), nn.BatchNorm2d(out), nn.Conv2d(out, out, 3), nn.BatchNorm2d(out)]
+        if i > 0:
+            layers.append(nn.Conv2d(c, out, 1))
+        c = out
+    return nn.Sequential(*layers, nn.Linear(128, 10))
+
+
+def plain_densenet_cpu():
+    layers, c = [nn.Conv2d(1, 32, 3), nn.BatchNorm2d(32)], 32
+    for i in range(2):
+        for _ in range(4):
+            layers += [nn.BatchNorm2d(c), nn.Conv2d(c, 12, 3)]
+            c += 12
+        if i == 0:
+            layers += [nn.BatchNorm2d(c), nn.Conv2d(c, c // 2, 1)]
+            c //= 2
+    return nn.Sequential(*layers, nn.BatchNorm2d(c), nn.Linear(c, 10))
+
+
 PLAIN = {
+    "fast": plain_fast, "alexnet-cpu": plain_alexnet_cpu, "vgg-cpu": plain_vgg_cpu, "nin-cpu": plain_nin_cpu,
+    "googlenet-cpu": plain_googlenet_cpu, "resnet-cpu": plain_resnet_cpu, "densenet-cpu": plain_densenet_cpu,
     "lenet": plain_lenet, "bn-lenet": plain_bn_lenet, "alexnet": plain_alexnet,
     "vgg11": lambda: plain_vgg(((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)), 8),
     "vgg16": lambda: plain_vgg(((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)), 8),
@@ -101,8 +157,9 @@ def count(model: nn.Module) -> int:
 
 
 def test_registry_lists_the_chapters_models():
-    assert list_models() == ["lenet", "bn-lenet", "lenet-modern", "alexnet", "vgg11", "vgg16", "nin", "googlenet",
-                             "resnet18", "resnet34", "densenet"]
+    assert list_models() == ["lenet", "bn-lenet", "lenet-modern", "fast", "alexnet", "alexnet-cpu", "vgg11", "vgg16", "vgg-cpu",
+                             "nin", "nin-cpu", "googlenet", "googlenet-cpu", "resnet18", "resnet34", "resnet-cpu", "densenet",
+                             "densenet-cpu"]
 
 
 @pytest.mark.parametrize("name", [n for n in PLAIN])

@@ -42,10 +42,14 @@ def transition_block(in_channels: int, out_channels: int, backend: str = "scratc
 
 
 class DenseNet(nn.Module):
+    """Stem, dense blocks of ``arch[i]`` conv blocks with transitions between, batch norm, ReLU,
+    global average pooling, one linear layer. ``stem_channels`` and ``small_stem``: the stem's
+    width and its 3x3 form for 28-32 px images."""
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, backend: str = "scratch", growth_rate: int = 32,
-                 arch: tuple[int, ...] = (4, 4, 4, 4)):
+                 arch: tuple[int, ...] = (4, 4, 4, 4), stem_channels: int = 64, small_stem: bool = False):
         super().__init__()
-        layers, channels = [stem(in_channels, backend)], 64
+        layers, channels = [stem(in_channels, backend, stem_channels, small_stem)], stem_channels
         for i, num_convs in enumerate(arch):
             block = DenseBlock(num_convs, channels, growth_rate, backend)
             layers.append(block)
@@ -64,3 +68,11 @@ class DenseNet(nn.Module):
 @register_model("densenet", input_size=96)
 def densenet(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch", **kwargs) -> DenseNet:
     return DenseNet(num_classes, in_channels, backend, **kwargs)
+
+
+@register_model("densenet-cpu", input_size=28)
+def densenet_cpu(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch") -> DenseNet:
+    """DenseNet at 28 px for a CPU: the 3x3 stem (32 channels) and pool, two dense blocks of
+    four conv blocks with growth rate 12 and a transition between. On 1x28x28: 32x14x14 ->
+    80x14x14 -> 40x7x7 -> 88x7x7 -> 88 -> classes."""
+    return DenseNet(num_classes, in_channels, backend, growth_rate=12, arch=(4, 4), stem_channels=32, small_stem=True)

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from .. import nn as cnn
+from .blocks import conv_bn_relu
 from .registry import register_model
 
-__all__ = ["GoogLeNet", "Inception"]
+__all__ = ["GoogLeNet", "GoogLeNetCPU", "Inception"]
 
 # (c1, (c2 reduce, c2), (c3 reduce, c3), c4) per Inception block, stage by stage
 INCEPTION_STAGES = (
@@ -24,10 +25,21 @@ INCEPTION_STAGES = (
 )
 
 
+# 28 px, four Inception blocks in two stages (14x14, then 7x7), about a tenth of the book's widths
+INCEPTION_CPU_STAGES = (
+    ((16, (16, 24), (4, 8), 8), (24, (24, 32), (8, 16), 16)),
+    ((32, (32, 48), (8, 16), 16), (40, (40, 56), (12, 24), 24)),
+)
+
+
 class Inception(nn.Module):
-    def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int, backend: str = "scratch"):
+    def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int, backend: str = "scratch",
+                 batch_norm: bool = False):
         super().__init__()
-        conv = lambda i, o, k, p=0: nn.Sequential(cnn.Conv2d(i, o, k, padding=p, backend=backend), nn.ReLU())  # noqa: E731
+        if batch_norm:  # BN-Inception (Ioffe & Szegedy 2015): each convolution followed by batch norm
+            conv = lambda i, o, k, p=0: nn.Sequential(*conv_bn_relu(i, o, k, padding=p, backend=backend))  # noqa: E731
+        else:
+            conv = lambda i, o, k, p=0: nn.Sequential(cnn.Conv2d(i, o, k, padding=p, backend=backend), nn.ReLU())  # noqa: E731
         self.p1 = conv(in_channels, c1, 1)
         self.p2 = nn.Sequential(conv(in_channels, c2[0], 1), conv(c2[0], c2[1], 3, 1))
         self.p3 = nn.Sequential(conv(in_channels, c3[0], 1), conv(c3[0], c3[1], 5, 2))
@@ -65,3 +77,31 @@ class GoogLeNet(nn.Module):
 @register_model("googlenet", input_size=96)
 def googlenet(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch") -> GoogLeNet:
     return GoogLeNet(num_classes, in_channels, backend)
+
+
+class GoogLeNetCPU(nn.Module):
+    """GoogLeNet at 28 px for a CPU: a 3x3 stem, four Inception blocks (the four paths 1x1 |
+    1x1 -> 3x3 | 1x1 -> 5x5 | 3x3 max pool -> 1x1, concatenated) in two stages with a 3x3
+    stride-2 max pool between, global average pooling and one linear layer; batch norm in every
+    convolution (BN-Inception). On 1x28x28: 24x14x14 -> 88x14x14 -> 88x7x7 -> 144x7x7 -> 144 -> classes.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, backend: str = "scratch"):
+        super().__init__()
+        pool = lambda: cnn.MaxPool2d(3, stride=2, padding=1, backend=backend)  # noqa: E731
+        layers, channels = [*conv_bn_relu(in_channels, 24, backend=backend), pool()], 24
+        for i, stage in enumerate(INCEPTION_CPU_STAGES):
+            for c1, c2, c3, c4 in stage:
+                layers.append(Inception(channels, c1, c2, c3, c4, backend, batch_norm=True))
+                channels = layers[-1].out_channels
+            layers.append(pool() if i < len(INCEPTION_CPU_STAGES) - 1 else cnn.AdaptiveAvgPool2d((1, 1), backend=backend))
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+@register_model("googlenet-cpu", input_size=28)
+def googlenet_cpu(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch") -> GoogLeNetCPU:
+    return GoogLeNetCPU(num_classes, in_channels, backend)

@@ -4,6 +4,8 @@
                   (Xavier-uniform weights, as the book initialises it for training)
     bn-lenet      the same with batch norm after every conv and linear layer, before the sigmoid
     lenet-modern  LeNet's layout, wider (32, 64), ReLU, max pooling, batch norm, dropout
+    fast          the speed run: three 3x3 conv-BN-ReLU-maxpool blocks (16, 32, 64) and one linear
+                  layer, 29k parameters, 2 M multiply-adds; 0.91 on Fashion-MNIST in under a minute on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from .. import nn as cnn
+from .blocks import conv_bn_relu
 from .registry import register_model
 
 __all__ = ["LeNet"]
@@ -69,4 +72,18 @@ def lenet_modern(num_classes: int = 10, in_channels: int = 1, backend: str = "sc
         nn.Linear(64 * 5 * 5, 256, bias=False), cnn.BatchNorm1d(256, backend=backend), nn.ReLU(inplace=True),
         nn.Dropout(0.3),
         nn.Linear(256, num_classes),
+    )
+
+
+@register_model("fast", input_size=28)
+def fast(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch") -> LeNet:
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [*conv_bn_relu(cin, cout, 3, backend=backend), cnn.MaxPool2d(kernel_size=2, stride=2, backend=backend)]
+
+    return LeNet(
+        *block(in_channels, 16),  # 16 x 14 x 14
+        *block(16, 32),  # 32 x 7 x 7
+        *block(32, 64),  # 64 x 3 x 3
+        nn.Flatten(),
+        nn.Linear(64 * 3 * 3, num_classes),
     )

@@ -14,8 +14,9 @@ from .registry import register_model
 
 __all__ = ["ResNet", "Residual", "RESNET_DEPTHS"]
 
-RESNET_DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+RESNET_DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet-cpu": (1, 1, 1)}
 STAGE_CHANNELS = (64, 128, 256, 512)
+CPU_STAGE_CHANNELS = (32, 64, 128)  # 28 px: 32x14x14 -> 64x7x7 -> 128x4x4
 
 
 class Residual(nn.Module):
@@ -35,17 +36,25 @@ class Residual(nn.Module):
         return F.relu(y + (self.conv3(x) if self.conv3 is not None else x))
 
 
-def stem(in_channels: int, backend: str) -> nn.Sequential:
-    """7x7/2 convolution, batch norm, ReLU, 3x3/2 max pool (shared with DenseNet)."""
-    return nn.Sequential(cnn.Conv2d(in_channels, 64, 7, stride=2, padding=3, backend=backend), cnn.BatchNorm2d(64, backend=backend),
-                         nn.ReLU(), cnn.MaxPool2d(3, stride=2, padding=1, backend=backend))
+def stem(in_channels: int, backend: str, out_channels: int = 64, small: bool = False) -> nn.Sequential:
+    """Convolution, batch norm, ReLU, 3x3/2 max pool (shared with DenseNet): a 7x7/2 convolution
+    (the book's, for 96-224 px), or ``small``: a 3x3/1 one for 28-32 px images, which have no
+    resolution to spare."""
+    kernel, stride = (3, 1) if small else (7, 2)
+    return nn.Sequential(cnn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, backend=backend),
+                         cnn.BatchNorm2d(out_channels, backend=backend), nn.ReLU(), cnn.MaxPool2d(3, stride=2, padding=1, backend=backend))
 
 
 class ResNet(nn.Module):
-    def __init__(self, depths, num_classes: int = 10, in_channels: int = 1, backend: str = "scratch"):
+    """Stem, stages of residual blocks (the first block of every stage but the first halves the
+    side), global average pooling, one linear layer. ``widths``: each stage's channels;
+    ``small_stem``: the 3x3 stem for 28-32 px images."""
+
+    def __init__(self, depths, num_classes: int = 10, in_channels: int = 1, backend: str = "scratch",
+                 widths: tuple[int, ...] = STAGE_CHANNELS, small_stem: bool = False):
         super().__init__()
-        stages, channels = [stem(in_channels, backend)], 64
-        for i, (depth, out) in enumerate(zip(depths, STAGE_CHANNELS)):
+        stages, channels = [stem(in_channels, backend, widths[0], small_stem)], widths[0]
+        for i, (depth, out) in enumerate(zip(depths, widths)):
             blocks = []
             for j in range(depth):
                 downsample = j == 0 and i > 0
@@ -67,3 +76,10 @@ def resnet18(num_classes: int = 10, in_channels: int = 1, backend: str = "scratc
 @register_model("resnet34", input_size=96)
 def resnet34(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch") -> ResNet:
     return ResNet(RESNET_DEPTHS["resnet34"], num_classes, in_channels, backend)
+
+
+@register_model("resnet-cpu", input_size=28)
+def resnet_cpu(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch") -> ResNet:
+    """ResNet at 28 px for a CPU: the 3x3 stem and pool, three stages of one residual block each
+    (32, 64, 128 channels; ResNet-8), global average pooling."""
+    return ResNet(RESNET_DEPTHS["resnet-cpu"], num_classes, in_channels, backend, CPU_STAGE_CHANNELS, small_stem=True)

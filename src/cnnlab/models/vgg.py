@@ -18,6 +18,7 @@ __all__ = ["VGG", "VGG_ARCHS"]
 VGG_ARCHS = {
     "vgg11": ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)),
     "vgg16": ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)),
+    "vgg-cpu": ((1, 16), (1, 32), (2, 64)),  # 28 px: 16x14x14 -> 32x7x7 -> 64x3x3
 }
 
 
@@ -31,7 +32,7 @@ def vgg_block(num_convs: int, in_channels: int, out_channels: int, backend: str)
 
 class VGG(nn.Module):
     def __init__(self, arch, num_classes: int = 10, in_channels: int = 1, backend: str = "scratch", ratio: int = 1,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, input_size: int = 224, width: int = 4096):
         super().__init__()
         if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
             raise ValueError(f"ratio must be a positive int, got {ratio!r}")
@@ -40,7 +41,8 @@ class VGG(nn.Module):
             blocks.append(vgg_block(num_convs, channels, out // ratio, backend))
             channels = out // ratio
         self.features = nn.Sequential(*blocks)
-        self.classifier = dense_head(channels * 7 * 7, num_classes, dropout)
+        side = input_size >> len(arch)  # each block halves the side (floor)
+        self.classifier = dense_head(channels * side * side, num_classes, dropout, width)
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -54,3 +56,10 @@ def vgg11(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch",
 @register_model("vgg16", input_size=224)
 def vgg16(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch", **kwargs) -> VGG:
     return VGG(VGG_ARCHS["vgg16"], num_classes, in_channels, backend, **kwargs)
+
+
+@register_model("vgg-cpu", input_size=28)
+def vgg_cpu(num_classes: int = 10, in_channels: int = 1, backend: str = "scratch", **kwargs) -> VGG:
+    """VGG at 28 px for a CPU: three VGG blocks (3x3 convolutions, ReLU, 2x2 max pool; no batch
+    norm, as in the book) and a 256-wide dense head with dropout."""
+    return VGG(VGG_ARCHS["vgg-cpu"], num_classes, in_channels, backend, input_size=28, width=256, **kwargs)

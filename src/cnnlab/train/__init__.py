@@ -9,9 +9,10 @@ from typing import Any
 
 from .config import PRESETS, TrainConfig, resolve_config
 
-__all__ = ["PRESETS", "Run", "RunResult", "TrainConfig", "TrainingError", "evaluate", "fit", "load_run", "load_run_model", "resolve_config"]
+__all__ = ["PRESETS", "Run", "RunResult", "TrainConfig", "TrainingError", "evaluate", "fit", "load_run", "load_run_model",
+           "predict_probabilities", "resolve_config"]
 
-_LOOP = {"RunResult", "TrainingError", "evaluate", "fit", "load_run_model"}
+_LOOP = {"RunResult", "TrainingError", "evaluate", "fit", "load_run_model", "predict_probabilities"}
 _RUN = {"Run", "load_run"}
 
 

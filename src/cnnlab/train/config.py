@@ -31,6 +31,7 @@ class TrainConfig:
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty (decoupled for adamw)"})
     schedule: str = field(default="none", metadata={"help": "learning-rate schedule: none, step or cosine (per step)"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "raise the learning rate linearly from 0 over this many epochs first (cosine and step schedules)"})
     step_epochs: int = field(default=3, metadata={"help": "step schedule: epochs between drops"})
     gamma: float = field(default=0.1, metadata={"help": "step schedule: factor per drop"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
@@ -59,7 +60,10 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-# The book's recipes (shared/REFERENCE.md) and this project's modern LeNet.
+_CPU = {"optimizer": "adamw", "weight_decay": 0.05, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 0.5,
+        "label_smoothing": 0.1, "normalize": True}
+
+# The book's recipes (shared/REFERENCE.md), this project's modern LeNet and its CPU recipes.
 PRESETS: dict[str, dict[str, Any]] = {
     "lenet": {"lr": 0.9, "batch_size": 256, "epochs": 10},
     "bn-lenet": {"lr": 1.0, "batch_size": 256, "epochs": 10},
@@ -73,6 +77,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "resnet18": {"lr": 0.05, "batch_size": 256, "epochs": 10, "image_size": 96},
     "resnet34": {"lr": 0.05, "batch_size": 256, "epochs": 10, "image_size": 96},
     "densenet": {"lr": 0.1, "batch_size": 256, "epochs": 10, "image_size": 96},
+    # CPU recipes (28 px, minutes on a laptop; measured in benchmarks/results/recipes.md): AdamW,
+    # cosine schedule after a short linear warm-up, label smoothing, normalised inputs; random
+    # crop and flip where the run is long enough (8+ epochs) to profit from them.
+    "fast": {**_CPU, "lr": 8e-3, "weight_decay": 0.01, "epochs": 3, "warmup_epochs": 0.3},
+    "alexnet-cpu": {**_CPU, "lr": 1e-3, "epochs": 10, "augment": True},
+    "vgg-cpu": {**_CPU, "lr": 1e-3, "epochs": 14, "augment": True},
+    "nin-cpu": {**_CPU, "lr": 4e-3, "epochs": 10, "augment": True},
+    "googlenet-cpu": {**_CPU, "lr": 4e-3, "epochs": 6},
+    "resnet-cpu": {**_CPU, "lr": 4e-3, "epochs": 9, "augment": True},
+    "densenet-cpu": {**_CPU, "lr": 4e-3, "epochs": 6},
 }
 
 CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "step", "cosine"),
@@ -110,7 +124,7 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.threads is not None and config.threads < 1:
         raise ValueError(f"threads must be >= 1, got {config.threads}")
-    for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing"):
+    for name in ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "warmup_epochs"):
         if not math.isfinite(getattr(config, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(config, name)}")
     if not config.lr > 0:
@@ -120,6 +134,8 @@ def validate(config: TrainConfig) -> None:
                          f"weight_decay={config.weight_decay}, gamma={config.gamma}")
     if config.ratio is not None and (not config.model.startswith("vgg") or config.ratio < 1):
         raise ValueError(f"ratio must be a positive int and applies to vgg11/vgg16 only, got ratio={config.ratio} for {config.model!r}")
+    if not 0 <= config.warmup_epochs <= config.epochs:
+        raise ValueError(f"warmup_epochs must be in [0, epochs={config.epochs}], got {config.warmup_epochs}")
     if config.subset is not None and config.subset < 1:
         raise ValueError(f"subset must be >= 1, got {config.subset}")
     if config.image_size is not None and config.image_size < 8:

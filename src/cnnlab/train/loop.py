@@ -78,16 +78,26 @@ def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def _schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
-    total = config.epochs * steps_per_epoch
+    """The learning-rate factor per step: an optional linear warm-up from 0, then the schedule.
+
+    cosine: from 1 down to 0 over the steps after the warm-up (per step); step: ``gamma`` every
+    ``step_epochs`` epochs; none: 1.
+    """
+    total, warmup = config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch)
     if config.schedule == "cosine":
-        def factor(step: int) -> float:
-            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        def decay(step: int) -> float:
+            done = min(step - warmup, total - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * done))
     elif config.schedule == "step":
-        def factor(step: int) -> float:
+        def decay(step: int) -> float:
             return config.gamma ** (step // (config.step_epochs * steps_per_epoch))
     else:
-        def factor(step: int) -> float:
+        def decay(step: int) -> float:
             return 1.0
+
+    def factor(step: int) -> float:
+        return (step + 1) / warmup if step < warmup else decay(step)
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -130,6 +140,17 @@ def _metadata(config: TrainConfig, inputs, model: nn.Module) -> dict:
     if kind != "zoo":
         meta["architecture"] = repr(model)
     return meta
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Class probabilities (N, classes) of a batch; ``tta="flip"`` averages them with those of the
+    horizontally mirrored images (test-time augmentation, for models trained with flips)."""
+    if tta not in ("none", "flip"):
+        raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
+    model.eval()
+    probs = model(x).softmax(1)
+    return (probs + model(x.flip(-1)).softmax(1)) / 2 if tta == "flip" else probs
 
 
 @torch.no_grad()
@@ -483,13 +504,13 @@ class _Run:
         scaler = self.scaler
         self.net.train()
         self.report.epoch_start(epoch, len(train), first)
+        tick = time.perf_counter()  # epoch_s: wall time of the steps, batch preparation and augmentation included
         for step, (x, y, global_count) in enumerate(train.epoch(epoch, first), start=first):
             if interrupt.requested:
                 self.save_checkpoint(epoch, step, sums)
                 self.report.say(f"interrupted: checkpoint saved at epoch {epoch}, step {step}; "
                                 f"continue with: cnnlab train --resume {self.folder}")
                 return None
-            tick = time.perf_counter()
             torch.manual_seed(step_seed(config.seed, epoch, step))  # dropout masks
             with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp):
                 logits = self.net(x)
@@ -504,7 +525,8 @@ class _Run:
             scaler.step(self.optimizer)
             scaler.update()
             self.schedule.step()
-            sums = [sums[0] + stats[0], sums[1] + stats[1], sums[2] + stats[2], sums[3] + time.perf_counter() - tick]
+            tock = time.perf_counter()
+            sums, tick = [sums[0] + stats[0], sums[1] + stats[1], sums[2] + stats[2], sums[3] + tock - tick], tock
             self.report.step(epoch, step, sums)
             if self.writer is not None:
                 self.writer.add_scalar("step/loss", stats[0] / max(stats[2], 1), (epoch - 1) * len(train) + step)
