@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import platform
@@ -47,11 +48,12 @@ def train(name: str, runs: Path, threads: int, data_dir: str | None) -> dict:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     config = json.loads((folder / "config.json").read_text())
     flip = json.loads(cnnlab("evaluate", str(folder), "--tta", "flip", "--json", *extra).stdout)
-    seconds = sum(row["epoch_s"] for row in history)
-    return {"model": name, **size_of(name), "epochs": len(history), "train_s": seconds,
-            "examples_per_s": 60_000 * len(history) / seconds, "test_acc": history[-1]["test_acc"], "test_acc_flip": flip["test_acc"],
-            "backend": config["backend"], "batch_size": config["batch_size"], "seed": config["seed"], "load_before": load,
-            "wall_s": wall, "curve": [(sum(r["epoch_s"] for r in history[: i + 1]), r["test_acc"]) for i in range(len(history))]}
+    elapsed = list(itertools.accumulate(row["epoch_s"] for row in history))  # training seconds at the end of each epoch
+    examples = sum(row["examples_per_s"] * row["epoch_s"] for row in history)
+    return {"model": name, **size_of(name), "epochs": len(history), "train_s": elapsed[-1], "examples_per_s": examples / elapsed[-1],
+            "test_acc": history[-1]["test_acc"], "test_acc_flip": flip["test_acc"], "backend": config["backend"],
+            "batch_size": config["batch_size"], "seed": config["seed"], "load_before": load, "wall_s": wall,
+            "curve": [(t, row["test_acc"]) for t, row in zip(elapsed, history)]}
 
 
 def size_of(name: str) -> dict:
