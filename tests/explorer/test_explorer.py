@@ -116,6 +116,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def model_activation(run, index: int, layer: str, channel: int, unit: tuple[int, int]) -> float:
+    """The run's model on test image ``index``, read at one unit by a forward hook (independent of the explorer)."""
+    import torch
+
+    from cnnlab.data import Batches, load_dataset
+    from cnnlab.train import load_run_model
+
+    model, meta = load_run_model(run)
+    data = load_dataset("fashion-mnist", FIXTURES, fetch=False)
+    x, _, _ = next(Batches(data.test_images[index : index + 1], data.test_labels[index : index + 1], 1, mean=meta["mean"],
+                           std=meta["std"], normalize=meta["normalize"]).epoch(0))
+    seen = {}
+    hook = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: seen.update(out=o))
+    with torch.no_grad():
+        model.eval()(x)
+    hook.remove()
+    return float(seen["out"][0, channel, unit[0], unit[1]])
+
+
+def test_top_patches_of_a_channel(client):
+    answer = client.get("/api/patches/3/5?k=4").json()
+    assert answer["layer"] == "3" and answer["channel"] == 5 and len(answer["patches"]) == 4
+    activations = [p["activation"] for p in answer["patches"]]
+    assert activations == sorted(activations, reverse=True)
+    first = answer["patches"][0]
+    assert first["patch"].startswith("data:image/png;base64,") and 0 <= first["rows"][0] <= first["rows"][1] <= 27
+    assert client.get("/api/patches/9/0").status_code == 404  # not a layer with feature maps
+    assert "0..31" in client.get("/api/patches/0/99").json()["detail"]
+
+
+def test_explanation_of_a_picture_names_class_and_layer(client):
+    predicted = client.post("/api/predict/test/3").json()
+    assert predicted["picture"] == "test-3"
+    a = client.get("/api/explain/test-3").json()
+    assert a["target"] == predicted["prediction"]["index"] and a["layer"] == "7" and a["gradcam"].startswith("data:image/png")
+    assert client.get("/api/explain/test-3?target=2&layer=0").json()["target"] == 2
+    assert client.get("/api/explain/test-3?target=10").status_code == 422
+    assert client.get("/api/explain/upload-999").status_code == 404
+    upload = client.post("/api/predict/upload", files={"file": ("x.png", png_bytes(), "image/png")}).json()
+    assert upload["picture"].startswith("upload-") and client.get(f"/api/explain/{upload['picture']}").status_code == 200
+
+
+def test_unit_computation_equals_the_models_activation(client, run):
+    for layer, channel, unit in (("0", 4, (10, 11)), ("3", 7, (2, 3)), ("4", 1, (0, 4)), ("7", 0, (1, 1))):
+        u = client.get(f"/api/unit/test-5/{layer}/{channel}/{unit[0]}/{unit[1]}").json()
+        expected = model_activation(run, 5, layer, channel, unit)
+        assert u["activation"] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+        assert u["result"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert "outside" in client.get("/api/unit/test-5/0/0/99/0").json()["detail"]
+
+
 @pytest.fixture(scope="module")
 def server(run):
     """The real command, `cnnlab explore`, in a subprocess on loopback."""
@@ -176,6 +227,26 @@ def test_page_end_to_end_in_chromium(server, run, tmp_path):
         box = page.locator("#detail-map").bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.4)
         assert page.locator("#field-overlay").get_attribute("data-unit")
+        # what the channel responds to: its top test patches
+        page.wait_for_function("document.querySelector('#patches').dataset.ready === '0:3'")
+        assert page.locator("#patches img").count() == 8
+        # how one value is computed: click a unit; the view's sum equals the activation the server reports
+        page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.7)
+        page.wait_for_selector("#unit-box:not([hidden])")
+        result = page.locator("#unit-result")
+        page.wait_for_function("document.querySelector('#unit-result').dataset.unit !== undefined")
+        layer, channel, unit = result.get_attribute("data-unit").split(":")
+        i, j = (int(v) for v in unit.split(","))
+        assert (layer, channel) == ("0", "3") and page.locator("#unit-view table").count() == 3  # window, kernel, products
+        reported = float(result.get_attribute("data-activation"))
+        assert float(result.get_attribute("data-result")) == pytest.approx(reported, rel=1e-4, abs=1e-5)
+        assert reported == pytest.approx(model_activation(run, index, "0", 3, (i, j)), rel=1e-6, abs=1e-6)
+        # why this class: Grad-CAM for the predicted class, then for another chosen in the selector
+        page.wait_for_function(f"document.querySelector('#cam-note').dataset.picture === 'test-{index}'")
+        assert page.locator("#cam-class").input_value() == page.locator("#cam-note").get_attribute("data-target")
+        page.select_option("#cam-class", "2")
+        page.wait_for_function("document.querySelector('#cam-note').dataset.target === '2'")
+        assert page.evaluate("document.querySelector('#cam-image').naturalWidth") > 0
         shot = tmp_path / "explorer.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()

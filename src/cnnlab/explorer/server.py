@@ -8,6 +8,13 @@
     POST /api/predict/upload        the same for an uploaded image (also the drawing canvas), at most 5 MB,
                                     accepted only if its content decodes as an image
     GET  /api/kernels/{layer}/{c}   the kernels that produced channel c of a convolution layer
+    GET  /api/patches/{layer}/{c}   what channel c responds to: its top-k test images, the patch under the
+                                    receptive field of the most active unit, the activation (one pass, cached)
+    GET  /api/explain/{picture}     why this class: Grad-CAM (?layer=) and saliency for class ?target= (default:
+                                    the predicted one) over a picture a prediction named ("test-12", "upload-3")
+    GET  /api/unit/{picture}/{layer}/{c}/{i}/{j}
+                                    how one value is computed: window, kernel, products, sums, bias, result,
+                                    and the activation the model itself computed
     GET  /api/curves.png            the run's training curves
 
 Activations are computed here, with the run's own model. Errors are JSON: ``{"detail": reason}``.
@@ -18,7 +25,10 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import itertools
+import math
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -30,6 +40,7 @@ from torch import nn
 __all__ = ["MAX_UPLOAD_BYTES", "create_app"]
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+KEPT_UPLOADS = 32  # uploads the explanation and computation views can still refer to
 STATIC = Path(__file__).parent / "static"
 
 
@@ -70,7 +81,10 @@ class Explorer:
             self.data = load_dataset(self.meta["dataset"], data_dir, fetch=False, image_size=self.size)
         except (FileNotFoundError, ValueError):
             self.data = None  # uploads and drawings still work
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
+        self.uploads: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.upload_ids = itertools.count(1)
+        self.patches: dict[str, dict] = {}  # layer -> top patches of every channel (one pass over the test set)
 
     def info(self) -> dict:
         rows = [{"name": r.name, "type": r.type, "output_shape": list(r.output_shape), "params": r.params, "mult_adds": r.mult_adds,
@@ -86,12 +100,26 @@ class Explorer:
                 "summary": rows, "totals": self.summary.totals, "history": history,
                 "test_images": 0 if self.data is None else len(self.data.test_labels)}
 
-    def forward(self, picture: torch.Tensor, max_maps: int = 64) -> dict:
-        """Prediction and feature maps for one (C, S, S) uint8 picture."""
+    def model_input(self, picture: torch.Tensor) -> torch.Tensor:
+        """(C, S, S) uint8 -> (1, C, S, S), preprocessed as in training."""
         from ..data import preprocess
+
+        return preprocess(picture[None], self.meta["mean"], self.meta["std"], self.meta["normalize"], None)
+
+    def keep_upload(self, picture: torch.Tensor) -> str:
+        """Remember an uploaded picture (the last KEPT_UPLOADS) under a new id."""
+        with self.lock:
+            key = f"upload-{next(self.upload_ids)}"
+            self.uploads[key] = picture
+            while len(self.uploads) > KEPT_UPLOADS:
+                self.uploads.popitem(last=False)
+        return key
+
+    def forward(self, picture: torch.Tensor, max_maps: int = 64, picture_id: str | None = None) -> dict:
+        """Prediction and feature maps for one (C, S, S) uint8 picture."""
         from ..viz.inside import activations
 
-        x = preprocess(picture[None], self.meta["mean"], self.meta["std"], self.meta["normalize"], None)
+        x = self.model_input(picture)
         with self.lock:
             logits, maps = activations(self.model, x, self.layers)
         probs = torch.softmax(logits.float(), 0)
@@ -101,7 +129,7 @@ class Explorer:
             layers.append({"name": name, "shape": list(fmap.shape), **self.fields.get(name, {}),
                            "maps": [_data_url(_png(fmap[c].float())) for c in range(min(max_maps, fmap.shape[0]))]})
         order = probs.argsort(descending=True)
-        return {"input": _data_url(_png(picture)),
+        return {"input": _data_url(_png(picture)), "picture": picture_id,
                 "prediction": {"class": self.meta["classes"][int(order[0])], "index": int(order[0]), "probability": float(probs[order[0]])},
                 "probabilities": [{"class": self.meta["classes"][i], "probability": float(probs[i])} for i in range(len(probs))],
                 "layers": layers}
@@ -119,6 +147,103 @@ class Explorer:
         tiles = [_data_url(_png(((w / limit + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))) for w in weight[:64]]
         return {"layer": layer, "channel": channel, "shape": list(weight.shape), "scale": limit, "kernels": tiles,
                 "bias": None if module.bias is None else float(module.bias[channel])}
+
+
+    def top_patches(self, layer: str, channel: int, k: int = 8) -> dict:
+        """What ``channel`` of ``layer`` responds to: its top-k test images and their patches."""
+        from ..analysis.patches import top_patches
+        from ..data import Batches
+
+        if self.data is None:
+            raise LookupError("the run's test images are not available on this machine")
+        self._check_layer(layer)
+        with self.lock:
+            if self.patches.get(layer, {}).get("k", 0) < k:
+                batches = Batches(self.data.test_images, self.data.test_labels, 512, mean=self.meta["mean"], std=self.meta["std"],
+                                  normalize=self.meta["normalize"], image_size=self.size)
+                self.patches[layer] = {"k": k, "channels": top_patches(self.model, batches.epoch(0), layer, k=k)}
+        channels = self.patches[layer]["channels"]
+        if not 0 <= channel < len(channels):
+            raise IndexError(f"channel must be in 0..{len(channels) - 1} for layer {layer!r}, got {channel}")
+        items = []
+        for patch in channels[channel][:k]:
+            (r0, r1), (c0, c1) = patch.rectangle
+            crop = self.data.test_images[patch.image][:, r0 : r1 + 1, c0 : c1 + 1]
+            items.append({"image": patch.image, "label": self.meta["classes"][int(self.data.test_labels[patch.image])],
+                          "activation": patch.activation, "unit": list(patch.unit), "rows": [r0, r1], "cols": [c0, c1],
+                          "clipped": patch.clipped, "patch": _data_url(_png(crop))})
+        return {"layer": layer, "channel": channel, "patches": items}
+
+    def picture(self, key: str) -> torch.Tensor:
+        """A picture a prediction named: "test-<index>" or "upload-<n>" (one of the last KEPT_UPLOADS)."""
+        if key.startswith("test-") and key[5:].isdigit() and self.data is not None:
+            index = int(key[5:])
+            if index < len(self.data.test_labels):
+                return self.test_picture(index)
+        with self.lock:
+            if key in self.uploads:
+                return self.uploads[key]
+        raise LookupError(f"no picture {key!r}: predict a test image or upload one first (the last {KEPT_UPLOADS} uploads are kept)")
+
+    def test_picture(self, index: int) -> torch.Tensor:
+        picture = self.data.test_images[index]
+        if picture.shape[-1] != self.size:
+            resized = torch.nn.functional.interpolate(picture[None].float(), size=(self.size, self.size), mode="bilinear",
+                                                      align_corners=False, antialias=self.size < picture.shape[-1])
+            picture = resized[0].round().clamp(0, 255).to(torch.uint8)
+        return picture
+
+    def explain(self, key: str, target: int | None, layer: str | None) -> dict:
+        """Grad-CAM and saliency of a picture for a class, as overlays."""
+        from ..analysis.attribution import explain
+
+        picture = self.picture(key)
+        with self.lock:
+            a = explain(self.model, self.model_input(picture), layer=layer or None, target=target)
+        return {"picture": key, "target": a.target, "class": self.meta["classes"][a.target], "layer": a.layer,
+                "probability": float(a.probabilities[a.target]), "cam_max": float(a.cam.max()),
+                "cam_size": list(a.cam.shape), "gradcam": _data_url(_overlay(picture, a.cam_upsampled)),
+                "saliency": _data_url(_overlay(picture, a.saliency.amax(0), alpha=0.75))}
+
+    def unit(self, key: str, layer: str, channel: int, i: int, j: int) -> dict:
+        """How output [channel, i, j] of ``layer`` is computed for a picture, and what the model computed there."""
+        from ..analysis.unit import unit_computation
+
+        picture = self.picture(key)
+        self._check_layer(layer)
+        with self.lock:
+            c = unit_computation(self.model, self.model_input(picture), layer, (i, j), channel)
+        listed = {k: _json_numbers(v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in c.items()}
+        return {"picture": key, "layer": layer, "channel": channel, "unit": [i, j], **listed}
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise KeyError(f"no convolution or pooling layer named {layer!r}; choose one of: {', '.join(self.layers)}")
+
+
+def _json_numbers(value):
+    """Nested lists with non-finite floats (a max pool's -inf padding) as None, which JSON can carry."""
+    if isinstance(value, list):
+        return [_json_numbers(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _overlay(picture: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> bytes:
+    """A heat map (H, W), scaled to its own maximum, coloured (inferno) over the gray picture: PNG bytes."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    gray = picture.float().mean(0, keepdim=True).repeat(3, 1, 1) / 255  # (3, H, W)
+    heat = heat.detach().float()
+    heat = heat / heat.max() if heat.max() > 0 else heat
+    colour = torch.from_numpy(colormaps["inferno"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
+    blend = ((1 - alpha) * gray + alpha * colour).clamp(0, 1)
+    image = Image.fromarray((blend * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+    buf = io.BytesIO()
+    image.resize((image.width * 4, image.height * 4), Image.NEAREST).save(buf, format="PNG") if image.width < 64 else image.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def decode_upload(content: bytes, channels: int, size: int) -> torch.Tensor:
@@ -153,12 +278,7 @@ def create_app(run: str | Path, data_dir: str | None = None, model: nn.Module | 
             raise HTTPException(404, "the run's test images are not available on this machine")
         if not 0 <= index < len(explorer.data.test_labels):
             raise HTTPException(404, f"test image index must be in 0..{len(explorer.data.test_labels) - 1}, got {index}")
-        picture = explorer.data.test_images[index]
-        if picture.shape[-1] != explorer.size:
-            resized = torch.nn.functional.interpolate(picture[None].float(), size=(explorer.size, explorer.size), mode="bilinear",
-                                                      align_corners=False, antialias=explorer.size < picture.shape[-1])
-            picture = resized[0].round().clamp(0, 255).to(torch.uint8)
-        return picture
+        return explorer.test_picture(index)
 
     @app.get("/api/test-images")
     def test_images(label: int | None = None, offset: int = 0, limit: int = 48):
@@ -177,7 +297,7 @@ def create_app(run: str | Path, data_dir: str | None = None, model: nn.Module | 
 
     @app.post("/api/predict/test/{index}")
     def predict_test(index: int):
-        result = explorer.forward(test_picture(index))
+        result = explorer.forward(test_picture(index), picture_id=f"test-{index}")
         result["label"] = explorer.meta["classes"][int(explorer.data.test_labels[index])]
         return result
 
@@ -199,7 +319,7 @@ def create_app(run: str | Path, data_dir: str | None = None, model: nn.Module | 
             picture = decode_upload(content, explorer.channels, explorer.size)
         except ValueError as err:
             raise HTTPException(415, str(err)) from None
-        return explorer.forward(picture)
+        return explorer.forward(picture, picture_id=explorer.keep_upload(picture))
 
     @app.get("/api/kernels/{layer}/{channel}")
     def kernels(layer: str, channel: int):
@@ -207,6 +327,33 @@ def create_app(run: str | Path, data_dir: str | None = None, model: nn.Module | 
             return explorer.kernels(layer, channel)
         except (KeyError, IndexError) as err:
             raise HTTPException(404, err.args[0]) from None
+
+    @app.get("/api/patches/{layer}/{channel}")
+    def patches(layer: str, channel: int, k: int = 8):
+        if not 1 <= k <= 32:
+            raise HTTPException(422, f"k must be in 1..32, got {k}")
+        try:
+            return explorer.top_patches(layer, channel, k)
+        except (KeyError, IndexError, LookupError) as err:
+            raise HTTPException(404, err.args[0]) from None
+
+    @app.get("/api/explain/{picture}")
+    def explain(picture: str, target: int | None = None, layer: str | None = None):
+        try:
+            return explorer.explain(picture, target, layer)
+        except LookupError as err:
+            raise HTTPException(404, err.args[0]) from None
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+
+    @app.get("/api/unit/{picture}/{layer}/{channel}/{i}/{j}")
+    def unit(picture: str, layer: str, channel: int, i: int, j: int):
+        try:
+            return explorer.unit(picture, layer, channel, i, j)
+        except LookupError as err:  # KeyError and IndexError included
+            raise HTTPException(404, err.args[0]) from None
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
 
     @app.get("/api/curves.png")
     def curves():

@@ -22,6 +22,11 @@ async function start() {
   $("class-filter").onchange = loadThumbs;
   $("upload").onchange = uploadFile;
   if (info.can_draw) setUpDrawing();
+  info.classes.forEach((name, i) => $("cam-class").add(new Option(name, i)));
+  info.layers.forEach((layer) => $("cam-layer").add(new Option(`${layer.name} (${layer.type})`, layer.name)));
+  $("cam-layer").selectedIndex = info.layers.length - 1;  // the last layer with feature maps, as Grad-CAM's authors use
+  $("cam-class").onchange = explainCurrent;
+  $("cam-layer").onchange = explainCurrent;
   fillSummary();
   $("curves").src = "/api/curves.png";
   await loadThumbs();
@@ -134,6 +139,30 @@ function show(result, source) {
     const li = Number($("detail").dataset.layer), c = Number($("detail").dataset.channel);
     if (result.layers[li]) openMap(li, c, null);
   }
+  $("unit-box").hidden = true;
+  $("cam-class").value = String(p.index);  // explain the predicted class first
+  explainCurrent();
+}
+
+let explainAsked = 0;
+
+async function explainCurrent() {
+  if (!current || !current.picture) return;
+  const asked = ++explainAsked;
+  const target = $("cam-class").value, layer = $("cam-layer").value;
+  try {
+    const a = await api(`/api/explain/${current.picture}?target=${target}&layer=${encodeURIComponent(layer)}`);
+    if (asked !== explainAsked) return;
+    $("cam-image").src = a.gradcam;
+    $("saliency-image").src = a.saliency;
+    const note = $("cam-note");
+    note.textContent = `Where the evidence for “${a.class}” (probability ${(100 * a.probability).toFixed(1)}%) lies: ` +
+      `Grad-CAM at layer ${a.layer} (${a.cam_size.join("x")} map, upsampled; brighter = more evidence), and how strongly ` +
+      `each input pixel moves the class score.`;
+    note.dataset.target = a.target;
+    note.dataset.layer = a.layer;
+    note.dataset.picture = a.picture;
+  } catch (err) { if (asked === explainAsked) showError(err.message); }
 }
 
 async function openMap(li, c, img) {
@@ -148,6 +177,8 @@ async function openMap(li, c, img) {
   $("detail-map").src = layer.maps[c];
   $("detail-map").onmousemove = (e) => hoverUnit(layer, e);
   $("detail-map").onmouseleave = clearField;
+  $("detail-map").onclick = (e) => computeUnit(layer, c, e);
+  loadPatches(layer.name, c);
   const kernels = $("kernels");
   kernels.innerHTML = "";
   const type = info.layers.find((l) => l.name === layer.name)?.type || "";
@@ -169,11 +200,92 @@ async function openMap(li, c, img) {
   } catch (err) { showError(err.message); }
 }
 
+function unitAt(layer, event) {
+  const box = event.target.getBoundingClientRect();
+  const i = Math.min(layer.shape[1] - 1, Math.floor((event.clientY - box.top) / box.height * layer.shape[1]));
+  const j = Math.min(layer.shape[2] - 1, Math.floor((event.clientX - box.left) / box.width * layer.shape[2]));
+  return [Math.max(0, i), Math.max(0, j)];
+}
+
+let patchesAsked = 0;
+
+async function loadPatches(layerName, c) {
+  const asked = ++patchesAsked;
+  const box = $("patches");
+  box.innerHTML = "<p class='hint'>one pass over the test set…</p>";
+  box.dataset.ready = "";
+  try {
+    const result = await api(`/api/patches/${encodeURIComponent(layerName)}/${c}?k=8`);
+    if (asked !== patchesAsked) return;
+    box.innerHTML = "";
+    result.patches.forEach((item) => {
+      const fig = document.createElement("figure");
+      const img = new Image();
+      img.src = item.patch;
+      img.className = item.clipped ? "clipped" : "";
+      img.alt = `test image ${item.image} (${item.label}), rows ${item.rows.join("-")}, columns ${item.cols.join("-")}`;
+      img.title = img.alt + (item.clipped ? ", clipped at the border" : "");
+      img.onclick = () => pickTest(item.image, null);
+      const caption = document.createElement("figcaption");
+      caption.textContent = `${item.activation.toFixed(2)} · ${item.label}`;
+      fig.append(img, caption);
+      box.appendChild(fig);
+    });
+    box.dataset.ready = `${layerName}:${c}`;
+  } catch (err) { if (asked === patchesAsked) { box.innerHTML = ""; showError(err.message); } }
+}
+
+const fmt = (v) => (v === null ? "−∞" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2));
+
+function grid(rows) {
+  const table = document.createElement("table");
+  rows.forEach((row) => {
+    const tr = table.insertRow();
+    row.forEach((v) => { tr.insertCell().textContent = fmt(v); });
+  });
+  return table;
+}
+
+let unitAsked = 0;
+
+async function computeUnit(layer, c, event) {
+  if (!current || !current.picture) return;
+  const [i, j] = unitAt(layer, event);
+  const asked = ++unitAsked;
+  try {
+    const u = await api(`/api/unit/${current.picture}/${encodeURIComponent(layer.name)}/${c}/${i}/${j}`);
+    if (asked !== unitAsked) return;
+    $("unit-box").hidden = false;
+    $("unit-title").textContent = `How ${layer.name}[channel ${c}, row ${i}, column ${j}] is computed`;
+    const view = $("unit-view");
+    view.innerHTML = "";
+    const shown = Math.min(u.window.length, 8);
+    for (let k = 0; k < shown; k++) {
+      const box = document.createElement("div");
+      box.className = "channel";
+      const title = document.createElement("div");
+      if (u.kind === "conv") {
+        title.textContent = `input channel ${u.input_channels[k]}: window × kernel = products, sum ${u.channel_sums[k].toFixed(4)}`;
+        box.append(title, grid(u.window[k]), grid(u.kernel[k]), grid(u.products[k]));
+      } else {
+        title.textContent = `channel ${u.input_channels[k]}: the window (${u.kind === "max" ? "its maximum" : `sum / ${u.divisor}`})`;
+        box.append(title, grid(u.window[k]));
+      }
+      view.appendChild(box);
+    }
+    if (u.window.length > shown) view.appendChild(Object.assign(document.createElement("p"), { textContent: `… and ${u.window.length - shown} more input channels` }));
+    const how = u.kind === "conv" ? `sum of ${u.window.length} channel sums + bias ${u.bias.toFixed(4)}` : u.kind === "max" ? "maximum of the window" : `mean of the window`;
+    const result = $("unit-result");
+    result.textContent = `${how} = ${u.result.toFixed(6)}; the model computed ${u.activation.toFixed(6)}`;
+    result.dataset.result = u.result;
+    result.dataset.activation = u.activation;
+    result.dataset.unit = `${layer.name}:${c}:${i},${j}`;
+  } catch (err) { if (asked === unitAsked) showError(err.message); }
+}
+
 function hoverUnit(layer, event) {
   if (!layer.size) return;
-  const box = event.target.getBoundingClientRect();
-  const i = Math.floor((event.clientY - box.top) / box.height * layer.shape[1]);
-  const j = Math.floor((event.clientX - box.left) / box.width * layer.shape[2]);
+  const [i, j] = unitAt(layer, event);
   const n = info.input_size[1];
   const [rows, cols] = [0, 1].map((axis) => {
     const centre = layer.start[axis] + (axis === 0 ? i : j) * layer.jump[axis];
