@@ -83,6 +83,7 @@ def figure(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from cnnlab.files import save_figure
 
@@ -91,10 +92,15 @@ def figure(rows: list[dict], path: Path) -> None:
         seconds, acc = zip(*r["curve"])
         ax.plot(seconds, acc, marker="o", markersize=3, label=f"{r['model']} ({r['test_acc']:.3f})")
     ax.axhline(0.91, color="0.6", linestyle="--", linewidth=0.8)
-    ax.axvline(60, color="0.6", linestyle=":", linewidth=0.8)
+    for seconds, text in ((60, "1 minute"), (600, "10 minutes")):
+        ax.axvline(seconds, color="0.6", linestyle=":", linewidth=0.8)
+        ax.text(seconds * 0.97, 0.938, text, rotation=90, ha="right", va="top", fontsize=7, color="0.4")
     ax.set(xlabel="training seconds (2 CPU threads, scratch backend)", ylabel="test accuracy", xscale="log",
            title="Fashion-MNIST: CPU recipes, test accuracy after each epoch")
-    ax.set_ylim(0.85, 0.95)
+    ticks = [15, 30, 60, 100, 200, 300, 600]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylim(0.80, 0.94)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
