@@ -8,9 +8,9 @@ better, 1.0 = as fast as PyTorch's own kernels).
 
     python benchmarks/bench_models.py [--runs 7] [--threads 2] [--only lenet,resnet18] [--batch 64]
 
-The 28-pixel models run at batches 64 and 256; the large families at batch 32 and the smallest
-of 32/64/96 px they take (CPU-sized inputs); AlexNet and VGG, whose classifiers are sized for
-224 px, at 224 px and batch 8. Writes benchmarks/results/models.md.
+The 28-pixel LeNets run at batches 64 and 256; the CPU recipes' models (28 px) at batches 32 and
+128; the book's large families at batch 32 and the smallest of 32/64/96 px they take; AlexNet and
+VGG, whose classifiers are sized for 224 px, at 224 px and batch 8. Writes benchmarks/results/models.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnlab.models import create_model, list_models
+from cnnlab.models import create_model, list_models, model_info
 
 SMALL = {"lenet", "bn-lenet", "lenet-modern"}
 
@@ -36,6 +36,8 @@ def cases(only: set[str] | None, batch: int | None) -> list[tuple[str, int, int]
             continue
         if name in SMALL:
             out += [(name, 28, b) for b in ([batch] if batch else [64, 256])]
+        elif model_info(name)["input_size"] <= 32:  # the CPU recipes' models: batch 32 and their recipes' 128
+            out += [(name, model_info(name)["input_size"], b) for b in ([batch] if batch else [32, 128])]
         else:
             size = smallest_input(name)
             out.append((name, size, batch or (32 if size <= 96 else 8)))  # 224 px (a fixed classifier): batch 8

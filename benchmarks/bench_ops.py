@@ -1,6 +1,7 @@
 """Scratch ops against torch's own kernels, side by side in one run.
 
-For each layer shape of LeNet, AlexNet, VGG and ResNet (batch 64-256): the median time of
+For each layer shape of LeNet, AlexNet, VGG and ResNet (batch 64-256), and the layers of the
+CPU recipes' models in the channels-last layout training uses ("CL", batch 128): the median time of
 the forward pass and of forward + backward, for cnnlab.ops and torch.nn.functional, and
 their ratio (scratch / torch; lower is better, 1.0 = as fast as torch). The first layer of
 a network needs no input gradient, so those rows ask for none, as training does.
@@ -24,15 +25,22 @@ import torch.nn.functional as F
 from cnnlab import ops
 
 
-def conv(cin, cout, k, hw, n, stride=1, padding=0, input_grad=True):
-    x = torch.randn(n, cin, hw, hw, requires_grad=input_grad)
+def _input(shape, requires_grad=True, channels_last=False):
+    x = torch.randn(shape)
+    if channels_last:  # the layout cnnlab train uses
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(requires_grad)
+
+
+def conv(cin, cout, k, hw, n, stride=1, padding=0, input_grad=True, cl=False):
+    x = _input((n, cin, hw, hw), input_grad, cl)
     w = (torch.randn(cout, cin, k, k) / (cin * k * k) ** 0.5).requires_grad_()
     b = torch.zeros(cout, requires_grad=True)
     return (x, w, b), {"stride": stride, "padding": padding}, ops.conv2d, F.conv2d
 
 
-def pool(kind, c, hw, n, k, stride, padding=0):
-    x = torch.randn(n, c, hw, hw, requires_grad=True)
+def pool(kind, c, hw, n, k, stride, padding=0, cl=False):
+    x = _input((n, c, hw, hw), True, cl)
     ours, theirs = (ops.max_pool2d, F.max_pool2d) if kind == "max" else (ops.avg_pool2d, F.avg_pool2d)
     return (x,), {"kernel_size": k, "stride": stride, "padding": padding}, ours, theirs
 
@@ -42,8 +50,8 @@ def adaptive(c, hw, n, out):
     return (x,), {"output_size": out}, ops.adaptive_avg_pool2d, F.adaptive_avg_pool2d
 
 
-def bn(shape):
-    x = torch.randn(shape, requires_grad=True)
+def bn(shape, cl=False):
+    x = _input(shape, True, cl)
     c = shape[1]
     w, b = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
     rm, rv = torch.zeros(c), torch.ones(c)
@@ -71,6 +79,18 @@ CASES = [
     ("NiN adaptive avgpool 10x5x5 -> 1", "pool", lambda: adaptive(10, 5, 128, 1)),
     ("BatchNorm2d 64x24x24", "norm", lambda: bn((64, 64, 24, 24))),
     ("BatchNorm1d 120 (BN-LeNet)", "norm", lambda: bn((256, 120))),
+    # the layers the CPU recipes' whole-model profiles show matter: channels-last, batch 128 (their recipes')
+    ("CL lenet-modern conv2 32->64 5x5 14x14", "conv", lambda: conv(32, 64, 5, 14, 128, cl=True)),
+    ("CL fast conv 16->32 3x3 p1 14x14", "conv", lambda: conv(16, 32, 3, 14, 128, padding=1, cl=True)),
+    ("CL alexnet-cpu conv2 16->32 5x5 p2 14x14", "conv", lambda: conv(16, 32, 5, 14, 128, padding=2, cl=True)),
+    ("CL densenet-cpu growth conv 68->12 3x3 p1 14x14", "conv", lambda: conv(68, 12, 3, 14, 128, padding=1, cl=True)),
+    ("CL googlenet-cpu 1x1 conv 88->32 7x7", "conv", lambda: conv(88, 32, 1, 7, 128, cl=True)),
+    ("CL nin-cpu 1x1 conv 24->24 28x28", "conv", lambda: conv(24, 24, 1, 28, 128, cl=True)),
+    ("CL resnet-cpu conv 64->64 3x3 p1 7x7", "conv", lambda: conv(64, 64, 3, 7, 128, padding=1, cl=True)),
+    ("CL maxpool 2x2 s2 16x28x28", "pool", lambda: pool("max", 16, 28, 128, 2, 2, cl=True)),
+    ("CL maxpool 3x3 s2 p1 32x28x28", "pool", lambda: pool("max", 32, 28, 128, 3, 2, 1, cl=True)),
+    ("CL BatchNorm2d 32x14x14", "norm", lambda: bn((128, 32, 14, 14), cl=True)),
+    ("CL small batch: ResNet conv 64->64 3x3 p1 24x24, batch 8", "conv", lambda: conv(64, 64, 3, 24, 8, padding=1, cl=True)),
 ]
 
 
@@ -113,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    header = "| layer (batch 256 for LeNet, 64 otherwise) | fwd scratch ms | fwd torch ms | fwd ratio | fwd+bwd scratch ms | fwd+bwd torch ms | fwd+bwd ratio |"
+    header = "| layer (batch 256 for LeNet, 128 for CL, 64 otherwise) | fwd scratch ms | fwd torch ms | fwd ratio | fwd+bwd scratch ms | fwd+bwd torch ms | fwd+bwd ratio |"
     lines = [header, "|" + " --- |" * 7]
     print(header)
     ratios = []

@@ -230,7 +230,26 @@ def test_reference_block_shapes():
     assert transition_block(23, 10)(torch.randn(4, 23, 8, 8)).shape == (4, 10, 4, 4)
 
 
-@pytest.mark.parametrize("name", ["lenet", "bn-lenet", "lenet-modern", "nin", "resnet18", "densenet"])
+CPU_MODELS = ["fast", "alexnet-cpu", "vgg-cpu", "nin-cpu", "googlenet-cpu", "resnet-cpu", "densenet-cpu"]
+
+
+def test_cpu_variants_keep_their_familys_shapes():
+    from cnnlab import nn as cnn
+
+    x = torch.zeros(1, 1, 28, 28)
+    assert stage_shapes(create_model("resnet-cpu").features, x)[:4] == [(32, 14, 14), (32, 14, 14), (64, 7, 7), (128, 4, 4)]
+    assert stage_shapes(create_model("densenet-cpu").features, x)[:4] == [(32, 14, 14), (80, 14, 14), (40, 7, 7), (88, 7, 7)]
+    google = stage_shapes(create_model("googlenet-cpu").features, x)
+    assert [google[i] for i in (3, 4, 5, 6, 7, 8, 9)] == [(24, 14, 14), (56, 14, 14), (88, 14, 14), (88, 7, 7), (112, 7, 7),
+                                                          (144, 7, 7), (144, 1, 1)]
+    nin = shapes_of(create_model("nin-cpu").net, x, (cnn.MaxPool2d, cnn.AdaptiveAvgPool2d))
+    assert nin == [(24, 14, 14), (48, 7, 7), (96, 4, 4), (10, 1, 1)]
+    assert shapes_of(create_model("alexnet-cpu").features, x, (cnn.MaxPool2d,)) == [(16, 14, 14), (32, 7, 7), (32, 4, 4)]
+    assert stage_shapes(create_model("vgg-cpu").features, x) == [(16, 14, 14), (32, 7, 7), (64, 3, 3)]
+    assert shapes_of(create_model("fast"), x, (cnn.MaxPool2d,)) == [(16, 14, 14), (32, 7, 7), (64, 3, 3)]
+
+
+@pytest.mark.parametrize("name", ["lenet", "bn-lenet", "lenet-modern", "nin", "resnet18", "densenet", *CPU_MODELS])
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(name):
     torch.manual_seed(0)
     size = min(model_info(name)["input_size"], 64 if name != "nin" else 96)

@@ -234,3 +234,48 @@ def test_unknown_model_and_dataset_list_the_valid_ones(tmp_path):
 def test_amp_runs_on_the_cpu_in_bfloat16_and_the_run_says_so(tmp_path):
     result = run_fit(tmp_path, "amp", epochs=1, model="bn-lenet", amp=True)
     assert load_weights(result.folder)[1]["amp"] == "bfloat16" and math.isfinite(result.final["train_loss"])
+
+
+def test_warm_up_then_cosine_schedule():
+    from cnnlab.train.loop import _schedule
+
+    config = resolve_config("fast", epochs=4, warmup_epochs=0.5)
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=config.lr)
+    factor = _schedule(config, optimizer, steps_per_epoch=10).lr_lambdas[0]
+    assert [factor(s) for s in range(5)] == [0.2, 0.4, 0.6, 0.8, 1.0]  # 5 warm-up steps, from lr/5 to lr
+    assert factor(5) == 1.0 and math.isclose(factor(5 + 35 // 2), 0.5 * (1 + math.cos(math.pi * 17 / 35)))
+    assert factor(40) == 0.0
+    with pytest.raises(ValueError, match=r"warmup_epochs must be in \[0, epochs=4\], got 5"):
+        resolve_config("fast", epochs=4, warmup_epochs=5)
+
+
+def test_cpu_recipes_train_on_cifar10_and_evaluate_with_flips(tmp_path):
+    """A CPU recipe on the colour fixture (32 px images, resized to the model's 28), then evaluate --tta flip."""
+    result = run_fit(tmp_path, "cifar", model="resnet-cpu", dataset="cifar10", epochs=1, augment=False)
+    meta = json.loads((result.folder / "config.json").read_text())
+    assert meta["model"] == "resnet-cpu" and meta["optimizer"] == "adamw" and math.isfinite(result.final["train_loss"])
+    from cnnlab.data import Batches, load_dataset
+    from cnnlab.train import predict_probabilities
+
+    model, meta = load_run_model(result.folder)
+    data = load_dataset("cifar10", FIXTURES, fetch=False, image_size=28)
+    batches = Batches(data.test_images, data.test_labels, 64, mean=meta["mean"], std=meta["std"], normalize=meta["normalize"])
+    with torch.no_grad():
+        probs = torch.cat([(model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2 for x, _, _ in batches.epoch(0)])
+        assert torch.allclose(torch.cat([predict_probabilities(model, x, "flip") for x, _, _ in batches.epoch(0)]), probs)
+    expected = (probs.argmax(1) == data.test_labels).float().mean().item()
+    proc = cli("evaluate", str(result.folder), "--data-dir", str(FIXTURES), "--tta", "flip", "--json", merge=False)
+    out, _ = proc.communicate(timeout=120)
+    report = json.loads(out)
+    assert report["tta"] == "flip" and abs(report["test_acc"] - expected) < 1e-9
+
+
+def test_list_shows_size_cost_and_what_each_recipe_reached():
+    proc = cli("train", "--list", merge=False)
+    out, _ = proc.communicate(timeout=120)
+    lines = {line.split()[0]: line for line in out.splitlines()[1:-1]}
+    measured = json.loads((Path(__file__).parents[2] / "src" / "cnnlab" / "train" / "recipes.json").read_text())
+    assert set(measured) >= {"fast", "alexnet-cpu", "vgg-cpu", "nin-cpu", "googlenet-cpu", "resnet-cpu", "densenet-cpu"}
+    assert "29,178" in lines["fast"] and " 1.9 M" in lines["fast"] and f"{measured['fast']['test_acc']:.3f} in" in lines["fast"]
+    assert "224 px" in lines["alexnet"] and "28 px" in lines["resnet-cpu"] and "ratio=4" in lines["vgg11"]

@@ -82,11 +82,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # crop and flip where the run is long enough (8+ epochs) to profit from them.
     "fast": {**_CPU, "lr": 8e-3, "weight_decay": 0.01, "epochs": 3, "warmup_epochs": 0.3},
     "alexnet-cpu": {**_CPU, "lr": 1e-3, "epochs": 10, "augment": True},
-    "vgg-cpu": {**_CPU, "lr": 1e-3, "epochs": 14, "augment": True},
-    "nin-cpu": {**_CPU, "lr": 4e-3, "epochs": 10, "augment": True},
+    "vgg-cpu": {**_CPU, "lr": 2e-3, "epochs": 12},
+    "nin-cpu": {**_CPU, "lr": 4e-3, "epochs": 8, "augment": True},
     "googlenet-cpu": {**_CPU, "lr": 4e-3, "epochs": 6},
-    "resnet-cpu": {**_CPU, "lr": 4e-3, "epochs": 9, "augment": True},
-    "densenet-cpu": {**_CPU, "lr": 4e-3, "epochs": 6},
+    "resnet-cpu": {**_CPU, "lr": 4e-3, "epochs": 8, "augment": True},
+    "densenet-cpu": {**_CPU, "lr": 4e-3, "epochs": 5},
 }
 
 CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "step", "cosine"),
