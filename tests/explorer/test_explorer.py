@@ -224,6 +224,7 @@ def test_page_end_to_end_in_chromium(server, run, tmp_path):
         page.locator(".layer img").nth(3).click()
         page.wait_for_selector("#kernels img")
         assert "channel 3" in page.locator("#detail-title").inner_text()
+        page.locator("#detail-map").scroll_into_view_if_needed()
         box = page.locator("#detail-map").bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.4)
         assert page.locator("#field-overlay").get_attribute("data-unit")

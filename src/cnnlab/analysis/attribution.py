@@ -37,7 +37,7 @@ def _conv_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def _map_layers(model: nn.Module) -> list[str]:
+def map_layers(model: nn.Module) -> list[str]:
     """Convolution and pooling layers (their outputs are feature maps). The default for Grad-CAM is the
     last of them: usually the last block's pooled, activated maps, where the class evidence is."""
     kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
@@ -94,7 +94,7 @@ def explain(model: nn.Module, x: torch.Tensor, layer: str | None = None, target:
     convs = _conv_layers(model)
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs one")
-    choices = _map_layers(model)
+    choices = map_layers(model)
     layer = layer or choices[-1]
     modules = dict(model.named_modules())
     if layer not in choices:

@@ -87,6 +87,8 @@ class Explorer:
         self.patches: dict[str, dict] = {}  # layer -> top patches of every channel (one pass over the test set)
 
     def info(self) -> dict:
+        from ..analysis.attribution import map_layers
+
         rows = [{"name": r.name, "type": r.type, "output_shape": list(r.output_shape), "params": r.params, "mult_adds": r.mult_adds,
                  "receptive_field": r.receptive_field, "jump": r.jump} for r in self.summary.rows]
         history = []
@@ -97,7 +99,7 @@ class Explorer:
                 "input_size": [self.channels, self.size, self.size], "can_draw": self.channels == 1 and self.size <= 64,
                 "layers": [{"name": n, "type": type(dict(self.model.named_modules())[n]).__name__, **self.fields.get(n, {})}
                            for n in self.layers],
-                "summary": rows, "totals": self.summary.totals, "history": history,
+                "cam_layers": map_layers(self.model), "summary": rows, "totals": self.summary.totals, "history": history,
                 "test_images": 0 if self.data is None else len(self.data.test_labels)}
 
     def model_input(self, picture: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ async function start() {
   $("upload").onchange = uploadFile;
   if (info.can_draw) setUpDrawing();
   info.classes.forEach((name, i) => $("cam-class").add(new Option(name, i)));
-  info.layers.forEach((layer) => $("cam-layer").add(new Option(`${layer.name} (${layer.type})`, layer.name)));
-  $("cam-layer").selectedIndex = info.layers.length - 1;  // the last layer with feature maps, as Grad-CAM's authors use
+  info.cam_layers.forEach((name) => $("cam-layer").add(new Option(name, name)));
+  $("cam-layer").selectedIndex = info.cam_layers.length - 1;  // the last layer with a spatial map, as Grad-CAM's authors use
   $("cam-class").onchange = explainCurrent;
   $("cam-layer").onchange = explainCurrent;
   fillSummary();
