@@ -25,7 +25,9 @@ def test_data_command_says_where_each_set_was_found(tmp_path):
 
 def test_train_list_shows_models_and_presets():
     out = cnnlab("train", "--list").stdout
-    assert out.splitlines()[0].startswith("lenet") and "lr=0.9" in out.splitlines()[0]
+    header, first = out.splitlines()[:2]
+    assert header.split()[:4] == ["model", "input", "params", "mult-adds"]
+    assert first.startswith("lenet") and "61,706" in first and "lr=0.9" in first
     assert "vgg11" in out and "ratio=4" in out
 
 

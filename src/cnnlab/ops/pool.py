@@ -81,6 +81,8 @@ def _batched(fn, x, dims, *args):
 class MaxPoolNd(torch.autograd.Function):
     """Max pooling; the forward pass records each window's winner, the backward pass routes to it.
 
+    (Inference, where no gradient is asked for, computes the maxima only.)
+
     The forward pass walks the kernel offsets once: ``best = torch.maximum(best, x[offset])``
     (which propagates NaN as torch's max pooling does) and, beside it, the winner's offset
     number: ``winner = max(winner, t * (x[offset t] > best so far))``. Offsets are numbered in
@@ -95,22 +97,26 @@ class MaxPoolNd(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size):
+    def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size, track: bool):
         xp = pad_channels_last(x, pads, float("-inf"))  # (N, *S_pad, C)
         windows = sliding_windows(xp, kernel, stride, dilation, out_size)  # (N, *S_out, *K, C)
+        track = track and ctx.needs_input_grad[0]  # winners only when a backward pass will want them (not for inference)
         best = winner = beats = None
         for t, index in window_offsets(kernel):
             if best is None:
                 best = windows[index].clone()
-                winner = torch.zeros(best.shape, dtype=_winner_dtype(x), device=x.device)
-                beats = torch.empty_like(winner)
+                if track:
+                    winner = torch.zeros(best.shape, dtype=_winner_dtype(x), device=x.device)
+                    beats = torch.empty_like(winner)
                 continue
-            torch.gt(windows[index], best, out=beats)
-            torch.maximum(winner, beats.mul_(t), out=winner)
+            if track:
+                torch.gt(windows[index], best, out=beats)
+                torch.maximum(winner, beats.mul_(t), out=winner)
             torch.maximum(best, windows[index], out=best)
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, out_size)
-        ctx.has_nan = bool(best.isnan().any())
-        ctx.save_for_backward(winner, x)
+        if track:
+            ctx.has_nan = bool(best.isnan().any())
+            ctx.save_for_backward(winner, x)
         return unviewed(best.movedim(-1, 1))  # (N, C, *S_out); nothing saved shares it
 
     @staticmethod
@@ -124,7 +130,7 @@ class MaxPoolNd(torch.autograd.Function):
             winners = winner.long()
             grads = graph_backward(lambda x: reference_max_pool(x, kernel, stride, pads, dilation, out_size, winners), (x,),
                                    ctx.needs_input_grad[:1], grad_out)
-            return grads[0], None, None, None, None, None
+            return grads[0], None, None, None, None, None, None
         g = grad_out.movedim(1, -1)  # (N, *S_out, C)
         grad_xp, grad_windows = _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size)
         finite = bool(torch.isfinite(g).all())
@@ -135,7 +141,7 @@ class MaxPoolNd(torch.autograd.Function):
                 grad_windows[index].addcmul_(hit, g)
             else:
                 grad_windows[index].add_(torch.where(hit.bool(), g, zero))
-        return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None
+        return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None, None
 
 
 def _winner_dtype(x: torch.Tensor) -> torch.dtype:
@@ -284,7 +290,8 @@ def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return
         if return_indices:
             raise ValueError(f"max_pool{dims}d: return_indices=True is not supported under torch.func transforms or forward-mode AD")
         return reference_max_pool(x, kernel, stride, pads, dilation, out_size, None)
-    out = _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size)
+    track = torch.is_grad_enabled() and x.requires_grad  # no winners to note for inference
+    out = _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size, track)
     if not return_indices:
         return out
     with torch.no_grad():  # the winners, found the way the backward finds them
