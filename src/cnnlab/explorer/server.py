@@ -150,7 +150,6 @@ class Explorer:
         return {"layer": layer, "channel": channel, "shape": list(weight.shape), "scale": limit, "kernels": tiles,
                 "bias": None if module.bias is None else float(module.bias[channel])}
 
-
     def top_patches(self, layer: str, channel: int, k: int = 8) -> dict:
         """What ``channel`` of ``layer`` responds to: its top-k test images and their patches."""
         from ..analysis.patches import top_patches
@@ -243,8 +242,10 @@ def _overlay(picture: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> b
     colour = torch.from_numpy(colormaps["inferno"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
     blend = ((1 - alpha) * gray + alpha * colour).clamp(0, 1)
     image = Image.fromarray((blend * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+    if image.width < 64:  # small inputs: enlarge with sharp pixels, so the browser does not blur them
+        image = image.resize((image.width * 4, image.height * 4), Image.NEAREST)
     buf = io.BytesIO()
-    image.resize((image.width * 4, image.height * 4), Image.NEAREST).save(buf, format="PNG") if image.width < 64 else image.save(buf, "PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -336,7 +337,7 @@ def create_app(run: str | Path, data_dir: str | None = None, model: nn.Module | 
             raise HTTPException(422, f"k must be in 1..32, got {k}")
         try:
             return explorer.top_patches(layer, channel, k)
-        except (KeyError, IndexError, LookupError) as err:
+        except LookupError as err:  # KeyError and IndexError included
             raise HTTPException(404, err.args[0]) from None
 
     @app.get("/api/explain/{picture}")

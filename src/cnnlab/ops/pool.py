@@ -97,10 +97,9 @@ class MaxPoolNd(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size, track: bool):
+    def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size, track: bool):  # track: a backward pass will follow
         xp = pad_channels_last(x, pads, float("-inf"))  # (N, *S_pad, C)
         windows = sliding_windows(xp, kernel, stride, dilation, out_size)  # (N, *S_out, *K, C)
-        track = track and ctx.needs_input_grad[0]  # winners only when a backward pass will want them (not for inference)
         best = winner = beats = None
         for t, index in window_offsets(kernel):
             if best is None:
@@ -294,7 +293,7 @@ def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return
     out = _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size, track)
     if not return_indices:
         return out
-    with torch.no_grad():  # the winners, found the way the backward finds them
+    with torch.no_grad():  # the winners as torch reports them: the first maximum, or the last NaN
         windows = sliding_windows(pad_channels_last(x.detach(), pads, float("-inf")), kernel, stride, dilation, out_size)
         winners = winner_offsets(windows, kernel, out.detach().movedim(1, -1))
         return out, max_indices(tuple(x.shape), kernel, stride, pads, dilation, winners)
