@@ -201,3 +201,39 @@ def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches
         check_op(lambda x, w, b: OURS[dims](x, w, b, **kw), lambda x, w, b: THEIRS[dims](x, w, b, **kw),
                  inputs, rtol=1e-10, context=f"config {cfg} {kw}")
     assert taken >= 15  # most of the sweep takes the path under test
+
+
+@pytest.mark.parametrize("chunk", range(3))
+def test_window_matrix_built_block_by_block_matches_torch(chunk, monkeypatch):
+    """Large layers build the window matrix a block of samples at a time (forward, and again in the
+    backward for grad_w and grad_x): with a tiny block budget every configuration below is cut into
+    blocks of one or two samples, including the last, shorter block."""
+    from cnnlab.ops import conv
+
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    blocks = []
+    real = conv._sample_blocks
+    monkeypatch.setattr(conv, "_sample_blocks", lambda windows: blocks.append(len(real(windows))) or real(windows))
+    rng = random.Random(11000 + chunk)
+    for i in range(60):
+        cfg = random_conv_config(rng)
+        cfg["batch"], cfg["unbatched"] = rng.randint(2, 5), False
+        cfg["groups"] = cfg["kwargs"]["groups"] = 1  # the path under test: groups 1, at least 8 input channels
+        cfg["in_channels"] = rng.randint(8, 20)
+        d, kw = cfg["dims"], cfg["kwargs"]
+        inputs = make_inputs(cfg, seed=i)
+        if d == 2 and rng.random() < 0.5:  # the layout the training loop uses
+            inputs[0] = inputs[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        check_op(lambda x, w, b: OURS[d](x, w, b, **kw), lambda x, w, b: THEIRS[d](x, w, b, **kw),
+                 inputs, rtol=1e-10, context=f"config {cfg}")
+    assert sum(n > 1 for n in blocks) >= 60  # forward and backward of most configurations went through several blocks
+
+
+def test_window_blocks_fit_the_budget_and_cover_the_batch(monkeypatch):
+    from cnnlab.ops import conv
+
+    windows = torch.zeros(10, 3, 3, 2, 2, 4)  # 144 values = 576 bytes a sample
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 3 * 576 + 100)
+    assert conv._sample_blocks(windows) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 10**9)
+    assert conv._sample_blocks(windows) == [(0, 10)]

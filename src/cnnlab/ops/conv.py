@@ -45,6 +45,7 @@ from collections.abc import Sequence
 import torch
 
 from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
+from .products import mm_nt
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
@@ -105,14 +106,65 @@ def _col2im(grad_cols: torch.Tensor, x_shape, kernel, stride, pads: Pads, dilati
     n, c, *spatial = x_shape
     padded = [s + lo + hi for s, (lo, hi) in zip(spatial, pads)]
     grad_xp = grad_cols.new_zeros((n, *padded, c))
-    windows = sliding_windows(grad_xp, kernel, stride, dilation, out_size)
+    _add_windows(sliding_windows(grad_xp, kernel, stride, dilation, out_size), grad_cols, kernel, stride, dilation)
+    return unpad(grad_xp, pads, spatial).movedim(-1, 1)
+
+
+def _add_windows(windows: torch.Tensor, grad_cols: torch.Tensor, kernel, stride, dilation) -> None:
+    """``windows += grad_cols`` for a window view (N, *S_out, *K, C) of a gradient buffer, one kernel
+    offset at a time (windows that overlap share input positions, so one strided add would race)."""
     overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
     for _, index in window_offsets(kernel):
         if overlap:
             windows[index].add_(grad_cols[index])
         else:  # windows never share an input position: plain copies
             windows[index] = grad_cols[index]
-    return unpad(grad_xp, pads, spatial).movedim(-1, 1)
+
+
+# The window matrix of a large layer is built a block of samples at a time, each block used by its
+# products while it is still in the CPU's cache (a block of at most BLOCK_BYTES), and never kept for
+# the backward pass, which builds it again block by block. Copying a matrix larger than the cache out
+# to memory and reading it back cost more than the products themselves: LeNet's 32->64 5x5 layer at
+# batch 256 (an 82 MB matrix) took 38 ms forward and 87 ms backward whole, 14 and 43 ms in 5 MB blocks
+# (torch: 12 and 26 ms; 2 threads, this project's machine, benchmarks/bench_ops.py).
+BLOCK_BYTES = 4 * 2**20
+
+
+def _sample_blocks(windows: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive blocks of samples whose window matrix fits in BLOCK_BYTES."""
+    n = windows.shape[0]
+    per_sample = max(1, windows[:1].numel() * windows.element_size())
+    size = max(1, BLOCK_BYTES // per_sample)
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _window_blocks(windows: torch.Tensor):
+    """Yield (start, stop, window matrix) per block of samples: windows (N, *S_out, *K, C) ->
+    (rows, K*C) matrices, copied into one reused buffer (or one plain reshape when a block is all)."""
+    blocks = _sample_blocks(windows)
+    kc = windows.shape[-1] * math.prod(windows.shape[1 + (windows.dim() - 2) // 2 : -1])
+    if len(blocks) == 1:
+        yield 0, windows.shape[0], windows.reshape(-1, kc)
+        return
+    buffer = windows.new_empty((blocks[0][1], *windows.shape[1:]))
+    for start, stop in blocks:
+        cols = buffer[: stop - start]
+        cols.copy_(windows[start:stop])
+        yield start, stop, cols.view(-1, kc)
+
+
+def _windows_times(windows: torch.Tensor, kernels: torch.Tensor, bias=None) -> torch.Tensor:
+    """Every window times every kernel: windows (N, *S_out, *K, C), kernels (O, K*C) -> (N*L, O), block by block."""
+    rows = math.prod(windows.shape[1 : 1 + (windows.dim() - 2) // 2])
+    out = None
+    for start, stop, cols in _window_blocks(windows):
+        part = mm_nt(cols, kernels, bias)
+        if start == 0 and stop == windows.shape[0]:
+            return part
+        if out is None:
+            out = part.new_empty((windows.shape[0] * rows, part.shape[1]))
+        out[start * rows : stop * rows] = part
+    return out
 
 
 def _planar_window_matrix(x: torch.Tensor, kernel, stride, pads: Pads, dilation):
@@ -157,19 +209,22 @@ class ConvNd(torch.autograd.Function):
             if bias is not None:
                 out += bias[:, None]
             out = out.view(x.shape[0], -1, *out_size)
+        elif groups == 1:  # the window matrix block by block, never kept (the backward builds it again)
+            windows = sliding_windows(pad_channels_last(x, pads), kernel, stride, dilation)  # (N, *S_out, *K, C)
+            out_size = tuple(windows.shape[1 : 1 + len(kernel)])
+            out = _windows_times(windows, _kernel_matrix(weight, 1)[0], bias)  # (M, O)
+            out = out.view(x.shape[0], *out_size, -1).movedim(-1, 1)  # (N, O, *S_out)
+            cols = None
         else:
             cols, out_size = _window_matrix(x, kernel, stride, pads, dilation, groups)  # (G, M, KC)
             w = _kernel_matrix(weight, groups)  # (G, O/G, KC)
-            if groups == 1:
-                out = cols[0] @ w[0].T if bias is None else torch.addmm(bias, cols[0], w[0].T)  # (M, O)
-            else:
-                out = torch.bmm(cols, w.transpose(1, 2)).transpose(0, 1).reshape(cols.shape[1], -1)  # (M, O)
-                if bias is not None:
-                    out += bias
+            out = torch.bmm(cols, w.transpose(1, 2)).transpose(0, 1).reshape(cols.shape[1], -1)  # (M, O)
+            if bias is not None:
+                out += bias
             out = out.view(x.shape[0], *out_size, -1).movedim(-1, 1)  # (N, O, *S_out)
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, groups, out_size, planar)
         ctx.cols = cols if ctx.needs_input_grad[1] else None  # reused for grad_weight
-        ctx.save_for_backward(weight, x, bias)  # x and bias: only for a differentiable backward
+        ctx.save_for_backward(weight, x, bias)  # bias: only for a differentiable backward
         return unviewed(out)  # nothing saved shares out: in-place changes after the layer are safe
 
     @staticmethod
@@ -181,36 +236,67 @@ class ConvNd(torch.autograd.Function):
                                    ctx.needs_input_grad[:3], grad_out)
             return (*grads, None, None, None, None)
         n, o = x_shape[0], weight.shape[0]
+        if groups == 1 and not planar:
+            grad_x, grad_w = _window_backward(ctx, grad_out, x, weight)
+            grad_b = grad_out.sum([0, *range(2, grad_out.dim())]) if ctx.needs_input_grad[2] else None
+            return grad_x, _like(grad_w, weight), grad_b, None, None, None, None
         g = grad_out.reshape(n, groups, o // groups, -1)  # (N, G, O/G, L)
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            if groups == 1 and not planar and _transposed_by_convolution(x_shape[1], o, stride, pads, dilation, kernel):
-                grad_x = _grad_input_by_convolution(grad_out, weight, pads, dilation)
-            elif groups == 1 and not planar:
-                # wide layers: one product over all M = N*L window positions, (M, O) @ (O, K*C), then
-                # channels-last col2im (a batched product per sample over an expanded kernel is several
-                # times slower on small maps: resnet18 at 32 px spent 83% of its step there)
-                gm = grad_out.movedim(1, -1).reshape(-1, o)  # (M, O), a view for channels-last grad_out
-                grad_cols = gm @ _kernel_matrix(weight, 1)[0]  # (M, K*C)
-                grad_x = _col2im(grad_cols.view(n, *out_size, *kernel, x_shape[1]), x_shape, kernel, stride, pads, dilation, out_size)
+        if ctx.needs_input_grad[0]:  # grad of each window = W^T @ grad_out, in channels-first order; then col2im
+            w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G*K)
+            if groups == 1:
+                grad_cols = torch.bmm(w[0].T.expand(n, -1, -1), g[:, 0])  # (N, C*K, L)
             else:
-                # grad of each window = W^T @ grad_out, in channels-first order; then col2im
-                w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G*K)
-                if groups == 1:
-                    grad_cols = torch.bmm(w[0].T.expand(n, -1, -1), g[:, 0])  # (N, C*K, L)
-                else:
-                    grad_cols = (w.transpose(1, 2) @ g).view(n, -1, g.shape[-1])  # (N, C*K, L)
-                grad_x = _planar_col2im(grad_cols, x_shape, kernel, stride, pads, dilation, out_size)
+                grad_cols = (w.transpose(1, 2) @ g).view(n, -1, g.shape[-1])  # (N, C*K, L)
+            grad_x = _planar_col2im(grad_cols, x_shape, kernel, stride, pads, dilation, out_size)
         if ctx.needs_input_grad[1]:
             if planar:  # sum over the batch of (O, L) @ (L, C*K)
                 grad_w = torch.bmm(g[:, 0], ctx.cols.transpose(1, 2)).sum(0).view_as(weight)
-            else:  # one product over all M = N*L window positions: (O/G, M) @ (M, K*C/G)
+            else:  # one product per group over all M = N*L window positions: (O/G, M) @ (M, K*C/G)
                 gm = grad_out.movedim(1, -1).reshape(-1, groups, o // groups).transpose(0, 1)  # (G, M, O/G)
                 gw = torch.bmm(gm.transpose(1, 2), ctx.cols)  # (G, O/G, K*C/G)
                 grad_w = gw.reshape(o, *kernel, -1).movedim(-1, 1)  # (O, C/G, *K)
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
         return grad_x, _like(grad_w, weight), grad_b, None, None, None, None
+
+
+def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+    """grad_x and grad_w of the channels-last window-matrix path (groups 1), block by block.
+
+    With G the output gradient as (M, O) and the window matrix rebuilt a block of samples at a time:
+    grad_w = sum over blocks of G_b^T @ windows_b, and grad_x = col2im(G_b @ W) added block by block
+    (or, for a stride-1 layer with fewer outputs than inputs, a convolution of grad_out)."""
+    x_shape, kernel, stride, pads, dilation, _, out_size, _ = ctx.geometry
+    n, c, o = x_shape[0], x_shape[1], weight.shape[0]
+    rows = numel(out_size)
+    gm = grad_out.movedim(1, -1).reshape(-1, o)  # (M, O), a view for channels-last grad_out
+    kernels = _kernel_matrix(weight, 1)[0]  # (O, K*C)
+    grad_x = grad_w = None
+    by_convolution = ctx.needs_input_grad[0] and _transposed_by_convolution(c, o, stride, pads, dilation, kernel)
+    if by_convolution:
+        grad_x = _grad_input_by_convolution(grad_out, weight, pads, dilation)
+    scatter = ctx.needs_input_grad[0] and not by_convolution
+    if scatter:
+        padded = [s + lo + hi for s, (lo, hi) in zip(x_shape[2:], pads)]
+        grad_xp = grad_out.new_zeros((n, *padded, c))
+        grad_windows = sliding_windows(grad_xp, kernel, stride, dilation, out_size)
+    if ctx.needs_input_grad[1] or scatter:
+        windows = sliding_windows(pad_channels_last(x, pads), kernel, stride, dilation, out_size)
+        blocks = _window_blocks(windows) if ctx.needs_input_grad[1] else ((s, e, None) for s, e in _sample_blocks(windows))
+        for start, stop, cols in blocks:
+            g = gm[start * rows : stop * rows]
+            if cols is not None:
+                part = mm_nt(g.T, cols.T)  # (O, K*C)
+                grad_w = part if grad_w is None else grad_w.add_(part)
+            if scatter:
+                grad_cols = mm_nt(g, kernels.T).view(stop - start, *out_size, *kernel, c)
+                _add_windows(grad_windows[start:stop], grad_cols, kernel, stride, dilation)
+    if scatter:
+        grad_x = unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1)
+    if grad_w is not None:
+        grad_w = grad_w.view(o, *kernel, c).movedim(-1, 1)  # (O, C, *K)
+    return grad_x, grad_w
 
 
 def _transposed_by_convolution(c: int, o: int, stride, pads: Pads, dilation, kernel) -> bool:
@@ -229,9 +315,11 @@ def _grad_input_by_convolution(grad_out: torch.Tensor, weight: torch.Tensor, pad
     kernel = tuple(weight.shape[2:])
     spatial = tuple(range(2, weight.dim()))
     grad_pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi) for (lo, hi), d, k in zip(pads, dilation, kernel))
-    cols, size = _window_matrix(grad_out, kernel, (1,) * len(kernel), grad_pads, dilation, 1)  # (1, M_x, K*O)
-    w = _kernel_matrix(weight.flip(spatial).transpose(0, 1), 1)  # (1, C, K*O)
-    return (cols[0] @ w[0].T).view(grad_out.shape[0], *size, -1).movedim(-1, 1)  # (N, C, *S)
+    ones = (1,) * len(kernel)
+    windows = sliding_windows(pad_channels_last(grad_out, grad_pads), kernel, ones, dilation)  # (N, *S, *K, O)
+    w = _kernel_matrix(weight.flip(spatial).transpose(0, 1), 1)[0]  # (C, K*O)
+    size = windows.shape[1 : 1 + len(kernel)]
+    return _windows_times(windows, w).view(grad_out.shape[0], *size, -1).movedim(-1, 1)  # (N, C, *S)
 
 
 def _like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
