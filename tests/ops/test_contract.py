@@ -93,8 +93,11 @@ def test_autocast_runs_the_scratch_backend_like_torchs(name):
         assert a.grad is not None and a.grad.dtype == torch.float32 and a.grad.shape == b.grad.shape, n
 
 
-FORBIDDEN = ("convolution", "conv1d", "conv2d", "conv3d", "mkldnn", "max_pool", "avg_pool", "adaptive_avg_pool", "batch_norm",
-             "im2col", "col2im", "unfold", "fold")
+# torch's convolution, pooling, normalisation and im2col/col2im kernels, oneDNN's included (mkldnn_convolution,
+# mkldnn_max_pool2d, ...). oneDNN's matrix product (mkldnn::_linear_pointwise) is allowed: the scratch
+# convolutions are products of window matrices, and that product engine is the faster one on some CPUs.
+FORBIDDEN = ("convolution", "conv1d", "conv2d", "conv3d", "conv_transpose", "max_pool", "avg_pool", "adaptive_avg_pool",
+             "batch_norm", "im2col", "col2im", "unfold", "fold")
 
 
 def test_no_torch_convolution_pooling_or_norm_kernel_is_reached_at_any_order():
@@ -128,6 +131,11 @@ def test_no_torch_convolution_pooling_or_norm_kernel_is_reached_at_any_order():
         torch.autograd.grad(gx.pow(2).sum() + gw.pow(2).sum(), (x, w))
         jvp(lambda x: net(x, w.detach()), (x.detach(),), (torch.ones_like(x),))
         vmap(lambda x: net(x.unsqueeze(0), w.detach()))(x.detach())
+        # float32: the training dtype, where products may go through oneDNN's matrix product
+        x32 = torch.randn(2, 16, 12, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w32 = torch.randn(8, 16, 3, 3, requires_grad=True)
+        y = ops.batch_norm(ops.conv2d(x32, w32, padding=1, stride=2), None, None, training=True)
+        (ops.max_pool2d(y, 2).sum() + ops.avg_pool2d(y, 2).sum()).backward()
     reached = sorted(name for name in record.seen if any(word in name for word in FORBIDDEN))
     assert record.seen and not reached, reached
 
