@@ -83,3 +83,68 @@ def test_batch_norm_tiny_batch_gradient_against_long_double():
     expected = inv * (d - d.mean(0) - x_hat * (d * x_hat).mean(0))
     term_scale = float(np.abs(gl * wl * inv).max())
     assert float(np.abs(gx.numpy() - expected).max()) <= 1e-14 * term_scale
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, monkeypatch):
+    """Channels-last batches and (N, C) features take the one-pass route (sums of x and x*x, of dy and
+    dy*x); channels far from zero mean take the two-pass route. Both, in training and inference, against torch."""
+    from cnnlab.ops import norm
+
+    taken = {"one pass": 0, "two pass": 0}
+    real = norm._one_pass_statistics
+
+    def spy(rows):
+        stats = real(rows)
+        taken["one pass" if stats is not None else "two pass"] += 1
+        return stats
+
+    monkeypatch.setattr(norm, "_one_pass_statistics", spy)
+    rng = random.Random(6000 + chunk)
+    for i in range(40):
+        c = rng.randint(1, 9)
+        layout = rng.choice(["rows", "channels_last", "channels_last_3d"])
+        n = rng.randint(2, 6)
+        shape = {"rows": (n + 2, c), "channels_last": (n, c, rng.randint(1, 5), rng.randint(1, 5)),
+                 "channels_last_3d": (n, c, rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 3))}[layout]
+        training = rng.random() < 0.7
+        gen = torch.Generator().manual_seed(i)
+        offset = rng.choice([0.0, 1.0, 30.0])  # 30 standard deviations: the two-pass route
+        x = torch.randn(shape, generator=gen, dtype=torch.float64) + offset * torch.randn(c, generator=gen, dtype=torch.float64).view(1, c, *[1] * (len(shape) - 2))
+        if layout != "rows":
+            x = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.channels_last_3d)
+        x.requires_grad_()
+        weight = torch.randn(c, generator=gen, dtype=torch.float64).requires_grad_() if rng.random() < 0.8 else None
+        bias = torch.randn(c, generator=gen, dtype=torch.float64).requires_grad_() if rng.random() < 0.8 else None
+        running = (torch.randn(c, generator=gen, dtype=torch.float64), torch.rand(c, generator=gen, dtype=torch.float64) + 0.5)
+        ours_stats, torch_stats = [t.clone() for t in running], [t.clone() for t in running]
+        check_op(lambda x, w, b: ops.batch_norm(x, *ours_stats, w, b, training, 0.1, 1e-5),
+                 lambda x, w, b: F.batch_norm(x, *torch_stats, w, b, training, 0.1, 1e-5),
+                 [x, weight, bias], context=f"shape {shape} {layout} training={training} offset={offset}")
+        for ours, theirs in zip(ours_stats, torch_stats):
+            assert max_rel_error(ours, theirs) <= 1e-10
+    assert taken["one pass"] >= 5 and taken["two pass"] >= 3, taken
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 100.0])
+def test_batch_norm_float32_channels_last_within_torchs_own_error(offset):
+    """float32, a training-sized channels-last batch: our result's distance from the float64 truth
+    is within a small multiple of torch's own float32 distance, with channels centred, moderately
+    offset (one-pass route) or far off zero (two-pass route)."""
+    gen = torch.Generator().manual_seed(1)
+    x64 = (torch.randn(64, 16, 14, 14, generator=gen, dtype=torch.float64) + offset).contiguous(memory_format=torch.channels_last)
+    w64, b64 = torch.rand(16, generator=gen, dtype=torch.float64) + 0.5, torch.randn(16, generator=gen, dtype=torch.float64)
+    dy64 = torch.randn(64, 16, 14, 14, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+
+    def run(f, dtype):
+        x, w, b = (t.to(dtype).requires_grad_() for t in (x64, w64, b64))
+        y = f(x, None, None, w, b, True)
+        grads = torch.autograd.grad(y, (x, w, b), dy64.to(dtype))
+        return [t.double() for t in (y, *grads)]
+
+    truth = run(F.batch_norm, torch.float64)
+    ours, theirs = run(ops.batch_norm, torch.float32), run(F.batch_norm, torch.float32)
+    for name, t, a, b in zip(("y", "grad_x", "grad_w", "grad_b"), truth, ours, theirs):
+        scale = t.abs().max()
+        err_ours, err_theirs = (a - t).abs().max() / scale, (b - t).abs().max() / scale
+        assert err_ours <= 4 * err_theirs + 1e-6, (name, float(err_ours), float(err_theirs))

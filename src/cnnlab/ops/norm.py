@@ -45,10 +45,45 @@ def _channel_sum(t: torch.Tensor) -> torch.Tensor:
     return t.sum([0, *range(2, t.dim())])
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor | None:
+    """``t`` as a (M, C) matrix view, channels along the rows, when its memory allows (a channels-last
+    image batch, or an (N, C) batch); None otherwise."""
+    if t.dim() == 2:
+        return t
+    moved = t.movedim(1, -1)
+    return moved.view(-1, t.shape[1]) if moved.is_contiguous() else None
+
+
+# One-pass statistics (sum of x and of x*x) are used while mean^2 <= ONE_PASS_MAX_RATIO * var per
+# channel: the cancellation in E[x^2] - mean^2 then costs at most log2(1 + 16) ~ 4 bits, below float32
+# round-off over the thousands of values summed. Larger offsets take the two-pass route (x - mean first).
+ONE_PASS_MAX_RATIO = 16.0
+
+
+def _channel_dot(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
+    """Per channel sum over rows of a * b: (M, C), (M, C) -> (C,)."""
+    return (a_rows * b_rows).sum(0)
+
+
+def _one_pass_statistics(rows: torch.Tensor):
+    """(mean, var) from one read of the values (sum and sum of squares), or None where an offset
+    channel would lose precision to cancellation (see ONE_PASS_MAX_RATIO)."""
+    m = rows.shape[0]
+    mean = rows.sum(0) / m
+    var = _channel_dot(rows, rows) / m - mean * mean
+    if not bool((mean * mean <= ONE_PASS_MAX_RATIO * var).all()):
+        return None
+    return mean, var
+
+
 class BatchNorm(torch.autograd.Function):
     """Normalise with given per-channel statistics; ``training`` says whether they came from this batch.
 
-    Saves ``x - mean`` (what the forward pass computes anyway) rather than ``x_hat``.
+    Two routes, chosen per call. Where the values form a (M, C) matrix in memory (channels-last images,
+    (N, C) features) and no channel's mean is large against its spread, every pass reads the input
+    once: statistics from sums of x and x*x, y = x * scale + (bias - mean * scale) as torch's own
+    kernels compute it, and the backward's sum(dy * x_hat) as sum(dy * x) - mean * sum(dy); x itself
+    is saved. Otherwise the two-pass route: ``x - mean`` first (saved), then everything from it.
     """
 
     @staticmethod
@@ -56,6 +91,24 @@ class BatchNorm(torch.autograd.Function):
         dims = x.dim()
         half = x.dtype in (torch.float16, torch.bfloat16)
         xa = x.float() if half else x  # statistics accumulate in float32 for half-precision inputs, as torch's do
+        rows = _rows(xa)
+        stats = _one_pass_statistics(rows) if training and rows is not None else None
+        if stats is not None or (not training and rows is not None):
+            if stats is not None:
+                mean, var = stats
+                _update_running(running_mean, running_var, mean, var, rows.shape[0], momentum)
+            else:
+                mean, var = running_mean.to(xa.dtype), running_var.to(xa.dtype)
+            invstd = torch.rsqrt(var + eps)
+            scale = invstd if weight is None else invstd * weight.to(xa.dtype)  # (C,)
+            shift = -mean * scale if bias is None else bias.to(xa.dtype) - mean * scale
+            y = torch.addcmul(_channel_view(shift, dims), xa, _channel_view(scale, dims))  # x * scale + shift
+            ctx.training, ctx.eps, ctx.one_pass = training, eps, True
+            ctx.stats = None if training else (mean.clone(), var.clone())
+            ctx.mean = mean
+            ctx.save_for_backward(xa, weight, invstd, x, bias)
+            return y.to(x.dtype) if half else y
+        ctx.one_pass = False
         if training:  # batch statistics, two passes (exact in float64)
             m = x.numel() // x.shape[1]
             mean = _channel_sum(xa) / m
@@ -86,9 +139,18 @@ class BatchNorm(torch.autograd.Function):
         grad_out = grad_out.to(centred.dtype)
         dims = grad_out.dim()
         grad_x = grad_w = grad_b = None
-        sum_dy = _channel_sum(grad_out) if (ctx.needs_input_grad[2] or ctx.training) else None
         need_dot = ctx.needs_input_grad[1] or (ctx.training and ctx.needs_input_grad[0])
-        dot = _channel_sum(grad_out * centred) * invstd if need_dot else None  # sum(dy * x_hat) per channel
+        g_rows = _rows(grad_out) if ctx.one_pass else None
+        if ctx.one_pass:  # centred holds x itself: sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy)
+            mean = ctx.mean
+            sum_dy = _channel_sum(grad_out) if (ctx.needs_input_grad[2] or ctx.training or need_dot) else None
+            if need_dot:
+                x_rows = _rows(centred)
+                dy_x = _channel_dot(g_rows, x_rows) if g_rows is not None else _channel_sum(grad_out * centred)
+                dot = (dy_x - mean * sum_dy) * invstd
+        else:
+            sum_dy = _channel_sum(grad_out) if (ctx.needs_input_grad[2] or ctx.training) else None
+            dot = _channel_sum(grad_out * centred) * invstd if need_dot else None  # sum(dy * x_hat) per channel
         if ctx.needs_input_grad[0]:
             scale = invstd if weight is None else invstd * weight.to(invstd.dtype)  # (C,)
             if ctx.training:
@@ -96,6 +158,8 @@ class BatchNorm(torch.autograd.Function):
                 m = grad_out.numel() // grad_out.shape[1]
                 k1 = -scale * invstd * dot / m
                 k0 = -scale * sum_dy / m
+                if ctx.one_pass:  # k1 * (x - mean) + k0 = k1 * x + (k0 - k1 * mean)
+                    k0 = k0 - k1 * mean
                 grad_x = torch.addcmul(_channel_view(k0, dims), centred, _channel_view(k1, dims))
                 grad_x.addcmul_(grad_out, _channel_view(scale, dims))
             else:
