@@ -147,3 +147,19 @@ def test_pool_gradcheck():
     assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, (3, 2), (2, 1), (1, 1), ceil_mode=True), (x,))
     assert torch.autograd.gradcheck(lambda x: ops.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,))
     assert torch.autograd.gradcheck(lambda x: ops.adaptive_avg_pool2d(x, (4, 5)), (x,))
+
+
+def test_max_pool_whose_windows_tile_the_input_matches_torch_float64():
+    """Windows that tile the input exactly (kernel == stride, the map a multiple of it) write the
+    gradient without a zero-filled buffer: every position is written once. Sweep that path, ties
+    included, in both layouts."""
+    rng = random.Random(4242)
+    for i in range(40):
+        dims = rng.choice([1, 2, 2, 3])
+        kernel = tuple(rng.randint(1, 3) for _ in range(dims))
+        shape = (rng.randint(1, 3), rng.randint(1, 4), *(k * rng.randint(1, 4) for k in kernel))
+        x = make_input(shape, ties=rng.random() < 0.5, seed=i)
+        if dims == 2 and rng.random() < 0.5:
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        ours, theirs = MAX[dims]
+        check_op(lambda x: ours(x, kernel), lambda x: theirs(x, kernel), [x], context=f"shape {shape} kernel {kernel}")

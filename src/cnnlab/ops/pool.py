@@ -131,15 +131,23 @@ class MaxPoolNd(torch.autograd.Function):
                                    ctx.needs_input_grad[:1], grad_out)
             return grads[0], None, None, None, None, None, None
         g = grad_out.movedim(1, -1)  # (N, *S_out, C)
-        grad_xp, grad_windows = _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size)
+        padded = [n + lo + hi for n, (lo, hi) in zip(x_shape[2:], pads)]
+        overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+        # windows that tile the input exactly (a 2x2/2 pool of an even map) write every position once: no zero fill
+        tiles = all(d == 1 and s == k and p == o * k for k, s, d, p, o in zip(kernel, stride, dilation, padded, out_size))
+        grad_xp = (g.new_empty if tiles else g.new_zeros)((x_shape[0], *padded, x_shape[1]))
+        grad_windows = sliding_windows(grad_xp, kernel, stride, dilation, out_size)
         finite = bool(torch.isfinite(g).all())
         hit, zero = torch.empty_like(winner), g.new_zeros(())
         for t, index in window_offsets(kernel):
             torch.eq(winner, t, out=hit)
-            if finite:
+            if not finite:  # exact zeros for the losers even where g is inf or NaN
+                routed = torch.where(hit.bool(), g, zero)
+                grad_windows[index].add_(routed) if overlap else grad_windows[index].copy_(routed)
+            elif overlap:
                 grad_windows[index].addcmul_(hit, g)
-            else:
-                grad_windows[index].add_(torch.where(hit.bool(), g, zero))
+            else:  # each input position is in one window at most: write, not add
+                torch.mul(hit, g, out=grad_windows[index])
         return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None, None
 
 
