@@ -173,7 +173,7 @@ def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
 
 @pytest.mark.parametrize("chunk", range(4))
 def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches_torch(chunk):
-    """Stride-1 layers with fewer outputs than inputs (DenseNet's growth layers) that take the
+    """Stride-1 layers with no more outputs than inputs (DenseNet's growth layers, ResNet's blocks) that take the
     window matrix compute grad_x as a convolution with the flipped kernel: sweep that path."""
     from cnnlab.ops.conv import _transposed_by_convolution, _use_shifted
     from cnnlab.ops.shapes import conv_padding
@@ -187,7 +187,7 @@ def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches
         padding = rng.choice(["same", "valid", rng.randint(0, 3), tuple(rng.randint(0, 3) for _ in range(dims))])
         c = rng.randint(9, 20)
         cfg = {"dims": dims, "batch": rng.randint(1, 3), "unbatched": rng.random() < 0.1, "in_channels": c,
-               "out_channels": rng.randint(1, c - 1), "groups": 1, "kernel": kernel, "bias": rng.random() < 0.7,
+               "out_channels": rng.randint(1, c), "groups": 1, "kernel": kernel, "bias": rng.random() < 0.7,
                "spatial": tuple(d * (k - 1) + rng.randint(1, 7 if dims < 3 else 4) for k, d in zip(kernel, dilation))}
         kw = {"padding": padding, "dilation": dilation}
         ones = (1,) * dims

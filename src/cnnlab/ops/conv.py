@@ -301,10 +301,11 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
 
 def _transposed_by_convolution(c: int, o: int, stride, pads: Pads, dilation, kernel) -> bool:
     """Whether the input gradient is cheaper as a convolution of the output gradient: stride 1,
-    padding within the kernel's reach, and fewer output than input channels, so the window matrix
-    of the output gradient (M, K*O) is smaller than the (M, K*C) one col2im would scatter
-    (DenseNet's growth-rate layers, 12-32 outputs from 32-200 inputs: about 3x faster, measured)."""
-    return (o < c and all(s == 1 for s in stride)
+    padding within the kernel's reach, and no more output than input channels, so the window matrix
+    of the output gradient (M, K*O) is no larger than the (M, K*C) one col2im would scatter, and no
+    scatter is needed (DenseNet's growth-rate layers, 12-32 outputs from 32-200 inputs: about 3x faster;
+    as many outputs as inputs, 3x3 at 7-14 px, batch 128: 20-25% faster forward + backward, measured)."""
+    return (o <= c and all(s == 1 for s in stride)
             and all(lo <= d * (k - 1) and hi <= d * (k - 1) for (lo, hi), d, k in zip(pads, dilation, kernel)))
 
 
