@@ -1,9 +1,10 @@
 """Max, average and adaptive average pooling, from scratch (D2L 7.5).
 
-Pooling reads the same windows as cross-correlation (``sliding_windows``) but reduces
-each window per channel instead of multiplying it with a kernel. Both reductions walk the
-kernel offsets one at a time; each offset is a strided slice of the input, so no window
-matrix is ever copied:
+Pooling reads the same windows as cross-correlation but reduces each window per channel
+instead of multiplying it with a kernel. Both reductions walk the kernel offsets one at a
+time; each offset is a strided slice of the input (``_tap_regions``: only the outputs whose
+window has that offset inside the input, so padding is never copied), and no window matrix
+is ever built:
 
     max:  best = x[offset 0]; for each later offset: take it where it is larger (or NaN),
           and note which offset won
@@ -20,6 +21,7 @@ Adaptive average pooling has windows of varying size (``start = floor(i*n/o)``,
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -27,7 +29,7 @@ import torch
 
 from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
 from .shapes import Pads, as_tuple, pool_output_size
-from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
+from .windows import pad_channels_last, sliding_windows, window_offsets
 
 __all__ = [
     "max_pool1d",
@@ -78,6 +80,35 @@ def _batched(fn, x, dims, *args):
     return fn(x, *args)
 
 
+def _tap_regions(spatial, kernel, stride, pads: Pads, dilation, out_size):
+    """For every kernel offset (scan order), the outputs whose window has that offset inside the
+    input, and the input positions they read there, as index tuples for channels-last tensors:
+    yields ``(t, input_index, output_index, whole)``, ``x[input_index]`` and ``out[output_index]``
+    both (N, *R, C). Offsets that fall in the padding for every output are skipped. Padding is
+    never materialised: max pooling's -inf and average pooling's zeros would never change a result
+    (a window holding padding only is rejected up front), so the layer reads the input in place
+    instead of copying it into a padded buffer (the 3x3/2 pool with padding 1 that opens a ResNet
+    spent more time filling and copying that buffer than comparing)."""
+    per_axis = []
+    for n, k, s, (lo, _), d, o in zip(spatial, kernel, stride, pads, dilation, out_size):
+        taps = []
+        for tap in range(k):
+            first = max(0, -((tap * d - lo) // s))  # ceil((lo - tap*d) / s), the first output inside
+            last = min(o - 1, (n - 1 + lo - tap * d) // s)
+            if first > last:
+                taps.append(None)
+                continue
+            start = first * s + tap * d - lo
+            taps.append((slice(start, start + (last - first) * s + 1, s), slice(first, last + 1), first == 0 and last == o - 1))
+        per_axis.append(taps)
+    for t, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
+        regions = [axis[tap] for axis, tap in zip(per_axis, offset)]
+        if any(r is None for r in regions):
+            continue
+        yield (t, (slice(None), *(r[0] for r in regions), slice(None)), (slice(None), *(r[1] for r in regions), slice(None)),
+               all(r[2] for r in regions))
+
+
 class MaxPoolNd(torch.autograd.Function):
     """Max pooling; the forward pass records each window's winner, the backward pass routes to it.
 
@@ -98,20 +129,26 @@ class MaxPoolNd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size, track: bool):  # track: a backward pass will follow
-        xp = pad_channels_last(x, pads, float("-inf"))  # (N, *S_pad, C)
-        windows = sliding_windows(xp, kernel, stride, dilation, out_size)  # (N, *S_out, *K, C)
-        best = winner = beats = None
-        for t, index in window_offsets(kernel):
-            if best is None:
-                best = windows[index].clone()
+        xl = x.movedim(1, -1)  # (N, *S, C), a view
+        shape = (x.shape[0], *out_size, x.shape[1])
+        best = winner = None
+        for t, source, target, whole in _tap_regions(x.shape[2:], kernel, stride, pads, dilation, out_size):
+            if best is None:  # the first offset inside the input: where it covers every output, start from it
+                best = xl[source].clone() if whole else torch.full(shape, float("-inf"), dtype=x.dtype, device=x.device)
                 if track:
-                    winner = torch.zeros(best.shape, dtype=_winner_dtype(x), device=x.device)
+                    winner = torch.full(shape, t if whole else 0, dtype=_winner_dtype(x), device=x.device)
                     beats = torch.empty_like(winner)
-                continue
-            if track:
-                torch.gt(windows[index], best, out=beats)
-                torch.maximum(winner, beats.mul_(t), out=winner)
-            torch.maximum(best, windows[index], out=best)
+                if whole:
+                    continue
+            v, b = xl[source], best[target]
+            if track:  # comparisons into a float buffer: boolean masks run ~4x slower here
+                w, hit = winner[target], beats[target]
+                torch.gt(v, b, out=hit)
+                torch.maximum(w, hit.mul_(t), out=w)
+            torch.maximum(b, v, out=b)
+        if best is None:  # every window holds padding only
+            best = torch.full(shape, float("-inf"), dtype=x.dtype, device=x.device)
+            winner = torch.zeros(shape, dtype=_winner_dtype(x), device=x.device) if track else None
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, out_size)
         if track:
             ctx.has_nan = bool(best.isnan().any())
@@ -131,24 +168,24 @@ class MaxPoolNd(torch.autograd.Function):
                                    ctx.needs_input_grad[:1], grad_out)
             return grads[0], None, None, None, None, None, None
         g = grad_out.movedim(1, -1)  # (N, *S_out, C)
-        padded = [n + lo + hi for n, (lo, hi) in zip(x_shape[2:], pads)]
         overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
         # windows that tile the input exactly (a 2x2/2 pool of an even map) write every position once: no zero fill
-        tiles = all(d == 1 and s == k and p == o * k for k, s, d, p, o in zip(kernel, stride, dilation, padded, out_size))
-        grad_xp = (g.new_empty if tiles else g.new_zeros)((x_shape[0], *padded, x_shape[1]))
-        grad_windows = sliding_windows(grad_xp, kernel, stride, dilation, out_size)
+        tiles = all(d == 1 and s == k and n == o * k and lo == 0
+                    for k, s, d, n, o, (lo, _) in zip(kernel, stride, dilation, x_shape[2:], out_size, pads))
+        grad_x = (g.new_empty if tiles else g.new_zeros)((x_shape[0], *x_shape[2:], x_shape[1]))
         finite = bool(torch.isfinite(g).all())
         hit, zero = torch.empty_like(winner), g.new_zeros(())
-        for t, index in window_offsets(kernel):
+        for t, source, target, _ in _tap_regions(x_shape[2:], kernel, stride, pads, dilation, out_size):
             torch.eq(winner, t, out=hit)
+            h, gt, dest = hit[target], g[target], grad_x[source]
             if not finite:  # exact zeros for the losers even where g is inf or NaN
-                routed = torch.where(hit.bool(), g, zero)
-                grad_windows[index].add_(routed) if overlap else grad_windows[index].copy_(routed)
+                routed = torch.where(h.bool(), gt, zero)
+                dest.add_(routed) if overlap else dest.copy_(routed)
             elif overlap:
-                grad_windows[index].addcmul_(hit, g)
+                dest.addcmul_(h, gt)
             else:  # each input position is in one window at most: write, not add
-                torch.mul(hit, g, out=grad_windows[index])
-        return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None, None
+                torch.mul(h, gt, out=dest)
+        return grad_x.movedim(-1, 1), None, None, None, None, None, None
 
 
 def _winner_dtype(x: torch.Tensor) -> torch.dtype:
@@ -213,14 +250,6 @@ def _nan_winners(windows: torch.Tensor, kernel, best: torch.Tensor) -> torch.Ten
     return winners
 
 
-def _zero_windows(g, x_shape, kernel, stride, pads, dilation, out_size):
-    """A zero gradient buffer for the padded input and the window view onto it."""
-    n, c, *spatial = x_shape
-    padded = [s + lo + hi for s, (lo, hi) in zip(spatial, pads)]
-    grad_xp = g.new_zeros((n, *padded, c))
-    return grad_xp, sliding_windows(grad_xp, kernel, stride, dilation, out_size)
-
-
 def _avg_divisor(spatial, kernel, stride, pad, out_size, count_include_pad, like: torch.Tensor) -> torch.Tensor:
     """Per-output-position element count of each window, as torch's ``avg_pool`` counts it.
 
@@ -247,10 +276,16 @@ class AvgPoolNd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, pads: Pads, out_size, divisor):
         ones = (1,) * len(kernel)
-        windows = sliding_windows(pad_channels_last(x, pads, 0.0), kernel, stride, ones, out_size)
+        xl = x.movedim(1, -1)  # (N, *S, C), a view
         total = None
-        for _, index in window_offsets(kernel):
-            total = windows[index].clone() if total is None else total.add_(windows[index])
+        for _, source, target, whole in _tap_regions(x.shape[2:], kernel, stride, pads, ones, out_size):
+            if total is None:
+                total = xl[source].clone() if whole else x.new_zeros((x.shape[0], *out_size, x.shape[1]))
+                if whole:
+                    continue
+            total[target] += xl[source]
+        if total is None:  # every window holds padding only
+            total = x.new_zeros((x.shape[0], *out_size, x.shape[1]))
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, out_size)
         ctx.save_for_backward(divisor, x)  # x: only for a differentiable backward
         return unviewed((total / divisor).movedim(-1, 1))  # nothing saved shares it
@@ -264,10 +299,10 @@ class AvgPoolNd(torch.autograd.Function):
                                    ctx.needs_input_grad[:1], grad_out)
             return grads[0], None, None, None, None, None
         g = grad_out.movedim(1, -1) / divisor  # (N, *S_out, C)
-        grad_xp, windows = _zero_windows(g, x_shape, kernel, stride, pads, (1,) * len(kernel), out_size)
-        for _, index in window_offsets(kernel):
-            windows[index].add_(g)
-        return unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1), None, None, None, None, None
+        grad_x = g.new_zeros((x_shape[0], *x_shape[2:], x_shape[1]))
+        for _, source, target, _ in _tap_regions(x_shape[2:], kernel, stride, pads, (1,) * len(kernel), out_size):
+            grad_x[source] += g[target]
+        return grad_x.movedim(-1, 1), None, None, None, None, None
 
 
 def reference_avg_pool(x, kernel, stride, pads: Pads, out_size, divisor: torch.Tensor) -> torch.Tensor:
