@@ -20,9 +20,16 @@ benchmarks/bench_ops.py):
 
     - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
       plane by plane with long contiguous rows (a network's first layers);
-    - wide stride-1 layers on large maps: no window matrix at all (``ShiftedConvNd``, one
-      product per kernel tap on the flattened padded image);
-    - everything else: the channels-last window matrix and a single product.
+    - 16-31 input channels, stride 1, at most 9 taps: no window matrix at all (``ShiftedConvNd``,
+      one product per kernel tap on the flattened padded image);
+    - everything else: the channels-last window matrix, built a block of samples at a time into
+      reused memory that stays in the CPU's cache (``BLOCK_BYTES``), each block multiplied as soon
+      as it is built; the backward pass builds it again rather than keeping it. For stride 1 with
+      no more outputs than inputs, grad_input is itself a convolution (of grad_out with the flipped
+      kernel), with no col2im scatter.
+
+The products run through ``products.mm_nt`` (oneDNN's matrix product for float32 on CPUs, where
+torch ships it; torch.mm elsewhere).
 
 When a graph is requested (``create_graph=True``: a gradient penalty, a Hessian), the backward
 differentiates ``reference_conv``, the definition in plain operations, instead (``ops/autograd.py``),
@@ -46,6 +53,7 @@ import torch
 
 from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
 from .products import mm_nt
+from .scratch import scratch
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
@@ -143,10 +151,7 @@ def _window_blocks(windows: torch.Tensor):
     (rows, K*C) matrices, copied into one reused buffer (or one plain reshape when a block is all)."""
     blocks = _sample_blocks(windows)
     kc = windows.shape[-1] * math.prod(windows.shape[1 + (windows.dim() - 2) // 2 : -1])
-    if len(blocks) == 1:
-        yield 0, windows.shape[0], windows.reshape(-1, kc)
-        return
-    buffer = windows.new_empty((blocks[0][1], *windows.shape[1:]))
+    buffer = scratch("conv.windows", (blocks[0][1], *windows.shape[1:]), windows)
     for start, stop in blocks:
         cols = buffer[: stop - start]
         cols.copy_(windows[start:stop])
@@ -330,25 +335,28 @@ def _like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None
     return torch.empty_like(param).copy_(grad)
 
 
-# A stride-1 convolution with this many input channels skips the window matrix altogether, when
-# the margins it computes and throws away cost at most SHIFTED_MAX_WASTE more work (large maps).
-# Narrow layers (at most SHIFTED_NARROW_OUT outputs) accept more waste: their window matrix is
-# K*C wide for a product only O wide, so copying it costs more than the margins (measured at batch
-# 128, 14x14, 2 threads, forward + backward: 68->12 3x3 42.7 -> 24.4 ms, 16->32 5x5 42.4 -> 27.3 ms,
-# while 32->64 and 64->64 3x3 stay faster with the window matrix).
+# A stride-1 convolution with SHIFTED_MIN_CHANNELS <= C < SHIFTED_MAX_CHANNELS inputs and at most
+# SHIFTED_MAX_TAPS kernel taps skips the window matrix altogether (ShiftedConvNd), as long as the margins
+# it computes and throws away cost at most SHIFTED_MAX_WASTE more work. Measured forward + backward,
+# 2 threads, batch 128, channels-last, against the window matrix built in reused cache-sized blocks:
+# 16->32 3x3 at 14 px 8.3 vs 12.4 ms, 16->16 at 28 px 16.4 vs 19.8 ms (shifted faster); 16->32 5x5
+# 24.4 vs 21.5, 32->32 3x3 at 28 px 68.8 vs 51.5, 68->12 20.3 vs 14.2, 64->64 at 24-56 px (batch 8-16)
+# 5-10% slower (window matrix faster). With fewer channels the window matrix is built channels-first
+# (PLANAR_MAX_CHANNELS).
 SHIFTED_MIN_CHANNELS = 16
-SHIFTED_MAX_WASTE = 1.25
-SHIFTED_NARROW_OUT = 32
-SHIFTED_NARROW_MAX_WASTE = 2.0
+SHIFTED_MAX_CHANNELS = 32
+SHIFTED_MAX_TAPS = 9
+SHIFTED_MAX_WASTE = 2.0
 
 
 def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int, out_channels: int) -> bool:
-    if groups != 1 or any(s != 1 for s in stride) or x.shape[1] < SHIFTED_MIN_CHANNELS or math.prod(kernel) == 1:
+    taps = math.prod(kernel)
+    if (groups != 1 or any(s != 1 for s in stride) or not SHIFTED_MIN_CHANNELS <= x.shape[1] < SHIFTED_MAX_CHANNELS
+            or taps == 1 or taps > SHIFTED_MAX_TAPS):
         return False
     padded = [n + lo + hi for n, (lo, hi) in zip(x.shape[2:], pads)]
     out = [p - d * (k - 1) for p, k, d in zip(padded, kernel, dilation)]
-    limit = SHIFTED_NARROW_MAX_WASTE if out_channels <= SHIFTED_NARROW_OUT else SHIFTED_MAX_WASTE
-    return math.prod(padded) <= limit * math.prod(out)
+    return math.prod(padded) <= SHIFTED_MAX_WASTE * math.prod(out)
 
 
 def _tap_offsets(kernel, dilation, padded) -> list[int]:
@@ -405,7 +413,7 @@ class ShiftedConvNd(torch.autograd.Function):
             return (*grads, None, None)
         n, c = x_shape[0], x_shape[1]
         o = weight.shape[0]
-        g_rows = grad_out.new_zeros((n * math.prod(padded), o))
+        g_rows = scratch("conv.shifted_grad", (n * math.prod(padded), o), grad_out).zero_()  # only read below
         g_rows.view(n, *padded, o)[(slice(None), *(slice(0, s) for s in out_size))] = grad_out.movedim(1, -1)
         g = g_rows[:m]
         grad_x = grad_w = grad_b = None
