@@ -291,11 +291,11 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
         blocks = _window_blocks(windows) if ctx.needs_input_grad[1] else ((s, e, None) for s, e in _sample_blocks(windows))
         for start, stop, cols in blocks:
             g = gm[start * rows : stop * rows]
-            if cols is not None:
-                part = mm_nt(g.T, cols.T)  # (O, K*C)
-                grad_w = part if grad_w is None else grad_w.add_(part)
-            if scatter:
-                grad_cols = mm_nt(g, kernels.T).view(stop - start, *out_size, *kernel, c)
+            if cols is not None:  # torch.mm reads the transposed operand in place (oneDNN's product would copy it)
+                grad_w = g.T @ cols if grad_w is None else grad_w.addmm_(g.T, cols)  # (O, K*C)
+            if scatter:  # into reused memory: a fresh (rows, K*C) result costs more than the product
+                grad_cols = torch.mm(g, kernels, out=scratch("conv.grad_cols", (g.shape[0], kernels.shape[1]), g))
+                grad_cols = grad_cols.view(stop - start, *out_size, *kernel, c)
                 _add_windows(grad_windows[start:stop], grad_cols, kernel, stride, dilation)
     if scatter:
         grad_x = unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1)
