@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from .autograd import graph_backward, transformed, wants_graph
+from .scratch import scratch
 
 __all__ = ["batch_norm"]
 
@@ -61,8 +62,8 @@ ONE_PASS_MAX_RATIO = 16.0
 
 
 def _channel_dot(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
-    """Per channel sum over rows of a * b: (M, C), (M, C) -> (C,)."""
-    return (a_rows * b_rows).sum(0)
+    """Per channel sum over rows of a * b: (M, C), (M, C) -> (C,); the products in reused memory."""
+    return torch.mul(a_rows, b_rows, out=scratch("batch_norm.products", a_rows.shape, a_rows)).sum(0)
 
 
 def _one_pass_statistics(rows: torch.Tensor):
