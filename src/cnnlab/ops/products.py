@@ -13,7 +13,8 @@ on some CPUs. Measured on this project's 2-core AMD EPYC machine, float32, 2 thr
     2048 x 2048 @ 2048 x 2048             160 GFLOP/s  209 GFLOP/s
 
 So :func:`mm_nt` uses oneDNN's product for float32 CPU tensors where it exists and torch.mm
-everywhere else (float64, half precision, other devices, builds without oneDNN). This is a
+everywhere else (float64, half precision, other devices, builds without oneDNN, and inside
+``torch.compile``, whose compiler picks the product itself). This is a
 matrix product, nothing more: no convolution, pooling or normalisation kernel is reached.
 """
 
@@ -42,6 +43,7 @@ def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) ->
     oneDNN path, so call it where gradients are not needed (inside an autograd.Function).
     """
     if (_LINEAR is not None and a.dtype == torch.float32 and b.dtype == torch.float32 and a.device.type == "cpu"
+            and not torch.compiler.is_compiling()  # under torch.compile the compiler chooses its own product
             and a.shape[0] > 0 and a.shape[1] > 0 and b.shape[0] > 0 and (bias is None or bias.dtype == torch.float32)):
         return _LINEAR(a, b, bias, "none", [], "")
     if bias is None:
