@@ -237,3 +237,25 @@ def test_window_blocks_fit_the_budget_and_cover_the_batch(monkeypatch):
     assert conv._sample_blocks(windows) == [(0, 3), (3, 6), (6, 9), (9, 10)]
     monkeypatch.setattr(conv, "BLOCK_BYTES", 10**9)
     assert conv._sample_blocks(windows) == [(0, 10)]
+
+
+def test_few_channel_convolutions_in_channels_last_match_torch_float64():
+    """Fewer than 8 input channels (a network's first layer) in the training layout: the result is
+    produced channels-last directly and grad_w read from a channels-last grad_out: sweep it."""
+    rng = random.Random(12000)
+    for i in range(60):
+        cfg = random_conv_config(rng)
+        cfg.update(dims=2, groups=1, unbatched=False, in_channels=rng.randint(1, 7), batch=rng.randint(1, 4))
+        cfg["kwargs"]["groups"] = 1
+        if len(cfg["kernel"]) != 2:
+            cfg["kernel"] = (rng.randint(1, 4), rng.randint(1, 4))
+            cfg["kwargs"].update(stride=rng.randint(1, 2), dilation=rng.randint(1, 2), padding=rng.randint(0, 1))
+            cfg["spatial"] = (9, 10)
+        x, w, b = make_inputs(cfg, seed=i)
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        kw = cfg["kwargs"]
+        check_op(lambda x, w, b: ops.conv2d(x, w, b, **kw), lambda x, w, b: F.conv2d(x, w, b, **kw), [x, w, b],
+                 rtol=1e-10, context=f"config {cfg}")
+        ours, theirs = ops.conv2d(x, w, b, **kw), F.conv2d(x, w, b, **kw)
+        for layout in (torch.channels_last, torch.contiguous_format):  # the layout torch gives, too
+            assert ours.is_contiguous(memory_format=layout) == theirs.is_contiguous(memory_format=layout)

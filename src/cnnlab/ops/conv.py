@@ -210,10 +210,16 @@ class ConvNd(torch.autograd.Function):
         if planar:
             cols, out_size = _planar_window_matrix(x, kernel, stride, pads, dilation)  # (N, CK, L)
             w = weight.reshape(weight.shape[0], -1)  # (O, CK)
-            out = torch.bmm(w.expand(cols.shape[0], -1, -1), cols)  # (N, O, L); bmm avoids matmul's copy of cols
-            if bias is not None:
-                out += bias[:, None]
-            out = out.view(x.shape[0], -1, *out_size)
+            if memory_format_like_torch(x, weight) == torch.contiguous_format:
+                out = torch.bmm(w.expand(cols.shape[0], -1, -1), cols)  # (N, O, L); bmm avoids matmul's copy of cols
+                if bias is not None:
+                    out += bias[:, None]
+                out = out.view(x.shape[0], -1, *out_size)
+            else:  # straight into the channels-last result, (N, L, O): no layout change afterwards (3x faster at 1->16)
+                out = torch.bmm(cols.transpose(1, 2), w.T.expand(cols.shape[0], -1, -1))
+                if bias is not None:
+                    out += bias
+                out = out.view(x.shape[0], *out_size, -1).movedim(-1, 1)
         elif groups == 1:  # the window matrix block by block, never kept (the backward builds it again)
             windows = sliding_windows(pad_channels_last(x, pads), kernel, stride, dilation)  # (N, *S_out, *K, C)
             out_size = tuple(windows.shape[1 : 1 + len(kernel)])
@@ -245,7 +251,7 @@ class ConvNd(torch.autograd.Function):
             grad_x, grad_w = _window_backward(ctx, grad_out, x, weight)
             grad_b = grad_out.sum([0, *range(2, grad_out.dim())]) if ctx.needs_input_grad[2] else None
             return grad_x, _like(grad_w, weight), grad_b, None, None, None, None
-        g = grad_out.reshape(n, groups, o // groups, -1)  # (N, G, O/G, L)
+        g = grad_out.reshape(n, groups, o // groups, -1) if ctx.needs_input_grad[0] else None  # (N, G, O/G, L)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # grad of each window = W^T @ grad_out, in channels-first order; then col2im
             w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G*K)
@@ -255,7 +261,11 @@ class ConvNd(torch.autograd.Function):
                 grad_cols = (w.transpose(1, 2) @ g).view(n, -1, g.shape[-1])  # (N, C*K, L)
             grad_x = _planar_col2im(grad_cols, x_shape, kernel, stride, pads, dilation, out_size)
         if ctx.needs_input_grad[1]:
-            if planar:  # sum over the batch of (O, L) @ (L, C*K)
+            if planar and grad_out.movedim(1, -1).is_contiguous():  # channels-last grad_out, read in place
+                g_rows = grad_out.movedim(1, -1).reshape(n, -1, o)  # (N, L, O), a view
+                grad_w = torch.bmm(ctx.cols, g_rows).sum(0).T.reshape(weight.shape)  # sum over the batch of (CK, L) @ (L, O)
+            elif planar:  # sum over the batch of (O, L) @ (L, C*K)
+                g = grad_out.reshape(n, groups, o // groups, -1)
                 grad_w = torch.bmm(g[:, 0], ctx.cols.transpose(1, 2)).sum(0).view_as(weight)
             else:  # one product per group over all M = N*L window positions: (O/G, M) @ (M, K*C/G)
                 gm = grad_out.movedim(1, -1).reshape(-1, groups, o // groups).transpose(0, 1)  # (G, M, O/G)
