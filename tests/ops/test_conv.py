@@ -240,12 +240,14 @@ def test_window_blocks_fit_the_budget_and_cover_the_batch(monkeypatch):
 
 
 def test_few_channel_convolutions_in_channels_last_match_torch_float64():
-    """Fewer than 8 input channels (a network's first layer) in the training layout: the result is
-    produced channels-last directly and grad_w read from a channels-last grad_out: sweep it."""
+    """Fewer than 8 input channels (a network's first layer) in the training layout: with 16 or more
+    outputs the result is produced channels-last directly and grad_w read from a channels-last
+    grad_out, with fewer made channels-first and converted: sweep both."""
     rng = random.Random(12000)
     for i in range(60):
         cfg = random_conv_config(rng)
-        cfg.update(dims=2, groups=1, unbatched=False, in_channels=rng.randint(1, 7), batch=rng.randint(1, 4))
+        cfg.update(dims=2, groups=1, unbatched=False, in_channels=rng.randint(1, 7), batch=rng.randint(1, 4),
+                   out_channels=rng.choice([rng.randint(1, 6), rng.randint(16, 20)]))  # both sides of PLANAR_MIN_ROWS_OUT
         cfg["kwargs"]["groups"] = 1
         if len(cfg["kernel"]) != 2:
             cfg["kernel"] = (rng.randint(1, 4), rng.randint(1, 4))
