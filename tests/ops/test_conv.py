@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -180,21 +181,22 @@ def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches
 
     rng = random.Random(9000 + chunk)
     taken = 0
-    for i in range(30):
+    for i in range(40):
         dims = rng.choice([1, 2, 2, 3])
         kernel = tuple(rng.randint(1, 4 if dims < 3 else 3) for _ in range(dims))
         dilation = tuple(rng.randint(1, 3) for _ in range(dims))
         padding = rng.choice(["same", "valid", rng.randint(0, 3), tuple(rng.randint(0, 3) for _ in range(dims))])
         c = rng.randint(9, 20)
-        cfg = {"dims": dims, "batch": rng.randint(1, 3), "unbatched": rng.random() < 0.1, "in_channels": c,
+        cfg = {"dims": dims, "batch": rng.randint(2, 4), "unbatched": rng.random() < 0.1, "in_channels": c,
                "out_channels": rng.randint(1, c), "groups": 1, "kernel": kernel, "bias": rng.random() < 0.7,
-               "spatial": tuple(d * (k - 1) + rng.randint(1, 7 if dims < 3 else 4) for k, d in zip(kernel, dilation))}
+               "spatial": tuple(d * (k - 1) + rng.randint(3, 8 if dims < 3 else 4) for k, d in zip(kernel, dilation))}
         kw = {"padding": padding, "dilation": dilation}
         ones = (1,) * dims
         pads = conv_padding(padding, kernel, dilation, ones)
         x = torch.zeros(1, c, *cfg["spatial"])
         taken += (not _use_shifted(x, kernel, ones, pads, dilation, 1, cfg["out_channels"]) and c >= 8  # not planar (PLANAR_MAX_CHANNELS)
-                  and _transposed_by_convolution(c, cfg["out_channels"], ones, pads, dilation, kernel))
+                  and _transposed_by_convolution(c, cfg["out_channels"], ones, pads, dilation, kernel,
+                                                 (1 if cfg["unbatched"] else cfg["batch"]) * math.prod(cfg["spatial"])))
         inputs = make_inputs(cfg, seed=i)
         if inputs[0].dim() == 4 and rng.random() < 0.5:  # the layout the training loop uses
             inputs[0] = inputs[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()

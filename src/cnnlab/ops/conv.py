@@ -228,7 +228,8 @@ class ConvNd(torch.autograd.Function):
         elif groups == 1:  # the window matrix block by block, never kept (the backward builds it again)
             windows = sliding_windows(pad_channels_last(x, pads), kernel, stride, dilation)  # (N, *S_out, *K, C)
             out_size = tuple(windows.shape[1 : 1 + len(kernel)])
-            out = _windows_times(windows, _kernel_matrix(weight, 1)[0], bias)  # (M, O)
+            kernels = _kernel_matrix(weight, 1)[0]  # (O, K*C), a copy of the weight: kept for the backward pass
+            out = _windows_times(windows, kernels, bias)  # (M, O)
             out = out.view(x.shape[0], *out_size, -1).movedim(-1, 1)  # (N, O, *S_out)
             cols = None
         else:
@@ -240,6 +241,7 @@ class ConvNd(torch.autograd.Function):
             out = out.view(x.shape[0], *out_size, -1).movedim(-1, 1)  # (N, O, *S_out)
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, groups, out_size, planar)
         ctx.cols = cols if ctx.needs_input_grad[1] else None  # reused for grad_weight
+        ctx.kernels = kernels if groups == 1 and not planar else None
         ctx.save_for_backward(weight, x, bias)  # bias: only for a differentiable backward
         return unviewed(out)  # nothing saved shares out: in-place changes after the layer are safe
 
@@ -291,9 +293,10 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
     n, c, o = x_shape[0], x_shape[1], weight.shape[0]
     rows = numel(out_size)
     gm = grad_out.movedim(1, -1).reshape(-1, o)  # (M, O), a view for channels-last grad_out
-    kernels = _kernel_matrix(weight, 1)[0]  # (O, K*C)
+    kernels = ctx.kernels  # (O, K*C), from the forward pass
     grad_x = grad_w = None
-    by_convolution = ctx.needs_input_grad[0] and _transposed_by_convolution(c, o, stride, pads, dilation, kernel)
+    by_convolution = ctx.needs_input_grad[0] and _transposed_by_convolution(c, o, stride, pads, dilation, kernel,
+                                                                             n * math.prod(x_shape[2:]))
     if by_convolution:
         grad_x = _grad_input_by_convolution(grad_out, weight, pads, dilation)
     scatter = ctx.needs_input_grad[0] and not by_convolution
@@ -319,13 +322,16 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
     return grad_x, grad_w
 
 
-def _transposed_by_convolution(c: int, o: int, stride, pads: Pads, dilation, kernel) -> bool:
+def _transposed_by_convolution(c: int, o: int, stride, pads: Pads, dilation, kernel, positions: int) -> bool:
     """Whether the input gradient is cheaper as a convolution of the output gradient: stride 1,
     padding within the kernel's reach, and no more output than input channels, so the window matrix
     of the output gradient (M, K*O) is no larger than the (M, K*C) one col2im would scatter, and no
     scatter is needed (DenseNet's growth-rate layers, 12-32 outputs from 32-200 inputs: about 3x faster;
-    as many outputs as inputs, 3x3 at 7-14 px, batch 128: 20-25% faster forward + backward, measured)."""
-    return (o <= c and all(s == 1 for s in stride)
+    as many outputs as inputs, 3x3 at 7-14 px, batch 128: 20-25% faster forward + backward, measured).
+    Not when the flipped kernel, a copy of the weight, outweighs that window matrix: a wide layer on a
+    tiny map (ResNet-18's 512->512 layers at 1x1, batch 32, ``positions`` = N * prod(S) = 32 input
+    positions against 512 channels) spent more on the 9.4 MB copy than col2im costs."""
+    return (o <= c and 4 * c <= positions and all(s == 1 for s in stride)
             and all(lo <= d * (k - 1) and hi <= d * (k - 1) for (lo, hi), d, k in zip(pads, dilation, kernel)))
 
 
