@@ -263,3 +263,26 @@ def test_few_channel_convolutions_in_channels_last_match_torch_float64():
         ours, theirs = ops.conv2d(x, w, b, **kw), F.conv2d(x, w, b, **kw)
         for layout in (torch.channels_last, torch.contiguous_format):  # the layout torch gives, too
             assert ours.is_contiguous(memory_format=layout) == theirs.is_contiguous(memory_format=layout)
+
+
+def test_pointwise_convolutions_of_channels_last_inputs_read_the_input_in_place(monkeypatch):
+    """A 1x1 stride-1 convolution of a channels-last input multiplies the input's own memory (its
+    windows are already a matrix): no block is copied. Values and gradients against torch."""
+    from cnnlab.ops import conv
+
+    copies = []
+    real = conv._sample_blocks
+    monkeypatch.setattr(conv, "_sample_blocks", lambda windows: copies.append(1) or real(windows))
+    rng = random.Random(13000)
+    for i in range(20):
+        c, o = rng.randint(8, 40), rng.randint(1, 40)
+        cfg = {"dims": 2, "batch": rng.randint(1, 4), "unbatched": False, "in_channels": c, "out_channels": o, "groups": 1,
+               "kernel": (1, 1), "bias": rng.random() < 0.5, "spatial": (rng.randint(1, 9), rng.randint(1, 9))}
+        x, w, b = make_inputs(cfg, seed=i)
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        y = ops.conv2d(x, w, b)
+        y.backward(torch.ones_like(y))  # the forward pass and a channels-last output gradient: nothing copied
+        assert not copies, cfg
+        check_op(lambda x, w, b: ops.conv2d(x, w, b), lambda x, w, b: F.conv2d(x, w, b), [x, w, b], rtol=1e-10,
+                 context=f"config {cfg}")  # its random output gradients are channels-first: those are copied
+        copies.clear()

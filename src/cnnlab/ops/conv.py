@@ -148,9 +148,14 @@ def _sample_blocks(windows: torch.Tensor) -> list[tuple[int, int]]:
 
 def _window_blocks(windows: torch.Tensor):
     """Yield (start, stop, window matrix) per block of samples: windows (N, *S_out, *K, C) ->
-    (rows, K*C) matrices, copied into one reused buffer (or one plain reshape when a block is all)."""
-    blocks = _sample_blocks(windows)
+    (rows, K*C) matrices, copied into one reused buffer. Where the windows already lie in memory as
+    that matrix (a 1x1 stride-1 convolution of a channels-last input: the input itself), it is
+    yielded as it is, with no copy."""
     kc = windows.shape[-1] * math.prod(windows.shape[1 + (windows.dim() - 2) // 2 : -1])
+    if windows.is_contiguous():
+        yield 0, windows.shape[0], windows.view(-1, kc)
+        return
+    blocks = _sample_blocks(windows)
     buffer = scratch("conv.windows", (blocks[0][1], *windows.shape[1:]), windows)
     for start, stop in blocks:
         cols = buffer[: stop - start]
