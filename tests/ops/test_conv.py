@@ -165,8 +165,7 @@ def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
                "spatial": tuple(rng.randint(*size) for _ in range(dims))}
         kw = {"padding": padding, "dilation": dilation}
         x = torch.zeros(1, cfg["in_channels"], *cfg["spatial"])
-        taken += _use_shifted(x, kernel, (1,) * dims, conv_padding(padding, kernel, dilation, (1,) * dims), dilation, 1,
-                              cfg["out_channels"])
+        taken += _use_shifted(x, kernel, (1,) * dims, conv_padding(padding, kernel, dilation, (1,) * dims), dilation, 1)
         check_op(lambda x, w, b: OURS[dims](x, w, b, **kw), lambda x, w, b: THEIRS[dims](x, w, b, **kw),
                  make_inputs(cfg, seed=i), rtol=1e-10, context=f"config {cfg} {kw}")
     assert taken >= 10  # the sweep does exercise that layout (about half of its configurations)
@@ -194,7 +193,7 @@ def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches
         ones = (1,) * dims
         pads = conv_padding(padding, kernel, dilation, ones)
         x = torch.zeros(1, c, *cfg["spatial"])
-        taken += (not _use_shifted(x, kernel, ones, pads, dilation, 1, cfg["out_channels"]) and c >= 8  # not planar (PLANAR_MAX_CHANNELS)
+        taken += (not _use_shifted(x, kernel, ones, pads, dilation, 1) and c >= 8  # not planar (PLANAR_MAX_CHANNELS)
                   and _transposed_by_convolution(c, cfg["out_channels"], ones, pads, dilation, kernel,
                                                  (1 if cfg["unbatched"] else cfg["batch"]) * math.prod(cfg["spatial"])))
         inputs = make_inputs(cfg, seed=i)

@@ -293,7 +293,7 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
 
     With G the output gradient as (M, O) and the window matrix rebuilt a block of samples at a time:
     grad_w = sum over blocks of G_b^T @ windows_b, and grad_x = col2im(G_b @ W) added block by block
-    (or, for a stride-1 layer with fewer outputs than inputs, a convolution of grad_out)."""
+    (or, for a stride-1 layer with no more outputs than inputs, a convolution of grad_out)."""
     x_shape, kernel, stride, pads, dilation, _, out_size, _ = ctx.geometry
     n, c, o = x_shape[0], x_shape[1], weight.shape[0]
     rows = numel(out_size)
@@ -375,7 +375,7 @@ SHIFTED_MAX_TAPS = 9
 SHIFTED_MAX_WASTE = 2.0
 
 
-def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int, out_channels: int) -> bool:
+def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int) -> bool:
     taps = math.prod(kernel)
     if (groups != 1 or any(s != 1 for s in stride) or not SHIFTED_MIN_CHANNELS <= x.shape[1] < SHIFTED_MAX_CHANNELS
             or taps == 1 or taps > SHIFTED_MAX_TAPS):
@@ -544,7 +544,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
         out = x.new_zeros((0, weight.shape[0], *out_size)) + 0 * link
         return out.squeeze(0) if unbatched else out
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        if _use_shifted(x, kernel, stride, pads, dilation, groups, weight.shape[0]):
+        if _use_shifted(x, kernel, stride, pads, dilation, groups):
             out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)
         else:
             out = ConvNd.apply(x, weight, bias, stride, pads, dilation, groups)

@@ -101,38 +101,32 @@ class BatchNorm(torch.autograd.Function):
         xa = x.float() if half else x  # statistics accumulate in float32 for half-precision inputs, as torch's do
         rows = _rows(xa)
         stats = _one_pass_statistics(rows) if training and rows is not None else None
-        if stats is not None or (not training and rows is not None):
-            if stats is not None:
-                mean, var = stats
-                _update_running(running_mean, running_var, mean, var, rows.shape[0], momentum)
-            else:
-                mean, var = running_mean.to(xa.dtype), running_var.to(xa.dtype)
-            invstd = torch.rsqrt(var + eps)
-            scale = invstd if weight is None else invstd * weight.to(xa.dtype)  # (C,)
-            shift = -mean * scale if bias is None else bias.to(xa.dtype) - mean * scale
-            y = torch.addcmul(_channel_view(shift, dims), xa, _channel_view(scale, dims))  # x * scale + shift
-            ctx.training, ctx.eps, ctx.one_pass = training, eps, True
-            ctx.stats = None if training else (mean.clone(), var.clone())
-            ctx.mean = mean
-            ctx.save_for_backward(xa, weight, invstd, x, bias)
-            return y.to(x.dtype) if half else y
-        ctx.one_pass = False
-        if training:  # batch statistics, two passes (exact in float64)
+        one_pass = rows is not None and (stats is not None or not training)
+        if stats is not None:
+            mean, var = stats
+            m = rows.shape[0]
+        elif training:  # batch statistics, two passes (exact in float64)
             m = x.numel() // x.shape[1]
             mean = _channel_sum(xa) / m
             centred = xa - _channel_view(mean, dims)
             var = _channel_sum(centred * centred) / m
-            _update_running(running_mean, running_var, mean, var, m, momentum)
         else:
             mean, var = running_mean.to(xa.dtype), running_var.to(xa.dtype)
-            centred = xa - _channel_view(mean, dims)
+            if not one_pass:
+                centred = xa - _channel_view(mean, dims)
+        if training:
+            _update_running(running_mean, running_var, mean, var, m, momentum)
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight.to(xa.dtype)  # (C,)
-        shift = torch.zeros_like(scale) if bias is None else bias.to(xa.dtype)
-        y = torch.addcmul(_channel_view(shift, dims), centred, _channel_view(scale, dims))  # centred * scale + shift
-        ctx.training, ctx.eps = training, eps
+        if one_pass:  # y = x * scale + (bias - mean * scale), as torch's own kernels compute it
+            centred, shift = xa, -mean * scale if bias is None else bias.to(xa.dtype) - mean * scale
+        else:  # y = (x - mean) * scale + bias
+            shift = torch.zeros_like(scale) if bias is None else bias.to(xa.dtype)
+        y = torch.addcmul(_channel_view(shift, dims), centred, _channel_view(scale, dims))
+        ctx.training, ctx.eps, ctx.one_pass = training, eps, one_pass
+        ctx.mean = mean if one_pass else None
         ctx.stats = None if training else (mean.clone(), var.clone())  # the statistics used, for a differentiable backward
-        ctx.save_for_backward(centred, weight, invstd, x, bias)
+        ctx.save_for_backward(centred, weight, invstd, x, bias)  # centred: x itself on the one-pass route
         return y.to(x.dtype) if half else y
 
     @staticmethod
