@@ -163,3 +163,22 @@ def test_max_pool_whose_windows_tile_the_input_matches_torch_float64():
             x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         ours, theirs = MAX[dims]
         check_op(lambda x: ours(x, kernel), lambda x: theirs(x, kernel), [x], context=f"shape {shape} kernel {kernel}")
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (5, 1, 2)])
+def test_max_pool_of_relu_outputs_routes_exactly_like_torch(kernel, stride, padding):
+    """After a ReLU most windows tie at 0: the gradient must still reach the first zero in scan
+    order, as torch routes it. float32, channels-last, the layer sizes of the zoo's Inception
+    blocks. The gradient holds small integers, so sums of routed values are exact in any order
+    and the comparison is exact."""
+    torch.manual_seed(kernel * 10 + stride)
+    x0 = torch.randn(8, 24, 14, 14).relu().contiguous(memory_format=torch.channels_last)
+    g = torch.randint(-8, 9, F.max_pool2d(x0, kernel, stride, padding).shape).float()
+    results = []
+    for f in (ops, F):
+        x = x0.clone().requires_grad_()
+        y = f.max_pool2d(x, kernel, stride, padding)
+        y.backward(g)
+        results.append((y.detach(), x.grad))
+    (y_ours, g_ours), (y_torch, g_torch) = results
+    assert torch.equal(y_ours, y_torch) and torch.equal(g_ours, g_torch)
