@@ -55,6 +55,7 @@ from .autograd import graph_backward, reference_windows, transformed, unviewed, 
 from .products import mm_nt
 from .scratch import scratch
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
+from .sums import channel_sums
 from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
 
 __all__ = [
@@ -261,7 +262,7 @@ class ConvNd(torch.autograd.Function):
         n, o = x_shape[0], weight.shape[0]
         if groups == 1 and not planar:
             grad_x, grad_w = _window_backward(ctx, grad_out, x, weight)
-            grad_b = grad_out.sum([0, *range(2, grad_out.dim())]) if ctx.needs_input_grad[2] else None
+            grad_b = channel_sums(grad_out) if ctx.needs_input_grad[2] else None
             return grad_x, _like(grad_w, weight), grad_b, None, None, None, None
         g = grad_out.reshape(n, groups, o // groups, -1) if ctx.needs_input_grad[0] else None  # (N, G, O/G, L)
         grad_x = grad_w = grad_b = None
@@ -284,7 +285,7 @@ class ConvNd(torch.autograd.Function):
                 gw = torch.bmm(gm.transpose(1, 2), ctx.cols)  # (G, O/G, K*C/G)
                 grad_w = gw.reshape(o, *kernel, -1).movedim(-1, 1)  # (O, C/G, *K)
         if ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
+            grad_b = channel_sums(grad_out)
         return grad_x, _like(grad_w, weight), grad_b, None, None, None, None
 
 
@@ -454,7 +455,7 @@ class ShiftedConvNd(torch.autograd.Function):
             gw = torch.stack([rows[off : off + m].T @ g for off in offsets])  # (K, C, O)
             grad_w = gw.permute(2, 1, 0).reshape(weight.shape)
         if ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
+            grad_b = channel_sums(grad_out)
         return grad_x, _like(grad_w, weight), grad_b, None, None
 
 

@@ -37,6 +37,7 @@ import torch
 
 from .autograd import graph_backward, transformed, wants_graph
 from .scratch import scratch
+from .sums import channel_sums, column_sums
 
 __all__ = ["batch_norm"]
 
@@ -44,13 +45,6 @@ __all__ = ["batch_norm"]
 def _channel_view(t: torch.Tensor, dims: int) -> torch.Tensor:
     """(C,) -> (1, C, 1, ..., 1) to broadcast over an input with ``dims`` dimensions."""
     return t.view(1, -1, *([1] * (dims - 2)))
-
-
-def _channel_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over every axis but 1: (N, C, *S) -> (C,). Inner axes first, where memory is contiguous."""
-    if t.dim() > 2 and t.is_contiguous():
-        return t.view(t.shape[0], t.shape[1], -1).sum(-1).sum(0)
-    return t.sum([0, *range(2, t.dim())])
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor | None:
@@ -70,14 +64,14 @@ ONE_PASS_MAX_RATIO = 16.0
 
 def _channel_dot(a_rows: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
     """Per channel sum over rows of a * b: (M, C), (M, C) -> (C,); the products in reused memory."""
-    return torch.mul(a_rows, b_rows, out=scratch("batch_norm.products", a_rows.shape, a_rows)).sum(0)
+    return column_sums(torch.mul(a_rows, b_rows, out=scratch("batch_norm.products", a_rows.shape, a_rows)))
 
 
 def _one_pass_statistics(rows: torch.Tensor):
     """(mean, var) from one read of the values (sum and sum of squares), or None where an offset
     channel would lose precision to cancellation (see ONE_PASS_MAX_RATIO)."""
     m = rows.shape[0]
-    mean = rows.sum(0) / m
+    mean = column_sums(rows) / m
     var = _channel_dot(rows, rows) / m - mean * mean
     if not bool((mean * mean <= ONE_PASS_MAX_RATIO * var).all()):
         return None
@@ -107,9 +101,9 @@ class BatchNorm(torch.autograd.Function):
             m = rows.shape[0]
         elif training:  # batch statistics, two passes (exact in float64)
             m = x.numel() // x.shape[1]
-            mean = _channel_sum(xa) / m
+            mean = channel_sums(xa) / m
             centred = xa - _channel_view(mean, dims)
-            var = _channel_sum(centred * centred) / m
+            var = channel_sums(centred * centred) / m
         else:
             mean, var = running_mean.to(xa.dtype), running_var.to(xa.dtype)
             if not one_pass:
@@ -145,14 +139,14 @@ class BatchNorm(torch.autograd.Function):
         g_rows = _rows(grad_out) if ctx.one_pass else None
         if ctx.one_pass:  # centred holds x itself: sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy)
             mean = ctx.mean
-            sum_dy = _channel_sum(grad_out) if (ctx.needs_input_grad[2] or ctx.training or need_dot) else None
+            sum_dy = channel_sums(grad_out) if (ctx.needs_input_grad[2] or ctx.training or need_dot) else None
             if need_dot:
                 x_rows = _rows(centred)
-                dy_x = _channel_dot(g_rows, x_rows) if g_rows is not None else _channel_sum(grad_out * centred)
+                dy_x = _channel_dot(g_rows, x_rows) if g_rows is not None else channel_sums(grad_out * centred)
                 dot = (dy_x - mean * sum_dy) * invstd
         else:
-            sum_dy = _channel_sum(grad_out) if (ctx.needs_input_grad[2] or ctx.training) else None
-            dot = _channel_sum(grad_out * centred) * invstd if need_dot else None  # sum(dy * x_hat) per channel
+            sum_dy = channel_sums(grad_out) if (ctx.needs_input_grad[2] or ctx.training) else None
+            dot = channel_sums(grad_out * centred) * invstd if need_dot else None  # sum(dy * x_hat) per channel
         if ctx.needs_input_grad[0]:
             scale = invstd if weight is None else invstd * weight.to(invstd.dtype)  # (C,)
             if ctx.training:
