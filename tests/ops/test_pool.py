@@ -182,3 +182,53 @@ def test_max_pool_of_relu_outputs_routes_exactly_like_torch(kernel, stride, padd
         results.append((y.detach(), x.grad))
     (y_ours, g_ours), (y_torch, g_torch) = results
     assert torch.equal(y_ours, y_torch) and torch.equal(g_ours, g_torch)
+
+
+def _max_pool_grads(x0, g, *args, dtype=None):
+    """Gradients of ops' and torch's max_pool2d for the same input and output gradient."""
+    grads = []
+    for f in (ops, F):
+        x = x0.clone().requires_grad_()
+        f.max_pool2d(x, *args).backward(g)
+        grads.append(x.grad)
+    return grads
+
+
+@pytest.mark.parametrize("case", ["inf maxima", "half, small", "half, near the largest half"])
+def test_max_pool_backward_routes_like_torch_where_maxima_are_infinite_or_large(case):
+    """The backward pass lifts each found maximum by 4*bound+1; where the maxima hold inf, or
+    the lift would overflow the dtype, it numbers the winners instead. Both routes against torch
+    (ties included: small-integer inputs)."""
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.randint(-2, 3, (2, 3, 9, 9), generator=gen).to(torch.float64)
+    dtype = torch.float64
+    if case == "inf maxima":
+        x0[0, 1, 2:4, 2:5] = float("inf")
+        x0[1, 0, 5, 5] = float("-inf")
+    else:
+        dtype = torch.float16
+        x0 = x0 * (16000.0 if case.endswith("largest half") else 1.0)
+    x0 = x0.to(dtype)
+    g = torch.randint(-4, 5, (2, 3, 5, 5), generator=gen).to(dtype)
+    ours, theirs = _max_pool_grads(x0, g, 3, 2, 1)
+    assert torch.equal(ours, theirs)
+
+
+def test_max_pool_backward_twice_and_after_the_output_changed_in_place():
+    """The maxima the backward pass needs are its own copy: a second backward (retain_graph) and
+    an in-place ReLU on the output change nothing."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64).relu().requires_grad_()
+    y = ops.max_pool2d(x, 3, 1, 1)
+    g = torch.randint(-4, 5, y.shape).to(y.dtype)  # integers: routed sums exact in any order
+    y.backward(g, retain_graph=True)
+    first = x.grad.clone()
+    x.grad = None
+    y.backward(g)
+    assert torch.equal(x.grad, first)
+    x.grad = None
+    z = torch.nn.functional.relu(ops.max_pool2d(x, 3, 1, 1) - 0.5, inplace=True)
+    z.backward(g)
+    expected = x.detach().clone().requires_grad_()
+    torch.nn.functional.relu(F.max_pool2d(expected, 3, 1, 1) - 0.5).backward(g)
+    assert torch.equal(x.grad, expected.grad)
