@@ -165,14 +165,15 @@ def test_max_pool_whose_windows_tile_the_input_matches_torch_float64():
         check_op(lambda x: ours(x, kernel), lambda x: theirs(x, kernel), [x], context=f"shape {shape} kernel {kernel}")
 
 
+@pytest.mark.parametrize("channels", [24, 64])  # below and above PHASES_BELOW_CHANNELS
 @pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (5, 1, 2)])
-def test_max_pool_of_relu_outputs_routes_exactly_like_torch(kernel, stride, padding):
+def test_max_pool_of_relu_outputs_routes_exactly_like_torch(kernel, stride, padding, channels):
     """After a ReLU most windows tie at 0: the gradient must still reach the first zero in scan
     order, as torch routes it. float32, channels-last, the layer sizes of the zoo's Inception
     blocks. The gradient holds small integers, so sums of routed values are exact in any order
     and the comparison is exact."""
     torch.manual_seed(kernel * 10 + stride)
-    x0 = torch.randn(8, 24, 14, 14).relu().contiguous(memory_format=torch.channels_last)
+    x0 = torch.randn(8, channels, 14, 14).relu().contiguous(memory_format=torch.channels_last)
     g = torch.randint(-8, 9, F.max_pool2d(x0, kernel, stride, padding).shape).float()
     results = []
     for f in (ops, F):
