@@ -232,7 +232,7 @@ class ConvNd(torch.autograd.Function):
                     out += bias
                 out = out.view(x.shape[0], *out_size, -1).movedim(-1, 1)
         elif groups == 1:  # the window matrix block by block, never kept (the backward builds it again)
-            windows = sliding_windows(pad_channels_last(x, pads), kernel, stride, dilation)  # (N, *S_out, *K, C)
+            windows = sliding_windows(pad_channels_last(x, pads, slot="conv.padded"), kernel, stride, dilation)  # (N, *S_out, *K, C)
             out_size = tuple(windows.shape[1 : 1 + len(kernel)])
             kernels = _kernel_matrix(weight, 1)[0]  # (O, K*C), a copy of the weight: kept for the backward pass
             out = _windows_times(windows, kernels, bias)  # (M, O)
@@ -311,7 +311,7 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
         grad_xp = grad_out.new_zeros((n, *padded, c))
         grad_windows = sliding_windows(grad_xp, kernel, stride, dilation, out_size)
     if ctx.needs_input_grad[1] or scatter:
-        windows = sliding_windows(pad_channels_last(x, pads), kernel, stride, dilation, out_size)
+        windows = sliding_windows(pad_channels_last(x, pads, slot="conv.padded"), kernel, stride, dilation, out_size)
         blocks = _window_blocks(windows) if ctx.needs_input_grad[1] else ((s, e, None) for s, e in _sample_blocks(windows))
         for start, stop, cols in blocks:
             g = gm[start * rows : stop * rows]
@@ -349,7 +349,7 @@ def _grad_input_by_convolution(grad_out: torch.Tensor, weight: torch.Tensor, pad
     spatial = tuple(range(2, weight.dim()))
     grad_pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi) for (lo, hi), d, k in zip(pads, dilation, kernel))
     ones = (1,) * len(kernel)
-    windows = sliding_windows(pad_channels_last(grad_out, grad_pads), kernel, ones, dilation)  # (N, *S, *K, O)
+    windows = sliding_windows(pad_channels_last(grad_out, grad_pads, slot="conv.padded_grad"), kernel, ones, dilation)  # (N, *S, *K, O)
     w = _kernel_matrix(weight.flip(spatial).transpose(0, 1), 1)[0]  # (C, K*O)
     size = windows.shape[1 : 1 + len(kernel)]
     return _windows_times(windows, w).view(grad_out.shape[0], *size, -1).movedim(-1, 1)  # (N, C, *S)

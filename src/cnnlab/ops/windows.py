@@ -22,22 +22,32 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from .scratch import scratch
 from .shapes import Pads
 
 __all__ = ["pad_channels_last", "sliding_windows", "window_offsets", "unpad"]
 
 
-def pad_channels_last(x: torch.Tensor, pads: Pads, value: float = 0.0) -> torch.Tensor:
-    """Copy ``x`` (N, C, *S) into a new channels-last buffer (N, *S_padded, C) filled with ``value``.
+def pad_channels_last(x: torch.Tensor, pads: Pads, value: float = 0.0, slot: str | None = None) -> torch.Tensor:
+    """Copy ``x`` (N, C, *S) into a channels-last buffer (N, *S_padded, C) bordered with ``value``.
 
-    Without padding this is a view when ``x`` is already stored channels-last.
+    Without padding this is a view when ``x`` is already stored channels-last. With ``slot`` the
+    buffer is reused scratch memory (``scratch.py``: only for a result that never leaves the op)
+    and only the border is filled; otherwise a new tensor.
     """
     xl = x.movedim(1, -1)  # (N, *S, C), a view
     if all(lo == 0 and hi == 0 for lo, hi in pads):
         return xl
     n, *spatial, c = xl.shape
     padded = [s + lo + hi for s, (lo, hi) in zip(spatial, pads)]
-    out = xl.new_full((n, *padded, c), value)
+    if slot is None:
+        out = xl.new_full((n, *padded, c), value)
+    else:
+        out = scratch(slot, (n, *padded, c), xl)
+        for axis, (s, (lo, _)) in enumerate(zip(spatial, pads)):
+            lead = (slice(None),) * (1 + axis)
+            out[(*lead, slice(0, lo))].fill_(value)
+            out[(*lead, slice(lo + s, None))].fill_(value)
     unpad(out, pads, spatial).copy_(xl)
     return out
 
