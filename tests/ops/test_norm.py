@@ -85,12 +85,16 @@ def test_batch_norm_tiny_batch_gradient_against_long_double():
     assert float(np.abs(gx.numpy() - expected).max()) <= 1e-14 * term_scale
 
 
+@pytest.mark.parametrize("blocked", [False, True])
 @pytest.mark.parametrize("chunk", range(4))
-def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, monkeypatch):
+def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, monkeypatch):
     """Channels-last batches and (N, C) features take the one-pass route (sums of x and x*x, of dy and
-    dy*x); channels far from zero mean take the two-pass route. Both, in training and inference, against torch."""
+    dy*x); channels far from zero mean take the two-pass route. Both, in training and inference, against
+    torch; ``blocked``: every matrix cut into 16-row blocks, as large batches are (PASS_BLOCK_BYTES)."""
     from cnnlab.ops import norm
 
+    if blocked:
+        monkeypatch.setattr(norm, "PASS_BLOCK_BYTES", 1)
     taken = {"one pass": 0, "two pass": 0}
     real = norm._one_pass_statistics
 
