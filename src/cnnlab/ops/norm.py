@@ -92,10 +92,11 @@ def _one_pass_statistics(rows: torch.Tensor):
     """(mean, var) from one read of the values (sum and sum of squares), or None where an offset
     channel would lose precision to cancellation (see ONE_PASS_MAX_RATIO)."""
     m = rows.shape[0]
-    total, squares = _sum_and_dot(rows, rows)
-    mean = total / m
-    var = squares / m - mean * mean
-    if not bool((mean * mean <= ONE_PASS_MAX_RATIO * var).all()):
+    total, squares = _sum_and_dot(rows, rows)  # fresh tensors: divided in place
+    mean = total.div_(m)
+    mean_sq = mean * mean
+    var = squares.div_(m).sub_(mean_sq)
+    if not bool((mean_sq <= ONE_PASS_MAX_RATIO * var).all()):
         return None
     return mean, var
 
@@ -135,7 +136,7 @@ class BatchNorm(torch.autograd.Function):
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight.to(xa.dtype)  # (C,)
         if one_pass:  # y = x * scale + (bias - mean * scale), as torch's own kernels compute it
-            centred, shift = xa, -mean * scale if bias is None else bias.to(xa.dtype) - mean * scale
+            centred, shift = xa, -mean * scale if bias is None else torch.addcmul(bias.to(xa.dtype), mean, scale, value=-1)
         else:  # y = (x - mean) * scale + bias
             shift = torch.zeros_like(scale) if bias is None else bias.to(xa.dtype)
         y = torch.addcmul(_channel_view(shift, dims), centred, _channel_view(scale, dims))
@@ -168,7 +169,7 @@ class BatchNorm(torch.autograd.Function):
                 sum_dy = channel_sums(grad_out) if (ctx.needs_input_grad[2] or ctx.training or need_dot) else None
                 dy_x = channel_sums(grad_out * centred) if need_dot else None
             if need_dot:
-                dot = (dy_x - mean * sum_dy) * invstd
+                dot = torch.addcmul(dy_x, mean, sum_dy, value=-1).mul_(invstd)
         else:
             sum_dy = channel_sums(grad_out) if (ctx.needs_input_grad[2] or ctx.training) else None
             dot = channel_sums(grad_out * centred) * invstd if need_dot else None  # sum(dy * x_hat) per channel
@@ -177,10 +178,10 @@ class BatchNorm(torch.autograd.Function):
             if ctx.training:
                 # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), as dy*scale + centred*k1 + k0
                 m = grad_out.numel() // grad_out.shape[1]
-                k1 = -scale * invstd * dot / m
-                k0 = -scale * sum_dy / m
+                k1 = (scale * invstd).mul_(dot).mul_(-1 / m)  # (C,) vectors: few small ops, each a dispatch
+                k0 = torch.mul(scale, sum_dy).mul_(-1 / m)
                 if ctx.one_pass:  # k1 * (x - mean) + k0 = k1 * x + (k0 - k1 * mean)
-                    k0 = k0 - k1 * mean
+                    k0.addcmul_(k1, mean, value=-1)
                 if g_rows is not None and x_rows is not None:  # block by block, each block's two passes in cache
                     grad_x = torch.empty_like(centred)
                     gx_rows = _rows(grad_x)
@@ -222,9 +223,9 @@ def reference_batch_norm(x, weight, bias, stats, eps: float) -> torch.Tensor:
 def _update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:
     """running = (1 - momentum) * running + momentum * statistic; the variance unbiased (m - 1)."""
     if running_mean is not None:
-        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
     if running_var is not None:
-        running_var.mul_(1 - momentum).add_((var * (m / (m - 1))).to(running_var.dtype), alpha=momentum)
+        running_var.mul_(1 - momentum).add_(var, alpha=momentum * m / (m - 1))
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5):
