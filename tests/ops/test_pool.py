@@ -149,7 +149,7 @@ def test_pool_gradcheck():
     assert torch.autograd.gradcheck(lambda x: ops.adaptive_avg_pool2d(x, (4, 5)), (x,))
 
 
-def test_max_pool_whose_windows_tile_the_input_matches_torch_float64():
+def test_pools_whose_windows_tile_the_input_match_torch_float64():
     """Windows that tile the input exactly (kernel == stride, the map a multiple of it) write the
     gradient without a zero-filled buffer: every position is written once. Sweep that path, ties
     included, in both layouts."""
@@ -161,8 +161,9 @@ def test_max_pool_whose_windows_tile_the_input_matches_torch_float64():
         x = make_input(shape, ties=rng.random() < 0.5, seed=i)
         if dims == 2 and rng.random() < 0.5:
             x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-        ours, theirs = MAX[dims]
-        check_op(lambda x: ours(x, kernel), lambda x: theirs(x, kernel), [x], context=f"shape {shape} kernel {kernel}")
+        for family in (MAX, AVG):  # average pooling's backward writes the spread gradient in one pass there
+            ours, theirs = family[dims]
+            check_op(lambda x: ours(x, kernel), lambda x: theirs(x, kernel), [x], context=f"shape {shape} kernel {kernel}")
 
 
 @pytest.mark.parametrize("channels", [24, 64])  # below and above PHASES_BELOW_CHANNELS

@@ -178,8 +178,7 @@ class MaxPoolNd(torch.autograd.Function):
         g = grad_out.movedim(1, -1)  # (N, *S_out, C)
         overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
         # windows that tile the input exactly (a 2x2/2 pool of an even map) write every position once: no zero fill
-        tiles = all(d == 1 and s == k and n == o * k and lo == 0
-                    for k, s, d, n, o, (lo, _) in zip(kernel, stride, dilation, x_shape[2:], out_size, pads))
+        tiles = _tiles(x_shape[2:], kernel, stride, pads, dilation, out_size)
         phased = xl.dim() > x.dim()
         if phased:  # routed into zeroed phase planes, then every input position written once from them
             grad_x = g.new_empty((x_shape[0], *x_shape[2:], x_shape[1]))
@@ -213,6 +212,13 @@ class MaxPoolNd(torch.autograd.Function):
         if phased:
             _merge_phases(grad_planes, grad_x, stride)
         return grad_x.movedim(-1, 1), None, None, None, None, None, None
+
+
+def _tiles(spatial, kernel, stride, pads: Pads, dilation, out_size) -> bool:
+    """Whether the windows tile the input exactly (a 2x2/2 pool of an even map): every input
+    position lies in exactly one window."""
+    return all(d == 1 and s == k and n == o * k and lo == 0
+               for k, s, d, n, o, (lo, _) in zip(kernel, stride, dilation, spatial, out_size, pads))
 
 
 def _sources(x: torch.Tensor, kernel, stride, pads: Pads, dilation, out_size):
@@ -410,25 +416,35 @@ class AvgPoolNd(torch.autograd.Function):
         if total is None:  # every window holds padding only
             total = x.new_zeros((x.shape[0], *out_size, x.shape[1]))
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, out_size)
-        ctx.save_for_backward(divisor, x)  # x: only for a differentiable backward
+        constant = not isinstance(divisor, torch.Tensor)  # a float: the same count for every window
+        ctx.divisor = divisor if constant else None
+        ctx.save_for_backward(None if constant else divisor, x)  # x: only for a differentiable backward
         return unviewed((total / divisor).movedim(-1, 1))  # nothing saved shares it
 
     @staticmethod
     def backward(ctx, grad_out):
         divisor, x = ctx.saved_tensors
+        divisor = ctx.divisor if divisor is None else divisor
         x_shape, kernel, stride, pads, out_size = ctx.geometry
         if wants_graph():
             grads = graph_backward(lambda x: reference_avg_pool(x, kernel, stride, pads, out_size, divisor), (x,),
                                    ctx.needs_input_grad[:1], grad_out)
             return grads[0], None, None, None, None, None
         g = grad_out.movedim(1, -1) / divisor  # (N, *S_out, C)
-        grad_x = g.new_zeros((x_shape[0], *x_shape[2:], x_shape[1]))
-        for _, source, target, _ in _tap_regions(x_shape[2:], kernel, stride, pads, (1,) * len(kernel), out_size):
-            grad_x[source] += g[target]
+        n, c = x_shape[0], x_shape[1]
+        ones = (1,) * len(kernel)
+        overlap = any(s < k for k, s in zip(kernel, stride))
+        # windows that tile the input write every position once: no zero fill; windows that never overlap: copies
+        grad_x = (g.new_empty if _tiles(x_shape[2:], kernel, stride, pads, ones, out_size) else g.new_zeros)((n, *x_shape[2:], c))
+        for _, source, target, _ in _tap_regions(x_shape[2:], kernel, stride, pads, ones, out_size):
+            if overlap:
+                grad_x[source] += g[target]
+            else:
+                grad_x[source] = g[target]
         return grad_x.movedim(-1, 1), None, None, None, None, None
 
 
-def reference_avg_pool(x, kernel, stride, pads: Pads, out_size, divisor: torch.Tensor) -> torch.Tensor:
+def reference_avg_pool(x, kernel, stride, pads: Pads, out_size, divisor: torch.Tensor | float) -> torch.Tensor:
     """The window's sum over its divisor, in plain differentiable operations."""
     d = len(kernel)
     windows = reference_windows(x, pads, kernel, stride, (1,) * d, out_size)  # (N, *S_out, *K, C)
@@ -471,7 +487,9 @@ def _avg_pool(x, dims, kernel_size, stride, padding, ceil_mode, count_include_pa
     if divisor_override is not None:
         if isinstance(divisor_override, bool) or not isinstance(divisor_override, int) or divisor_override < 1:
             raise ValueError(f"{name}: divisor_override must be a positive int or None, got {divisor_override!r}")
-        divisor = x.new_full((*out_size, 1), float(divisor_override))
+        divisor = float(divisor_override)
+    elif all(lo == 0 and hi == 0 for lo, hi in pads):  # every window lies inside the input: one count for all
+        divisor = float(math.prod(kernel))
     else:
         pad = tuple(lo for lo, _ in pads)
         divisor = _avg_divisor(x.shape[2:], kernel, stride, pad, out_size, count_include_pad, x)
