@@ -306,21 +306,33 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
     if by_convolution:
         grad_x = _grad_input_by_convolution(grad_out, weight, pads, dilation)
     scatter = ctx.needs_input_grad[0] and not by_convolution
-    if scatter:
-        padded = [s + lo + hi for s, (lo, hi) in zip(x_shape[2:], pads)]
-        grad_xp = grad_out.new_zeros((n, *padded, c))
-        grad_windows = sliding_windows(grad_xp, kernel, stride, dilation, out_size)
     if ctx.needs_input_grad[1] or scatter:
         windows = sliding_windows(pad_channels_last(x, pads, slot="conv.padded"), kernel, stride, dilation, out_size)
-        blocks = _window_blocks(windows) if ctx.needs_input_grad[1] else ((s, e, None) for s, e in _sample_blocks(windows))
+        block_list = [(0, n)] if windows.is_contiguous() else _sample_blocks(windows)  # as _window_blocks cuts them
+        if scatter:  # each tap's window gradient, into reused memory (a fresh (rows, K*C) result costs more than
+            # the product), added onto its input positions; the per-tap views made once (Python indexing per tap
+            # and block cost more than the adds on small layers)
+            padded = [s + lo + hi for s, (lo, hi) in zip(x_shape[2:], pads)]
+            grad_xp = grad_out.new_zeros((n, *padded, c))
+            grad_windows = sliding_windows(grad_xp, kernel, stride, dilation, out_size)
+            size = block_list[0][1]
+            grad_cols = scratch("conv.grad_cols", (size * rows, kernels.shape[1]), gm)
+            per_sample = grad_cols.view(size, *out_size, *kernel, c)
+            taps = [(grad_windows[index], per_sample[index]) for _, index in window_offsets(kernel)]
+            overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+        blocks = _window_blocks(windows) if ctx.needs_input_grad[1] else ((s, e, None) for s, e in block_list)
         for start, stop, cols in blocks:
             g = gm[start * rows : stop * rows]
             if cols is not None:  # torch.mm reads the transposed operand in place (oneDNN's product would copy it)
                 grad_w = g.T @ cols if grad_w is None else grad_w.addmm_(g.T, cols)  # (O, K*C)
-            if scatter:  # into reused memory: a fresh (rows, K*C) result costs more than the product
-                grad_cols = torch.mm(g, kernels, out=scratch("conv.grad_cols", (g.shape[0], kernels.shape[1]), g))
-                grad_cols = grad_cols.view(stop - start, *out_size, *kernel, c)
-                _add_windows(grad_windows[start:stop], grad_cols, kernel, stride, dilation)
+            if scatter:
+                torch.mm(g, kernels, out=grad_cols[: g.shape[0]])
+                count = stop - start
+                for dest, source in taps:
+                    if overlap:
+                        dest[start:stop].add_(source[:count])
+                    else:  # windows never share an input position: plain copies
+                        dest[start:stop].copy_(source[:count])
     if scatter:
         grad_x = unpad(grad_xp, pads, x_shape[2:]).movedim(-1, 1)
     if grad_w is not None:
