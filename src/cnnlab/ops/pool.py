@@ -6,13 +6,13 @@ time; each offset is a strided slice of the input (``_tap_regions``: only the ou
 window has that offset inside the input, so padding is never copied), and no window matrix
 is ever built:
 
-    max:  best = x[offset 0]; for each later offset: take it where it is larger (or NaN),
-          and note which offset won
+    max:  best = x[offset 0]; for each later offset: take it where it is larger (or NaN)
     avg:  total = sum over offsets; divide by the window's element count
 
 Backward passes (hand-derived): max pooling routes each output gradient to the input
-position that won (the first maximum in scan order, as torch does); average pooling
-spreads it evenly over the window.
+position that won (the first maximum in scan order, as torch does), found there by claiming
+(``MaxPoolNd``); average pooling spreads it evenly over the window. Where windows overlap
+along a strided axis, max pooling reads the input split into its stride phases (``_sources``).
 
 Adaptive average pooling has windows of varying size (``start = floor(i*n/o)``,
 ``end = ceil((i+1)*n/o)``), so it is written as averaging matrices, one per axis:
