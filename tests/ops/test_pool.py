@@ -184,6 +184,8 @@ def test_max_pool_of_relu_outputs_routes_exactly_like_torch(kernel, stride, padd
         results.append((y.detach(), x.grad))
     (y_ours, g_ours), (y_torch, g_torch) = results
     assert torch.equal(y_ours, y_torch) and torch.equal(g_ours, g_torch)
+    with torch.no_grad():  # inference: the maxima alone, read in place (no stride phases)
+        assert torch.equal(ops.max_pool2d(x0, kernel, stride, padding), y_torch)
 
 
 def _max_pool_grads(x0, g, *args, dtype=None):

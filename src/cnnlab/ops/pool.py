@@ -142,7 +142,7 @@ class MaxPoolNd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size, track: bool):  # track: a backward pass will follow
         shape = (x.shape[0], *out_size, x.shape[1])
-        xl, regions = _sources(x, kernel, stride, pads, dilation, out_size)
+        xl, regions = _sources(x, kernel, stride, pads, dilation, out_size, phases=track)
         best = None
         for _, source, target, whole in regions:
             if best is None:  # the first offset inside the input: where it covers every output, start from it
@@ -221,7 +221,7 @@ def _tiles(spatial, kernel, stride, pads: Pads, dilation, out_size) -> bool:
                for k, s, d, n, o, (lo, _) in zip(kernel, stride, dilation, spatial, out_size, pads))
 
 
-def _sources(x: torch.Tensor, kernel, stride, pads: Pads, dilation, out_size):
+def _sources(x: torch.Tensor, kernel, stride, pads: Pads, dilation, out_size, phases: bool = True):
     """What the offsets of a max pool read: ``(source, regions)`` with ``source[index]`` the values
     of offset ``t`` for each of ``_tap_regions``' tuples ``(t, index, target, whole)``.
 
@@ -235,12 +235,13 @@ def _sources(x: torch.Tensor, kernel, stride, pads: Pads, dilation, out_size):
     32x28x28 14.0-14.6 -> 11.1-13.0 ms, 24x28x28 11.3-12.8 -> 10.3-10.5 (torch 2.1-2.9); but
     88x14x14 8.3-12.2 -> 8.6-12.2 and 64x16x16 at batch 32 1.4-2.9 -> 1.7-3.7, where the longer
     runs of channels make the strided passes cheaper than the split and merge: so phases only
-    below 48 channels.
+    below 48 channels. Inference (``phases=False``: the maxima alone, one pass per offset) reads
+    x in place: there the split cost more than it saved (32x28x28: 1.1-1.7 -> 1.9-2.0 ms).
     """
     xl = x.movedim(1, -1)  # (N, *S, C), a view
     regions = list(_tap_regions(x.shape[2:], kernel, stride, pads, dilation, out_size))
     overlap_strided = any(s > 1 and d * (k - 1) + 1 > s for k, s, d in zip(kernel, stride, dilation))
-    if not overlap_strided or x.shape[1] >= PHASES_BELOW_CHANNELS:
+    if not phases or not overlap_strided or x.shape[1] >= PHASES_BELOW_CHANNELS:
         return xl, regions
     planes = _split_phases(xl, stride)
     return planes, [(t, _phase_index(source, stride), target, whole) for t, source, target, whole in regions]
