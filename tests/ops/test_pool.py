@@ -161,7 +161,7 @@ def test_pools_whose_windows_tile_the_input_match_torch_float64():
         x = make_input(shape, ties=rng.random() < 0.5, seed=i)
         if dims == 2 and rng.random() < 0.5:
             x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-        for family in (MAX, AVG):  # average pooling's backward writes the spread gradient in one pass there
+        for family in (MAX, AVG):  # average pooling's backward too writes without a zero fill there
             ours, theirs = family[dims]
             check_op(lambda x: ours(x, kernel), lambda x: theirs(x, kernel), [x], context=f"shape {shape} kernel {kernel}")
 
@@ -188,7 +188,7 @@ def test_max_pool_of_relu_outputs_routes_exactly_like_torch(kernel, stride, padd
         assert torch.equal(ops.max_pool2d(x0, kernel, stride, padding), y_torch)
 
 
-def _max_pool_grads(x0, g, *args, dtype=None):
+def _max_pool_grads(x0, g, *args):
     """Gradients of ops' and torch's max_pool2d for the same input and output gradient."""
     grads = []
     for f in (ops, F):

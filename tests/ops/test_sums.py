@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from cnnlab.ops.sums import FOLD_MIN_VALUES, channel_sums, column_sums
+from cnnlab.ops.sums import FOLD_MAX_WIDTH, FOLD_MIN_VALUES, channel_sums, column_sums
 
 from helpers import max_rel_error
 
@@ -18,7 +18,7 @@ def test_column_sums_match_torch_folded_or_not():
         c = rng.choice([1, 3, 4, 8, 12, 16, 24, 56, 112, 300])
         m = rng.choice([1, 7, 2048, 6272, 25088, FOLD_MIN_VALUES // c + rng.randint(0, 64)])
         rows = torch.randn(m, c, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
-        folded += m * c >= FOLD_MIN_VALUES and m % 2 == 0 and 2 * c <= 448
+        folded += m * c >= FOLD_MIN_VALUES and m % 2 == 0 and 2 * c <= FOLD_MAX_WIDTH
         assert max_rel_error(column_sums(rows), rows.sum(0)) < 1e-12, (m, c)
     assert folded >= 5  # the folded form is exercised, not only the plain sum
 

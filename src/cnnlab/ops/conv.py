@@ -56,7 +56,7 @@ from .products import mm_nt
 from .scratch import scratch
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
 from .sums import channel_sums
-from .windows import pad_channels_last, sliding_windows, unpad, window_offsets
+from .windows import pad_channels_last, sliding_windows, unpad, window_offsets, windows_overlap
 
 __all__ = [
     "conv1d",
@@ -122,7 +122,7 @@ def _col2im(grad_cols: torch.Tensor, x_shape, kernel, stride, pads: Pads, dilati
 def _add_windows(windows: torch.Tensor, grad_cols: torch.Tensor, kernel, stride, dilation) -> None:
     """``windows += grad_cols`` for a window view (N, *S_out, *K, C) of a gradient buffer, one kernel
     offset at a time (windows that overlap share input positions, so one strided add would race)."""
-    overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+    overlap = windows_overlap(kernel, stride, dilation)
     for _, index in window_offsets(kernel):
         if overlap:
             windows[index].add_(grad_cols[index])
@@ -145,6 +145,12 @@ def _sample_blocks(windows: torch.Tensor) -> list[tuple[int, int]]:
     per_sample = max(1, windows[:1].numel() * windows.element_size())
     size = max(1, BLOCK_BYTES // per_sample)
     return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _block_ranges(windows: torch.Tensor) -> list[tuple[int, int]]:
+    """The blocks ``_window_blocks`` cuts: all samples at once where the windows already lie in
+    memory as the matrix, else ``_sample_blocks``."""
+    return [(0, windows.shape[0])] if windows.is_contiguous() else _sample_blocks(windows)
 
 
 def _window_blocks(windows: torch.Tensor):
@@ -308,7 +314,7 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
     scatter = ctx.needs_input_grad[0] and not by_convolution
     if ctx.needs_input_grad[1] or scatter:
         windows = sliding_windows(pad_channels_last(x, pads, slot="conv.padded"), kernel, stride, dilation, out_size)
-        block_list = [(0, n)] if windows.is_contiguous() else _sample_blocks(windows)  # as _window_blocks cuts them
+        block_list = _block_ranges(windows)
         if scatter:  # each tap's window gradient, into reused memory (a fresh (rows, K*C) result costs more than
             # the product), added onto its input positions; the per-tap views made once (Python indexing per tap
             # and block cost more than the adds on small layers)
@@ -319,7 +325,7 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
             grad_cols = scratch("conv.grad_cols", (size * rows, kernels.shape[1]), gm)
             per_sample = grad_cols.view(size, *out_size, *kernel, c)
             taps = [(grad_windows[index], per_sample[index]) for _, index in window_offsets(kernel)]
-            overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+            overlap = windows_overlap(kernel, stride, dilation)
         blocks = _window_blocks(windows) if ctx.needs_input_grad[1] else ((s, e, None) for s, e in block_list)
         for start, stop, cols in blocks:
             g = gm[start * rows : stop * rows]

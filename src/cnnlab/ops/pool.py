@@ -30,7 +30,7 @@ import torch
 from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
 from .scratch import scratch
 from .shapes import Pads, as_tuple, pool_output_size
-from .windows import pad_channels_last, sliding_windows, window_offsets
+from .windows import pad_channels_last, sliding_windows, window_offsets, windows_overlap
 
 __all__ = [
     "max_pool1d",
@@ -176,7 +176,7 @@ class MaxPoolNd(torch.autograd.Function):
                                    ctx.needs_input_grad[:1], grad_out)
             return grads[0], None, None, None, None, None, None
         g = grad_out.movedim(1, -1)  # (N, *S_out, C)
-        overlap = any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+        overlap = windows_overlap(kernel, stride, dilation)
         # windows that tile the input exactly (a 2x2/2 pool of an even map) write every position once: no zero fill
         tiles = _tiles(x_shape[2:], kernel, stride, pads, dilation, out_size)
         phased = xl.dim() > x.dim()
@@ -434,7 +434,7 @@ class AvgPoolNd(torch.autograd.Function):
         g = grad_out.movedim(1, -1) / divisor  # (N, *S_out, C)
         n, c = x_shape[0], x_shape[1]
         ones = (1,) * len(kernel)
-        overlap = any(s < k for k, s in zip(kernel, stride))
+        overlap = windows_overlap(kernel, stride, ones)
         # windows that tile the input write every position once: no zero fill; windows that never overlap: copies
         grad_x = (g.new_empty if _tiles(x_shape[2:], kernel, stride, pads, ones, out_size) else g.new_zeros)((n, *x_shape[2:], c))
         for _, source, target, _ in _tap_regions(x_shape[2:], kernel, stride, pads, ones, out_size):

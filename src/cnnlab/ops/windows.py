@@ -25,7 +25,7 @@ import torch
 from .scratch import scratch
 from .shapes import Pads
 
-__all__ = ["pad_channels_last", "sliding_windows", "window_offsets", "unpad"]
+__all__ = ["pad_channels_last", "sliding_windows", "window_offsets", "windows_overlap", "unpad"]
 
 
 def pad_channels_last(x: torch.Tensor, pads: Pads, value: float = 0.0, slot: str | None = None) -> torch.Tensor:
@@ -83,6 +83,12 @@ def sliding_windows(
     size = (n, *out_size, *kernel, c)
     strides = (sn, *[a * st for a, st in zip(ss, stride)], *[a * d for a, d in zip(ss, dilation)], sc)
     return x.as_strided(size, strides, x.storage_offset())
+
+
+def windows_overlap(kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> bool:
+    """Whether neighbouring windows share input positions along some axis (a scatter back into
+    them must then add, one kernel offset at a time; otherwise plain writes do)."""
+    return any(s < d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
 
 
 def window_offsets(kernel: Sequence[int]) -> Iterator[tuple[int, tuple]]:
