@@ -272,10 +272,13 @@ def fit(model: str | nn.Module | TrainConfig | None = None, data=None, *, resume
         watchers += [] if quiet else [NotebookReporter()]  # quiet: no bar, no live figure
     elif dist.main:
         watchers.append(TerminalReporter(quiet=quiet, json_lines=json_lines))  # quiet: epoch lines, no bar
+    finished = False
     try:
-        return _train(config, state, resume is not None, overwrite, dist, device, _Reporters(watchers), module, data_object, classes)
+        result = _train(config, state, resume is not None, overwrite, dist, device, _Reporters(watchers), module, data_object, classes)
+        finished = True
+        return result
     finally:
-        dist.close()
+        dist.close(finished)
 
 
 def is_named_data_set(name: str) -> bool:
