@@ -230,6 +230,29 @@ def test_window_matrix_built_block_by_block_matches_torch(chunk, monkeypatch):
     assert sum(n > 1 for n in blocks) >= 60  # forward and backward of most configurations went through several blocks
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels", [(64, 12), (128, 24), (36, 12)])
+def test_weight_gradient_of_wide_narrow_layers_matches_torch(dtype, channels, monkeypatch):
+    """A wide kernel matrix and few outputs (K*C >= 576 with <= 12 outputs, K*C >= 1152 with <= 32:
+    DenseNet's growth layers) take the weight gradient from oneDNN's product, block by block and summed;
+    the rest from torch.mm accumulating in place. Both, in float64 and float32, in several blocks."""
+    from cnnlab.ops import conv
+
+    c, o = channels
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 3 * 36 * 9 * c * dtype.itemsize)  # 3 samples a block: 3 + 3 + 1
+    calls = []
+    real = conv.mm_nt
+    monkeypatch.setattr(conv, "mm_nt", lambda a, b, bias=None: calls.append((a.shape[0], b.shape[0])) or real(a, b, bias))
+    gen = torch.Generator().manual_seed(c)
+    x = torch.randn(7, c, 6, 6, generator=gen, dtype=torch.float64).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(o, c, 3, 3, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    check_op(lambda x, w: ops.conv2d(x, w, padding=1), lambda x, w: F.conv2d(x, w, padding=1), [x, w],
+             rtol=1e-10 if dtype == torch.float64 else 2e-5, context=f"{c}->{o} {dtype}")
+    by_onednn = calls.count((o, 9 * c))  # (O, rows) @ (rows, K*C)^T: one per block
+    assert by_onednn == (0 if c == 36 else 3)
+
+
 def test_window_blocks_fit_the_budget_and_cover_the_batch(monkeypatch):
     from cnnlab.ops import conv
 
