@@ -173,35 +173,41 @@ def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
 
 @pytest.mark.parametrize("chunk", range(4))
 def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches_torch(chunk):
-    """Stride-1 layers with no more outputs than inputs (DenseNet's growth layers, ResNet's blocks) that take the
-    window matrix compute grad_x as a convolution with the flipped kernel: sweep that path."""
+    """Stride-1 layers with no more outputs than inputs (DenseNet's growth layers, ResNet's blocks), or up to
+    twice as many with 25 taps or more (GoogLeNet's 5x5 branches), that take the window matrix compute grad_x
+    as a convolution with the flipped kernel: sweep that path."""
     from cnnlab.ops.conv import _transposed_by_convolution, _use_shifted
     from cnnlab.ops.shapes import conv_padding
 
     rng = random.Random(9000 + chunk)
-    taken = 0
+    taken = wider = 0
     for i in range(40):
         dims = rng.choice([1, 2, 2, 3])
         kernel = tuple(rng.randint(1, 4 if dims < 3 else 3) for _ in range(dims))
         dilation = tuple(rng.randint(1, 3) for _ in range(dims))
         padding = rng.choice(["same", "valid", rng.randint(0, 3), tuple(rng.randint(0, 3) for _ in range(dims))])
         c = rng.randint(9, 20)
+        out_channels = rng.randint(1, c)
+        if rng.random() < 0.3:  # a 5x5 kernel with more outputs than inputs
+            dims, kernel, dilation, padding, out_channels = 2, (5, 5), (1, 1), rng.choice([2, "same", 0]), rng.randint(c + 1, 2 * c)
         cfg = {"dims": dims, "batch": rng.randint(2, 4), "unbatched": rng.random() < 0.1, "in_channels": c,
-               "out_channels": rng.randint(1, c), "groups": 1, "kernel": kernel, "bias": rng.random() < 0.7,
+               "out_channels": out_channels, "groups": 1, "kernel": kernel, "bias": rng.random() < 0.7,
                "spatial": tuple(d * (k - 1) + rng.randint(3, 8 if dims < 3 else 4) for k, d in zip(kernel, dilation))}
         kw = {"padding": padding, "dilation": dilation}
         ones = (1,) * dims
         pads = conv_padding(padding, kernel, dilation, ones)
         x = torch.zeros(1, c, *cfg["spatial"])
-        taken += (not _use_shifted(x, kernel, ones, pads, dilation, 1) and c >= 8  # not planar (PLANAR_MAX_CHANNELS)
-                  and _transposed_by_convolution(c, cfg["out_channels"], ones, pads, dilation, kernel,
-                                                 (1 if cfg["unbatched"] else cfg["batch"]) * math.prod(cfg["spatial"])))
+        took = (not _use_shifted(x, kernel, ones, pads, dilation, 1) and c >= 8  # not planar (PLANAR_MAX_CHANNELS)
+                and _transposed_by_convolution(c, cfg["out_channels"], ones, pads, dilation, kernel,
+                                               (1 if cfg["unbatched"] else cfg["batch"]) * math.prod(cfg["spatial"])))
+        taken += took
+        wider += took and out_channels > c
         inputs = make_inputs(cfg, seed=i)
         if inputs[0].dim() == 4 and rng.random() < 0.5:  # the layout the training loop uses
             inputs[0] = inputs[0].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         check_op(lambda x, w, b: OURS[dims](x, w, b, **kw), lambda x, w, b: THEIRS[dims](x, w, b, **kw),
                  inputs, rtol=1e-10, context=f"config {cfg} {kw}")
-    assert taken >= 15  # most of the sweep takes the path under test
+    assert taken >= 15 and wider >= 5  # most of the sweep takes the path under test, some with more outputs
 
 
 @pytest.mark.parametrize("chunk", range(3))
