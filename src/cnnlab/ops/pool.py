@@ -21,6 +21,7 @@ Adaptive average pooling has windows of varying size (``start = floor(i*n/o)``,
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -82,7 +83,18 @@ def _batched(fn, x, dims, *args):
     return fn(x, *args)
 
 
-def _tap_regions(spatial, kernel, stride, pads: Pads, dilation, out_size):
+@functools.lru_cache(maxsize=1024)
+def _tap_regions(spatial, kernel, stride, pads: Pads, dilation, out_size, phased: bool = False) -> tuple:
+    """``_offset_regions`` as a tuple, made once per geometry (rebuilding it on every call cost 50-60 us
+    of Python per forward + backward of a 3x3/2 pool, medians of 200 interleaved calls, whatever the
+    size); with ``phased``, every input index rewritten into ``_split_phases``' planes (``_phase_index``)."""
+    regions = _offset_regions(spatial, kernel, stride, pads, dilation, out_size)
+    if phased:
+        regions = ((t, _phase_index(source, stride), target, whole) for t, source, target, whole in regions)
+    return tuple(regions)
+
+
+def _offset_regions(spatial, kernel, stride, pads: Pads, dilation, out_size):
     """For every kernel offset (scan order), the outputs whose window has that offset inside the
     input, and the input positions they read there, as index tuples for channels-last tensors:
     yields ``(t, input_index, output_index, whole)``, ``x[input_index]`` and ``out[output_index]``
@@ -239,12 +251,10 @@ def _sources(x: torch.Tensor, kernel, stride, pads: Pads, dilation, out_size, ph
     x in place: there the split cost more than it saved (32x28x28: 1.1-1.7 -> 1.9-2.0 ms).
     """
     xl = x.movedim(1, -1)  # (N, *S, C), a view
-    regions = list(_tap_regions(x.shape[2:], kernel, stride, pads, dilation, out_size))
     overlap_strided = any(s > 1 and d * (k - 1) + 1 > s for k, s, d in zip(kernel, stride, dilation))
-    if not phases or not overlap_strided or x.shape[1] >= PHASES_BELOW_CHANNELS:
-        return xl, regions
-    planes = _split_phases(xl, stride)
-    return planes, [(t, _phase_index(source, stride), target, whole) for t, source, target, whole in regions]
+    phased = phases and overlap_strided and x.shape[1] < PHASES_BELOW_CHANNELS
+    regions = _tap_regions(tuple(x.shape[2:]), kernel, stride, pads, dilation, out_size, phased)
+    return (_split_phases(xl, stride) if phased else xl), regions
 
 
 def _phase_slices(phase, stride):
