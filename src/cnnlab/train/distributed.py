@@ -43,13 +43,13 @@ class Dist:
             dist.barrier()
 
     def close(self, finished: bool = False) -> None:
-        """Leave the process group; after a finished run, only once every process has finished.
+        """Leave the process group; after a completed run, only once every process has finished.
 
         Without the barrier a worker that finished early (rank 0 still writing figures) tore down
         its gloo connections while its peer was still connected and was aborted at exit by
         ``std::terminate`` in about one run in five on this machine (seen 3 times in 16 runs of
-        ``--nproc 2``; none in 40 with the barrier). After an error there is no barrier: the
-        other processes may never reach it.
+        ``--nproc 2``; none in 40 with the barrier). After an error or an interrupt there is no
+        barrier: the other processes may never reach it.
         """
         if self.enabled and dist.is_initialized():
             if finished:

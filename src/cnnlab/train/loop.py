@@ -275,7 +275,7 @@ def fit(model: str | nn.Module | TrainConfig | None = None, data=None, *, resume
     finished = False
     try:
         result = _train(config, state, resume is not None, overwrite, dist, device, _Reporters(watchers), module, data_object, classes)
-        finished = True
+        finished = result.status == "completed"  # every process ran every step (an interrupt may reach them at different steps)
         return result
     finally:
         dist.close(finished)
