@@ -188,18 +188,20 @@ def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches
         padding = rng.choice(["same", "valid", rng.randint(0, 3), tuple(rng.randint(0, 3) for _ in range(dims))])
         c = rng.randint(9, 20)
         out_channels = rng.randint(1, c)
-        if rng.random() < 0.3:  # a 5x5 kernel with more outputs than inputs
-            dims, kernel, dilation, padding, out_channels = 2, (5, 5), (1, 1), rng.choice([2, "same", 0]), rng.randint(c + 1, 2 * c)
+        if rng.random() < 0.3:  # a padded 5x5 kernel with more outputs than inputs
+            dims, kernel, dilation, padding, out_channels = 2, (5, 5), (1, 1), rng.choice([2, "same"]), rng.randint(c + 1, 2 * c)
         cfg = {"dims": dims, "batch": rng.randint(2, 4), "unbatched": rng.random() < 0.1, "in_channels": c,
                "out_channels": out_channels, "groups": 1, "kernel": kernel, "bias": rng.random() < 0.7,
                "spatial": tuple(d * (k - 1) + rng.randint(3, 8 if dims < 3 else 4) for k, d in zip(kernel, dilation))}
         kw = {"padding": padding, "dilation": dilation}
         ones = (1,) * dims
         pads = conv_padding(padding, kernel, dilation, ones)
+        n = 1 if cfg["unbatched"] else cfg["batch"]
         x = torch.zeros(1, c, *cfg["spatial"])
         took = (not _use_shifted(x, kernel, ones, pads, dilation, 1) and c >= 8  # not planar (PLANAR_MAX_CHANNELS)
-                and _transposed_by_convolution(c, cfg["out_channels"], ones, pads, dilation, kernel,
-                                               (1 if cfg["unbatched"] else cfg["batch"]) * math.prod(cfg["spatial"])))
+                and _transposed_by_convolution(c, cfg["out_channels"], ones, pads, dilation, kernel, n * math.prod(cfg["spatial"]),
+                                               n * math.prod(s + lo + hi - d * (k - 1) for s, (lo, hi), d, k
+                                                             in zip(cfg["spatial"], pads, dilation, kernel))))
         taken += took
         wider += took and out_channels > c
         inputs = make_inputs(cfg, seed=i)
@@ -314,3 +316,17 @@ def test_pointwise_convolutions_of_channels_last_inputs_read_the_input_in_place(
         check_op(lambda x, w, b: ops.conv2d(x, w, b), lambda x, w, b: F.conv2d(x, w, b), [x, w, b], rtol=1e-10,
                  context=f"config {cfg}")  # its random output gradients are channels-first: those are copied
         copies.clear()
+
+
+def test_input_gradient_route_follows_the_measured_shapes():
+    """The input gradient's route for the layers it was measured on (see ``_transposed_by_convolution``)."""
+    from cnnlab.ops.conv import _transposed_by_convolution
+
+    same5, ones = ((2, 2), (2, 2)), (1, 1)
+    assert _transposed_by_convolution(8, 16, ones, same5, ones, (5, 5), 128 * 196, 128 * 196)  # GoogLeNet's 5x5 branch
+    assert _transposed_by_convolution(68, 12, ones, ((1, 1), (1, 1)), ones, (3, 3), 128 * 196, 128 * 196)  # DenseNet growth
+    assert not _transposed_by_convolution(12, 24, ones, ((1, 1), (1, 1)), ones, (3, 3), 128 * 196, 128 * 196)  # 3x3, wider
+    assert not _transposed_by_convolution(8, 32, ones, same5, ones, (5, 5), 128 * 196, 128 * 196)  # four times the outputs
+    # lenet-modern's unpadded 32->64 5x5: the window matrix of grad_out would cover 14x14 positions, col2im's 10x10
+    assert not _transposed_by_convolution(32, 64, ones, ((0, 0), (0, 0)), ones, (5, 5), 256 * 196, 256 * 100)
+    assert not _transposed_by_convolution(512, 512, ones, ((1, 1), (1, 1)), ones, (3, 3), 32, 32)  # a tiny map

@@ -308,7 +308,7 @@ def _window_backward(ctx, grad_out: torch.Tensor, x: torch.Tensor, weight: torch
     kernels = ctx.kernels  # (O, K*C), from the forward pass
     grad_x = grad_w = None
     by_convolution = ctx.needs_input_grad[0] and _transposed_by_convolution(c, o, stride, pads, dilation, kernel,
-                                                                             n * math.prod(x_shape[2:]))
+                                                                             n * math.prod(x_shape[2:]), n * rows)
     if by_convolution:
         grad_x = _grad_input_by_convolution(grad_out, weight, pads, dilation)
     scatter = ctx.needs_input_grad[0] and not by_convolution
@@ -364,21 +364,24 @@ def _add_weight_gradient(grad_w: torch.Tensor | None, g: torch.Tensor, cols: tor
     return g.T @ cols if grad_w is None else grad_w.addmm_(g.T, cols)
 
 
-def _transposed_by_convolution(c: int, o: int, stride, pads: Pads, dilation, kernel, positions: int) -> bool:
+def _transposed_by_convolution(c: int, o: int, stride, pads: Pads, dilation, kernel, positions: int,
+                               out_positions: int) -> bool:
     """Whether the input gradient is cheaper as a convolution of the output gradient: stride 1,
     padding within the kernel's reach, and no more output than input channels, so the window matrix
     of the output gradient (M, K*O) is no larger than the (M, K*C) one col2im would scatter, and no
     scatter is needed (DenseNet's growth-rate layers, 12-32 outputs from 32-200 inputs: about 3x faster;
     as many outputs as inputs, 3x3 at 7-14 px, batch 128: 20-25% faster forward + backward, measured).
-    With 25 taps or more, up to twice as many outputs as inputs: col2im adds once per tap and block,
-    which costs more than the larger window matrix (GoogLeNet's 5x5 branches, batch 128, forward +
-    backward, scatter and convolution alternately, medians of 21, two runs: 8->16 at 14 px 0.85-0.86,
-    8->16 and 12->24 at 7 px 0.73-0.85, 16->32 at 14 px 0.87-0.89, 32->64 at 7 px 0.94-0.95; with 3x3
-    kernels 0.84-1.08, with four times the outputs 1.03-1.24: the scatter kept there).
+    With 25 taps or more, a window matrix up to twice the size of col2im's (its rows are the
+    ``positions`` of the input, col2im's the ``out_positions``): col2im adds once per tap and block,
+    which costs more (GoogLeNet's padded 5x5 branches, batch 128, forward + backward, scatter and
+    convolution alternately, medians of 21, two runs: 8->16 at 14 px 0.85-0.86, 8->16 and 12->24 at
+    7 px 0.73-0.85, 16->32 at 14 px 0.87-0.89, 32->64 at 7 px 0.94-0.95; with 3x3 kernels 0.84-1.08,
+    four times the size 1.03-1.24; lenet-modern's unpadded 32->64 5x5 at 14 px, four times the
+    size, made the whole training step 4-14% slower: the scatter kept for all of these).
     Not when the flipped kernel, a copy of the weight, outweighs that window matrix: a wide layer on a
     tiny map (ResNet-18's 512->512 layers at 1x1, batch 32, ``positions`` = N * prod(S) = 32 input
     positions against 512 channels) spent more on the 9.4 MB copy than col2im costs."""
-    narrow = o <= c or o <= 2 * c and math.prod(kernel) >= 25
+    narrow = o <= c or o * positions <= 2 * c * out_positions and math.prod(kernel) >= 25
     return (narrow and 4 * c <= positions and all(s == 1 for s in stride)
             and all(lo <= d * (k - 1) and hi <= d * (k - 1) for (lo, hi), d, k in zip(pads, dilation, kernel)))
 
