@@ -85,6 +85,7 @@ CASES = [
     ("CL alexnet-cpu conv2 16->32 5x5 p2 14x14", "conv", lambda: conv(16, 32, 5, 14, 128, padding=2, cl=True)),
     ("CL densenet-cpu growth conv 68->12 3x3 p1 14x14", "conv", lambda: conv(68, 12, 3, 14, 128, padding=1, cl=True)),
     ("CL googlenet-cpu 1x1 conv 88->32 7x7", "conv", lambda: conv(88, 32, 1, 7, 128, cl=True)),
+    ("CL googlenet-cpu 5x5 branch 8->16 p2 14x14", "conv", lambda: conv(8, 16, 5, 14, 128, padding=2, cl=True)),
     ("CL nin-cpu 1x1 conv 24->24 28x28", "conv", lambda: conv(24, 24, 1, 28, 128, cl=True)),
     ("CL resnet-cpu conv 64->64 3x3 p1 7x7", "conv", lambda: conv(64, 64, 3, 7, 128, padding=1, cl=True)),
     ("CL maxpool 2x2 s2 16x28x28", "pool", lambda: pool("max", 16, 28, 128, 2, 2, cl=True)),
