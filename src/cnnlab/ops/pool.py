@@ -136,7 +136,8 @@ class MaxPoolNd(torch.autograd.Function):
         claimed += hit * (4 * bound + 1)      # then lift the maximum past every value
 
     where ``bound`` is the largest magnitude among the maxima, so a window matches once, at
-    its *first* maximum in scan order, the winner torch picks. Comparisons go into float
+    its *first* maximum in scan order, the winner torch picks (the last offset skips the lift:
+    nothing compares after it). Comparisons go into float
     tensors (~3x faster than boolean masks here). Where the maxima hold inf (no finite lift
     exists) the winners are numbered first (``_first_winners``) and routed with
     ``hit = (winner == t)``; where they hold NaN, torch's rule (the last NaN wins) comes from
@@ -205,6 +206,7 @@ class MaxPoolNd(torch.autograd.Function):
             hit = scratch("max_pool.hit", best.shape, best)
         else:
             hit = scratch("max_pool.hit", winner.shape, winner)
+        last = regions[-1][0] if regions else None
         for t, source, target, _ in regions:
             h, gt, dest = hit[target], g[target], grad_planes[source]
             if winner is None:
@@ -219,7 +221,7 @@ class MaxPoolNd(torch.autograd.Function):
                 dest.addcmul_(h, gt)
             else:  # each input position is in one window at most: write, not add
                 torch.mul(h, gt, out=dest)
-            if winner is None:
+            if winner is None and t != last:  # no later offset compares against the last lift
                 c.add_(h, alpha=raise_by)
         if phased:
             _merge_phases(grad_planes, grad_x, stride)
