@@ -172,13 +172,15 @@ def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
 
 
 @pytest.mark.parametrize("chunk", range(4))
-def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches_torch(chunk):
+def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches_torch(chunk, monkeypatch):
     """Stride-1 layers with no more outputs than inputs (DenseNet's growth layers, ResNet's blocks), or up to
     twice as many with 25 taps or more (GoogLeNet's 5x5 branches), that take the window matrix compute grad_x
     as a convolution with the flipped kernel: sweep that path."""
+    from cnnlab.ops import conv
     from cnnlab.ops.conv import _transposed_by_convolution, _use_shifted
     from cnnlab.ops.shapes import conv_padding
 
+    monkeypatch.setattr(conv, "FOURIER_MIN_TAPS", None)  # 2-D 5x5 layers would go through the DFT (FourierConv2d)
     rng = random.Random(9000 + chunk)
     taken = wider = 0
     for i in range(40):
@@ -330,3 +332,63 @@ def test_input_gradient_route_follows_the_measured_shapes():
     # lenet-modern's unpadded 32->64 5x5: the window matrix of grad_out would cover 14x14 positions, col2im's 10x10
     assert not _transposed_by_convolution(32, 64, ones, ((0, 0), (0, 0)), ones, (5, 5), 256 * 196, 256 * 100)
     assert not _transposed_by_convolution(512, 512, ones, ((1, 1), (1, 1)), ones, (3, 3), 32, 32)  # a tiny map
+
+
+@pytest.mark.parametrize("chunk", range(3))
+def test_convolution_through_the_dft_matches_torch_float64(chunk):
+    """FourierConv2d on its own, over every geometry it accepts: strides, dilations, uneven padding,
+    kernels of 1x1 to 6x6, with and without bias, each gradient asked for alone or with the others."""
+    from cnnlab.ops.fourier import FourierConv2d
+
+    rng = random.Random(14000 + chunk)
+    for i in range(40):
+        kernel = (rng.randint(1, 6), rng.randint(1, 6))
+        stride, dilation = (rng.randint(1, 3), rng.randint(1, 3)), (rng.randint(1, 3), rng.randint(1, 3))
+        pads = tuple((rng.randint(0, 3), rng.randint(0, 3)) for _ in range(2))
+        spatial = tuple(max(1, d * (k - 1) + 1 - lo - hi) + rng.randint(0, 9) for k, d, (lo, hi) in zip(kernel, dilation, pads))
+        n, c, o = rng.randint(1, 4), rng.randint(1, 6), rng.randint(1, 6)
+        gen = torch.Generator().manual_seed(i)
+        x = torch.randn(n, c, *spatial, generator=gen, dtype=torch.float64)
+        if rng.random() < 0.5:
+            x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(o, c, *kernel, generator=gen, dtype=torch.float64)
+        b = torch.randn(o, generator=gen, dtype=torch.float64) if rng.random() < 0.7 else None
+        needs = rng.choice([(True, True, True), (False, True, True), (True, False, False), (True, True, False)])
+        inputs = [t.requires_grad_(need) if t is not None else None for t, need in zip((x, w, b), needs)]
+        flat = [p for lo_hi in reversed(pads) for p in lo_hi]
+
+        def theirs(x, w, b):
+            return F.conv2d(F.pad(x, flat), w, b, stride=stride, dilation=dilation)
+
+        check_op(lambda x, w, b: FourierConv2d.apply(x, w, b, stride, pads, dilation), theirs, inputs, rtol=1e-10,
+                 context=f"x {tuple(x.shape)} w {tuple(w.shape)} stride {stride} pads {pads} dilation {dilation} needs {needs}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_large_kernels_take_the_dft_route(dtype, monkeypatch):
+    """conv2d sends stride-1 layers with 25 taps or more and at least 3 input channels through the
+    DFT (the layers where it measured faster), in either layout, and matches torch there; 1-2 input
+    channels, 3x3 kernels and strides keep the window matrix."""
+    from cnnlab.ops import conv, fourier
+
+    taken = []
+    real = fourier.FourierConv2d.apply
+    monkeypatch.setattr(fourier.FourierConv2d, "apply", lambda *args: taken.append(tuple(args[1].shape)) or real(*args))
+    gen = torch.Generator().manual_seed(5)
+    cases = [((3, 8, 10, 10), (6, 8, 5, 5), 2, 1, True), ((2, 3, 9, 7), (4, 3, 5, 5), 0, 1, True),
+             ((2, 6, 12, 12), (5, 6, 7, 7), 3, 1, True), ((2, 2, 9, 9), (4, 2, 5, 5), 2, 1, False),
+             ((2, 8, 9, 9), (4, 8, 3, 3), 1, 1, False), ((2, 8, 11, 11), (4, 8, 5, 5), 2, 2, False)]
+    for x_shape, w_shape, padding, stride, routed in cases:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(x_shape, generator=gen, dtype=torch.float64).to(dtype).contiguous(memory_format=layout)
+            w = torch.randn(w_shape, generator=gen, dtype=torch.float64).to(dtype)
+            b = torch.randn(w_shape[0], generator=gen, dtype=torch.float64).to(dtype)
+            taken.clear()
+            out = check_op(lambda x, w, b: ops.conv2d(x, w, b, padding=padding, stride=stride),
+                           lambda x, w, b: F.conv2d(x, w, b, padding=padding, stride=stride),
+                           [x.requires_grad_(), w.requires_grad_(), b.requires_grad_()],
+                           rtol=1e-10 if dtype == torch.float64 else 2e-5, context=f"{x_shape} {w_shape} {layout}")
+            assert bool(taken) == routed, (x_shape, w_shape, stride)
+            theirs = F.conv2d(x, w, b, padding=padding, stride=stride)
+            assert out.is_contiguous(memory_format=layout) == theirs.is_contiguous(memory_format=layout)
+    assert conv._use_fourier(torch.zeros(1, 8, 9, 9, dtype=torch.float16), (5, 5), (1, 1), (1, 1), 1) is False

@@ -95,6 +95,7 @@ def test_gradgradcheck_on_every_op():
         (lambda x, w, b: ops.conv1d(x, w, b, stride=2, padding=1, dilation=2), (rand(2, 2, 9), rand(3, 2, 3), rand(3))),
         (lambda x, w, b: ops.conv2d(x, w, b, stride=(1, 2), padding="same" and 1, groups=2), (rand(1, 4, 6, 7), rand(4, 2, 3, 2), rand(4))),
         (lambda x, w: ops.conv2d(x, w, padding=1), (rand(1, 16, 6, 6), rand(2, 16, 3, 3))),  # the window-free layout
+        (lambda x, w, b: ops.conv2d(x, w, b, padding=2), (rand(2, 3, 5, 6), rand(2, 3, 5, 5), rand(2))),  # through the DFT
         (lambda x, w: ops.conv3d(x, w, padding=(1, 0, 1)), (rand(1, 2, 4, 4, 3), rand(2, 2, 2, 2, 2))),
         (lambda x: ops.max_pool2d(x * x, 3, 2, 1, ceil_mode=True), (rand(1, 2, 7, 6),)),
         (lambda x: ops.max_pool3d(x * x, 2, dilation=(1, 2, 1)), (rand(1, 1, 4, 5, 4),)),

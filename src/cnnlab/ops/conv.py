@@ -18,6 +18,9 @@ The backward pass is derived by hand (``ConvNd``): with ``G = grad_out`` as (M, 
 The layout is chosen by shape, because no single one is fastest everywhere (measured in
 benchmarks/bench_ops.py):
 
+    - 2-D, stride 1, 25 taps or more (5x5 kernels and larger), at least 3 input channels: no
+      windows at all but the convolution theorem, with the transforms as matrix products
+      (``fourier.FourierConv2d``): a product per frequency instead of one per kernel tap;
     - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
       plane by plane with long contiguous rows (a network's first layers);
     - 16-31 input channels, stride 1, at most 9 taps: no window matrix at all (``ShiftedConvNd``,
@@ -52,6 +55,7 @@ from collections.abc import Sequence
 import torch
 
 from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
+from .fourier import FourierConv2d
 from .products import mm_nt
 from .scratch import scratch
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
@@ -421,6 +425,25 @@ SHIFTED_MAX_TAPS = 9
 SHIFTED_MAX_WASTE = 2.0
 
 
+# Large kernels go through the DFT (fourier.FourierConv2d) where it measured faster. Forward + backward,
+# channels-last, 2 threads, the DFT route against the window-matrix paths, alternately in one process,
+# medians of 15: 5x5 kernels 0.48-0.77 of the time (LeNet's 6->16 at batch 256 0.57, AlexNet-CPU's 16->32
+# at 14 px 0.52, GoogLeNet-CPU's 8->16 branch 0.53, lenet-modern's 32->64 0.48-0.73, the book AlexNet's
+# 96->256 at 27 px 0.77) and 3 input channels 0.79; but 1 and 2 input channels (a first layer: its
+# channels-first window matrix is short, and no input gradient is needed) 1.16-3.5, and 3x3 kernels
+# 0.68-1.20 depending on the shape, so those keep the window matrix.
+FOURIER_MIN_TAPS = 25
+FOURIER_MIN_CHANNELS = 3
+
+
+def _use_fourier(x: torch.Tensor, kernel, stride, dilation, groups: int) -> bool:
+    """Whether a convolution goes through the DFT: 2-D, groups 1, stride and dilation 1, float32/64 on
+    the CPU (where it was measured), outside ``torch.compile`` (which plans its own kernels)."""
+    return (FOURIER_MIN_TAPS is not None and x.dim() == 4 and groups == 1 and x.dtype in (torch.float32, torch.float64)
+            and x.device.type == "cpu" and math.prod(kernel) >= FOURIER_MIN_TAPS and x.shape[1] >= FOURIER_MIN_CHANNELS
+            and all(s == 1 for s in stride) and all(d == 1 for d in dilation) and not torch.compiler.is_compiling())
+
+
 def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int) -> bool:
     taps = math.prod(kernel)
     if (groups != 1 or any(s != 1 for s in stride) or not SHIFTED_MIN_CHANNELS <= x.shape[1] < SHIFTED_MAX_CHANNELS
@@ -590,7 +613,9 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
         out = x.new_zeros((0, weight.shape[0], *out_size)) + 0 * link
         return out.squeeze(0) if unbatched else out
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        if _use_shifted(x, kernel, stride, pads, dilation, groups):
+        if _use_fourier(x, kernel, stride, dilation, groups):
+            out = FourierConv2d.apply(x, weight, bias, stride, pads, dilation)
+        elif _use_shifted(x, kernel, stride, pads, dilation, groups):
             out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)
         else:
             out = ConvNd.apply(x, weight, bias, stride, pads, dilation, groups)

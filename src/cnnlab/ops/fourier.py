@@ -1,0 +1,187 @@
+"""2-D cross-correlation through the convolution theorem, with the transforms as matrix products.
+
+A cross-correlation of a whole feature map is a product in the frequency domain: with ``^`` a
+discrete Fourier transform of length ``L`` along each spatial axis,
+
+    y^[f] = sum over c of  x^[f, c] * conj(w^[f, c, o])          (one frequency at a time)
+
+so the kernel's ``kh*kw`` taps per input-output channel pair become one complex multiply-add per
+frequency: a 5x5 kernel on a 14x14 map with padding 2 costs 196 * 25 = 4900 real multiply-adds per
+channel pair directly and 18 * 10 complex ones (720 real) here, plus the transforms, which act on
+each channel once instead of on each channel pair.
+
+The transforms are written as matrix products with the DFT matrices ``E[f, p] = exp(-2 pi i f p / L)``,
+one axis at a time (a separable 2-D transform), never through an FFT library: matrices can read the
+input at any positions and produce any outputs, which does the padding, the stride, the dilation and
+the cropping for free:
+
+    forward   x^   = E_h(x rows)  E_w(x columns)       every input position p, zeros never stored
+              w^   = E_h(a*d - lo) E_w(b*d - lo)       each kernel tap at its offset from the window start
+              y    = Re( I_h(j*s) I_w(k*s) sum_c x^ conj(w^) )    only the outputs that exist
+    backward  g^   = E(j*s) of grad_out
+              grad_x = Re( I(p) sum_o g^ w^ )          (a transposed correlation: no scatter)
+              grad_w = Re( I(a*d - lo) sum_n conj(g^) x^ )
+
+Lengths: ``L = n + max(lo, hi)`` per axis is enough for the circular products to equal the linear
+ones on every position read (each window reaches at most ``lo`` before the map and ``hi`` past it,
+and those positions wrap onto zeros), and no longer is needed because a matrix does not care for
+powers of two. Along the width only the frequencies ``0 .. L//2`` are kept (a real signal's
+spectrum is symmetric); the inverse weighs the others in (``alpha``).
+
+Layout: the channel products need one (N, C) matrix per frequency, so the spectra are kept as
+(G, F, N, C), frequency-major: the input is copied once into that order (as complex numbers), and
+each transform is then one product over the leading axis or a batch of them over the second, with
+no other copy. The result is written straight into the channels-last output.
+
+Where it is used (``conv._use_fourier``) and why: see ``FOURIER_MIN_TAPS`` there. Products run in
+complex64 for float32 (torch.mm/bmm), complex128 for float64, so the float64 oracle holds (errors
+near 1e-15 relative); in float32 the rounding error spreads over the map rather than sitting in
+each output's own sum, at the size of torch's own float32 error (2e-7 of the largest output here,
+torch's direct convolution 5e-7 to 1e-6, both against float64).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .autograd import graph_backward, unviewed, wants_graph
+from .shapes import Pads
+from .sums import channel_sums
+
+__all__ = ["FourierConv2d"]
+
+
+@functools.lru_cache(maxsize=256)
+def _axis(n: int, k: int, pad: tuple[int, int], s: int, d: int, half: bool, dtype: torch.dtype, device: torch.device) -> dict:
+    """The DFT matrices of one spatial axis (length ``n``, kernel ``k``, padding ``pad``, stride ``s``,
+    dilation ``d``), computed in float64 and rounded once to ``dtype`` (complex). ``half``: keep only
+    the frequencies 0 .. L//2 (the last axis: a real signal's spectrum is symmetric).
+
+    Returns ``{"out": outputs, "x": E over input positions, "k": E over kernel offsets, "y": E over
+    output positions, "inv_x", "inv_k", "inv_y": their inverses (position, frequency), already
+    weighted by 1/L and, on the half axis, by each frequency's multiplicity}``. The inverses of the
+    forward product and of the weight gradient are conjugated (see ``FourierConv2d``)."""
+    lo, hi = pad
+    out = (n + lo + hi - d * (k - 1) - 1) // s + 1
+    length = n + max(lo, hi)
+    count = length // 2 + 1 if half else length
+    freq = torch.arange(count, dtype=torch.float64)
+
+    def dft(positions: torch.Tensor) -> torch.Tensor:  # (frequencies, positions)
+        return torch.exp(torch.outer(freq, positions.to(torch.float64)) * (-2j * math.pi / length))
+
+    weight = torch.ones(count, dtype=torch.float64)
+    if half:
+        weight[1:] = 2.0
+        if length % 2 == 0:
+            weight[-1] = 1.0  # the Nyquist frequency appears once
+
+    def inverse(e: torch.Tensor) -> torch.Tensor:  # (positions, frequencies)
+        return e.conj().T * (weight / length)
+
+    e_x = dft(torch.arange(n))
+    e_k = dft(torch.arange(k) * d - lo)
+    e_y = dft(torch.arange(out) * s)
+
+    def put(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype=dtype, device=device).contiguous()
+
+    return {"out": out, "x_conj": put(e_x.conj()), "k": put(e_k), "y": put(e_y),
+            "inv_x": put(inverse(e_x)), "inv_k_conj": put(inverse(e_k).conj()), "inv_y_conj": put(inverse(e_y).conj())}
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def _spectra(t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) real -> (G, F, N, C) complex: ``rows`` (G, H) along the height, ``cols`` (F, W) along
+    the width; one copy into (H, W, N, C) order, then two products that need no other."""
+    n, c, h, w = t.shape
+    planes = torch.empty((h, w, n, c), dtype=rows.dtype, device=t.device)
+    planes.copy_(t.permute(2, 3, 0, 1))
+    by_rows = torch.mm(rows, planes.view(h, w * n * c))  # (G, W, N, C)
+    return torch.matmul(cols, by_rows.view(rows.shape[0], w, n * c)).view(rows.shape[0], cols.shape[0], n, c)
+
+
+def _real_map(spectrum: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor, bias=None) -> None:
+    """(G, F, N, C) complex -> the real part of its inverse at ``rows`` (H, G) x ``cols`` (W, F) positions,
+    written into ``out`` (N, H, W, C)."""
+    g, f, n, c = spectrum.shape
+    h, w = rows.shape[0], cols.shape[0]
+    by_rows = torch.mm(rows, spectrum.view(g, f * n * c)).view(h, f, n * c)
+    full = torch.matmul(cols, by_rows).view(h, w, n, c)
+    target = out.permute(1, 2, 0, 3)
+    if bias is None:
+        target.copy_(full.real)
+    else:
+        torch.add(full.real, bias, out=target)
+
+
+class FourierConv2d(torch.autograd.Function):
+    """2-D cross-correlation (groups 1) through the convolution theorem (module docstring).
+
+    Shapes: x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None -> (N, O, H_out, W_out),
+    channels-last in memory. Any stride, padding (``pads``: (lo, hi) per axis) and dilation.
+
+    Conjugations are folded into the matrices: the forward pass keeps ``conj(x^)`` (from the
+    conjugated DFT matrix), so ``sum_c x^ conj(w^) = conj(sum_c conj(x^) w^)`` and its inverse's real
+    part is the conjugated inverse applied to ``sum_c conj(x^) w^``: no conjugation pass over data.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, pads: Pads, dilation):
+        n, c, h, w = x.shape
+        o, _, kh, kw = weight.shape
+        dtype = _complex(x.dtype)
+        rows = _axis(h, kh, pads[0], stride[0], dilation[0], False, dtype, x.device)
+        cols = _axis(w, kw, pads[1], stride[1], dilation[1], True, dtype, x.device)
+        x_hat = _spectra(x, rows["x_conj"], cols["x_conj"])  # conj(x^), (G, F, N, C)
+        g, f = x_hat.shape[:2]
+        taps = torch.empty((kh, kw, c, o), dtype=dtype, device=x.device)
+        taps.copy_(weight.permute(2, 3, 1, 0))
+        w_hat = torch.matmul(cols["k"], torch.mm(rows["k"], taps.view(kh, kw * c * o)).view(g, kw, c * o)).view(g * f, c, o)
+        y_hat = torch.bmm(x_hat.view(g * f, n, c), w_hat)  # conj(y^), (G*F, N, O)
+        y = x.new_empty((n, rows["out"], cols["out"], o))
+        _real_map(y_hat.view(g, f, n, o), rows["inv_y_conj"], cols["inv_y_conj"], y, bias)
+        ctx.geometry = (stride, pads, dilation)
+        ctx.axes = (rows, cols)
+        ctx.save_for_backward(x_hat if ctx.needs_input_grad[1] else None, w_hat if ctx.needs_input_grad[0] else None,
+                              x, weight, bias)
+        return unviewed(y.permute(0, 3, 1, 2))  # (N, O, H_out, W_out); nothing saved shares y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x_hat, w_hat, x, weight, bias = ctx.saved_tensors
+        stride, pads, dilation = ctx.geometry
+        if wants_graph():
+            from .conv import reference_conv
+
+            grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, 1), (x, weight, bias),
+                                   ctx.needs_input_grad[:3], grad_out)
+            return (*grads, None, None, None)
+        rows, cols = ctx.axes
+        n, c, h, w = x.shape
+        o, _, kh, kw = weight.shape
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            g_hat = _spectra(grad_out, rows["y"], cols["y"])  # (G, F, N, O)
+            g, f = g_hat.shape[:2]
+            g_hat = g_hat.view(g * f, n, o)
+        if ctx.needs_input_grad[0]:
+            gx_hat = torch.bmm(g_hat, w_hat.transpose(1, 2))  # (G*F, N, C)
+            grad_x = x.new_empty((n, h, w, c))
+            _real_map(gx_hat.view(g, f, n, c), rows["inv_x"], cols["inv_x"], grad_x)
+            grad_x = grad_x.permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            # sum_n conj(g^) x^ = conj(sum_n g^ conj(x^)): the conjugated inverse of x_hat^T g_hat
+            gw_hat = torch.bmm(x_hat.view(g * f, n, c).transpose(1, 2), g_hat)  # (G*F, C, O)
+            taps = weight.new_empty((kh, kw, c, o))
+            _real_map(gw_hat.view(g, f, c, o), rows["inv_k_conj"], cols["inv_k_conj"], taps.permute(2, 0, 1, 3))
+            grad_w = taps.permute(3, 2, 0, 1).contiguous()
+        if ctx.needs_input_grad[2]:
+            grad_b = channel_sums(grad_out)
+        return grad_x, grad_w, grad_b, None, None, None
