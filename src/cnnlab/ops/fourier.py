@@ -48,6 +48,7 @@ import math
 import torch
 
 from .autograd import graph_backward, unviewed, wants_graph
+from .scratch import scratch
 from .shapes import Pads
 from .sums import channel_sums
 
@@ -97,14 +98,19 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
-def _spectra(t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def _spectra(t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """(N, C, H, W) real -> (G, F, N, C) complex: ``rows`` (G, H) along the height, ``cols`` (F, W) along
-    the width; one copy into (H, W, N, C) order, then two products that need no other."""
+    the width; one copy into (H, W, N, C) order, then two products that need no other. Into ``out``
+    where given; the temporaries live in reused memory (``scratch``: fresh pages cost more here than
+    the products)."""
     n, c, h, w = t.shape
-    planes = torch.empty((h, w, n, c), dtype=rows.dtype, device=t.device)
+    g, f = rows.shape[0], cols.shape[0]
+    planes = scratch("fourier.planes", (h, w, n, c), t, rows.dtype)
     planes.copy_(t.permute(2, 3, 0, 1))
-    by_rows = torch.mm(rows, planes.view(h, w * n * c))  # (G, W, N, C)
-    return torch.matmul(cols, by_rows.view(rows.shape[0], w, n * c)).view(rows.shape[0], cols.shape[0], n, c)
+    by_rows = torch.mm(rows, planes.view(h, w * n * c), out=scratch("fourier.by_rows", (g, w * n * c), t, rows.dtype))
+    out = torch.empty((g, f, n, c), dtype=rows.dtype, device=t.device) if out is None else out
+    torch.matmul(cols, by_rows.view(g, w, n * c), out=out.view(g, f, n * c))
+    return out
 
 
 def _real_map(spectrum: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor, bias=None) -> None:
@@ -112,8 +118,8 @@ def _real_map(spectrum: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ou
     written into ``out`` (N, H, W, C)."""
     g, f, n, c = spectrum.shape
     h, w = rows.shape[0], cols.shape[0]
-    by_rows = torch.mm(rows, spectrum.view(g, f * n * c)).view(h, f, n * c)
-    full = torch.matmul(cols, by_rows).view(h, w, n, c)
+    by_rows = torch.mm(rows, spectrum.view(g, f * n * c), out=scratch("fourier.by_rows", (h, f * n * c), out, rows.dtype))
+    full = torch.matmul(cols, by_rows.view(h, f, n * c), out=scratch("fourier.full", (h, w, n * c), out, rows.dtype)).view(h, w, n, c)
     target = out.permute(1, 2, 0, 3)
     if bias is None:
         target.copy_(full.real)
@@ -144,7 +150,7 @@ class FourierConv2d(torch.autograd.Function):
         taps = torch.empty((kh, kw, c, o), dtype=dtype, device=x.device)
         taps.copy_(weight.permute(2, 3, 1, 0))
         w_hat = torch.matmul(cols["k"], torch.mm(rows["k"], taps.view(kh, kw * c * o)).view(g, kw, c * o)).view(g * f, c, o)
-        y_hat = torch.bmm(x_hat.view(g * f, n, c), w_hat)  # conj(y^), (G*F, N, O)
+        y_hat = torch.bmm(x_hat.view(g * f, n, c), w_hat, out=scratch("fourier.product", (g * f, n, o), x, dtype))  # conj(y^)
         y = x.new_empty((n, rows["out"], cols["out"], o))
         _real_map(y_hat.view(g, f, n, o), rows["inv_y_conj"], cols["inv_y_conj"], y, bias)
         ctx.geometry = (stride, pads, dilation)
@@ -168,17 +174,18 @@ class FourierConv2d(torch.autograd.Function):
         o, _, kh, kw = weight.shape
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            g_hat = _spectra(grad_out, rows["y"], cols["y"])  # (G, F, N, O)
-            g, f = g_hat.shape[:2]
+            g, f = rows["y"].shape[0], cols["y"].shape[0]
+            g_hat = _spectra(grad_out, rows["y"], cols["y"], scratch("fourier.grad_out", (g, f, n, o), x, rows["y"].dtype))
             g_hat = g_hat.view(g * f, n, o)
         if ctx.needs_input_grad[0]:
-            gx_hat = torch.bmm(g_hat, w_hat.transpose(1, 2))  # (G*F, N, C)
+            gx_hat = torch.bmm(g_hat, w_hat.transpose(1, 2), out=scratch("fourier.product", (g * f, n, c), x, g_hat.dtype))
             grad_x = x.new_empty((n, h, w, c))
             _real_map(gx_hat.view(g, f, n, c), rows["inv_x"], cols["inv_x"], grad_x)
             grad_x = grad_x.permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             # sum_n conj(g^) x^ = conj(sum_n g^ conj(x^)): the conjugated inverse of x_hat^T g_hat
-            gw_hat = torch.bmm(x_hat.view(g * f, n, c).transpose(1, 2), g_hat)  # (G*F, C, O)
+            gw_hat = torch.bmm(x_hat.view(g * f, n, c).transpose(1, 2), g_hat,
+                               out=scratch("fourier.product", (g * f, c, o), x, g_hat.dtype))  # (G*F, C, O)
             taps = weight.new_empty((kh, kw, c, o))
             _real_map(gw_hat.view(g, f, c, o), rows["inv_k_conj"], cols["inv_k_conj"], taps.permute(2, 0, 1, 3))
             grad_w = taps.permute(3, 2, 0, 1).contiguous()
