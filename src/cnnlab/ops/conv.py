@@ -18,9 +18,10 @@ The backward pass is derived by hand (``ConvNd``): with ``G = grad_out`` as (M, 
 The layout is chosen by shape, because no single one is fastest everywhere (measured in
 benchmarks/bench_ops.py):
 
-    - 2-D, stride 1, 25 taps or more (5x5 kernels and larger), at least 3 input channels: no
-      windows at all but the convolution theorem, with the transforms as matrix products
-      (``fourier.FourierConv2d``): a product per frequency instead of one per kernel tap;
+    - 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input channels, or
+      3x3 kernels on 5-8 px maps with at least 32: no windows at all but the convolution theorem,
+      with the transforms as matrix products (``fourier.FourierConv2d``): a product per frequency
+      instead of one per kernel tap;
     - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
       plane by plane with long contiguous rows (a network's first layers);
     - 16-31 input channels, stride 1, at most 9 taps: no window matrix at all (``ShiftedConvNd``,
@@ -425,23 +426,35 @@ SHIFTED_MAX_TAPS = 9
 SHIFTED_MAX_WASTE = 2.0
 
 
-# Large kernels go through the DFT (fourier.FourierConv2d) where it measured faster. Forward + backward,
-# channels-last, 2 threads, the DFT route against the window-matrix paths, alternately in one process,
-# medians of 15: 5x5 kernels 0.48-0.77 of the time (LeNet's 6->16 at batch 256 0.57, AlexNet-CPU's 16->32
-# at 14 px 0.52, GoogLeNet-CPU's 8->16 branch 0.53, lenet-modern's 32->64 0.48-0.73, the book AlexNet's
-# 96->256 at 27 px 0.77) and 3 input channels 0.79; but 1 and 2 input channels (a first layer: its
-# channels-first window matrix is short, and no input gradient is needed) 1.16-3.5, and 3x3 kernels
-# 0.68-1.20 depending on the shape, so those keep the window matrix.
+# Large kernels, and 3x3 kernels on small maps, go through the DFT (fourier.FourierConv2d) where it measured
+# faster. Forward + backward, channels-last, 2 threads, the DFT route against the window-matrix paths,
+# alternately in one process, medians of 15:
+#   5x5 kernels, 3+ input channels: 0.48-0.82 of the time (LeNet's 6->16 at batch 256, AlexNet-CPU's 16->32
+#     at 14 px, GoogLeNet-CPU's 8->16 branch, lenet-modern's 32->64, the book AlexNet's 96->256 at 27 px);
+#     1-2 input channels (a first layer: its channels-first window matrix is short, no input gradient
+#     is needed) 1.16-3.5.
+#   3x3 kernels on 7-8 px maps with 32-256 input channels: 0.71-0.85 (32->64, 48->12, 64->64, 256->256);
+#     with 12-16 channels 1.2-1.5, on 14 px maps 0.9-1.2, on 1-4 px maps 0.92-2.65 (there the transforms
+#     of 256-512 channels outweigh the few products).
 FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
+FOURIER_SMALL_MAP = (5, 8)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
+FOURIER_SMALL_MAP_MIN_CHANNELS = 32  # ... and at least this many input channels
 
 
 def _use_fourier(x: torch.Tensor, kernel, stride, dilation, groups: int) -> bool:
     """Whether a convolution goes through the DFT: 2-D, groups 1, stride and dilation 1, float32/64 on
-    the CPU (where it was measured), outside ``torch.compile`` (which plans its own kernels)."""
-    return (FOURIER_MIN_TAPS is not None and x.dim() == 4 and groups == 1 and x.dtype in (torch.float32, torch.float64)
-            and x.device.type == "cpu" and math.prod(kernel) >= FOURIER_MIN_TAPS and x.shape[1] >= FOURIER_MIN_CHANNELS
-            and all(s == 1 for s in stride) and all(d == 1 for d in dilation) and not torch.compiler.is_compiling())
+    the CPU (where it was measured), outside ``torch.compile`` (which plans its own kernels), and a
+    shape where it measured faster (above)."""
+    if (FOURIER_MIN_TAPS is None or x.dim() != 4 or groups != 1 or x.dtype not in (torch.float32, torch.float64)
+            or x.device.type != "cpu" or any(s != 1 for s in stride) or any(d != 1 for d in dilation)
+            or torch.compiler.is_compiling()):
+        return False
+    taps, c = math.prod(kernel), x.shape[1]
+    if taps >= FOURIER_MIN_TAPS:
+        return c >= FOURIER_MIN_CHANNELS
+    low, high = FOURIER_SMALL_MAP
+    return taps >= 9 and c >= FOURIER_SMALL_MAP_MIN_CHANNELS and all(low <= n <= high for n in x.shape[2:])
 
 
 def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int) -> bool:
