@@ -395,4 +395,9 @@ def test_large_kernels_and_small_maps_take_the_dft_route(dtype, monkeypatch):
             assert bool(taken) == routed, (x_shape, w_shape, stride)
             theirs = F.conv2d(x, w, b, padding=padding, stride=stride)
             assert out.is_contiguous(memory_format=layout) == theirs.is_contiguous(memory_format=layout)
-    assert conv._use_fourier(torch.zeros(1, 8, 9, 9, dtype=torch.float16), (5, 5), (1, 1), (1, 1), 1) is False
+    w = torch.zeros(4, 8, 5, 5, requires_grad=True)
+    assert conv._use_fourier(torch.zeros(1, 8, 9, 9), w, (5, 5), (1, 1), (1, 1), 1)
+    assert not conv._use_fourier(torch.zeros(1, 8, 9, 9, dtype=torch.float16), w.half(), (5, 5), (1, 1), (1, 1), 1)
+    assert not conv._use_fourier(torch.zeros(1, 8, 9, 9), w.detach(), (5, 5), (1, 1), (1, 1), 1)  # inference: forward only
+    with torch.no_grad():
+        assert not conv._use_fourier(torch.zeros(1, 8, 9, 9), w, (5, 5), (1, 1), (1, 1), 1)

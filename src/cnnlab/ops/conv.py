@@ -436,17 +436,21 @@ SHIFTED_MAX_WASTE = 2.0
 #   3x3 kernels on 7-8 px maps with 32-256 input channels: 0.71-0.85 (32->64, 48->12, 64->64, 256->256);
 #     with 12-16 channels 1.2-1.5, on 14 px maps 0.9-1.2, on 1-4 px maps 0.92-2.65 (there the transforms
 #     of 256-512 channels outweigh the few products).
+# Only for training: the forward pass alone (inference, evaluation) is the half of the work that the
+# backward pass does not share (its spectra of x and w are reused there), and alone it measured slower
+# than the window matrix on most of these layers (GoogLeNet-CPU's 5x5 branch 1.8 -> 4.4 ms, AlexNet-CPU's
+# 16->32 4.6 -> 7.6; the book AlexNet's 96->256 310 -> 172 the exception; benchmarks/bench_ops.py).
 FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 8)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
 FOURIER_SMALL_MAP_MIN_CHANNELS = 32  # ... and at least this many input channels
 
 
-def _use_fourier(x: torch.Tensor, kernel, stride, dilation, groups: int) -> bool:
-    """Whether a convolution goes through the DFT: 2-D, groups 1, stride and dilation 1, float32/64 on
-    the CPU (where it was measured), outside ``torch.compile`` (which plans its own kernels), and a
-    shape where it measured faster (above)."""
-    if (FOURIER_MIN_TAPS is None or x.dim() != 4 or groups != 1 or x.dtype not in (torch.float32, torch.float64)
+def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation, groups: int) -> bool:
+    """Whether a convolution goes through the DFT: in training (a backward pass will follow), 2-D,
+    groups 1, stride and dilation 1, float32/64 on the CPU (where it was measured), outside
+    ``torch.compile`` (which plans its own kernels), and a shape where it measured faster (above)."""
+    if (FOURIER_MIN_TAPS is None or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad) or x.dim() != 4 or groups != 1 or x.dtype not in (torch.float32, torch.float64)
             or x.device.type != "cpu" or any(s != 1 for s in stride) or any(d != 1 for d in dilation)
             or torch.compiler.is_compiling()):
         return False
@@ -626,7 +630,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
         out = x.new_zeros((0, weight.shape[0], *out_size)) + 0 * link
         return out.squeeze(0) if unbatched else out
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        if _use_fourier(x, kernel, stride, dilation, groups):
+        if _use_fourier(x, weight, kernel, stride, dilation, groups):
             out = FourierConv2d.apply(x, weight, bias, stride, pads, dilation)
         elif _use_shifted(x, kernel, stride, pads, dilation, groups):
             out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)
