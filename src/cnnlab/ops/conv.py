@@ -439,7 +439,9 @@ SHIFTED_MAX_WASTE = 2.0
 # Only for training: the forward pass alone (inference, evaluation) is the half of the work that the
 # backward pass does not share (its spectra of x and w are reused there), and alone it measured slower
 # than the window matrix on most of these layers (GoogLeNet-CPU's 5x5 branch 1.8 -> 4.4 ms, AlexNet-CPU's
-# 16->32 4.6 -> 7.6; the book AlexNet's 96->256 310 -> 172 the exception; benchmarks/bench_ops.py).
+# 16->32 4.6 -> 7.6; the book AlexNet's 96->256 310 -> 172 the exception; benchmarks/bench_ops.py). So
+# such a layer's output in training and in inference agree to rounding (1e-16 relative in float64, about
+# 1e-7 in float32), not bit for bit.
 FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 8)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
