@@ -452,8 +452,9 @@ def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation
     """Whether a convolution goes through the DFT: in training (a backward pass will follow), 2-D,
     groups 1, stride and dilation 1, float32/64 on the CPU (where it was measured), outside
     ``torch.compile`` (which plans its own kernels), and a shape where it measured faster (above)."""
-    if (FOURIER_MIN_TAPS is None or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad) or x.dim() != 4 or groups != 1 or x.dtype not in (torch.float32, torch.float64)
-            or x.device.type != "cpu" or any(s != 1 for s in stride) or any(d != 1 for d in dilation)
+    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if (FOURIER_MIN_TAPS is None or not training or x.dim() != 4 or groups != 1 or x.device.type != "cpu"
+            or x.dtype not in (torch.float32, torch.float64) or any(s != 1 for s in stride) or any(d != 1 for d in dilation)
             or torch.compiler.is_compiling()):
         return False
     taps, c = math.prod(kernel), x.shape[1]

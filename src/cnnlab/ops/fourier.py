@@ -35,9 +35,16 @@ no other copy. The result is written straight into the channels-last output.
 
 Where it is used (``conv._use_fourier``) and why: see ``FOURIER_MIN_TAPS`` there. Products run in
 complex64 for float32 (torch.mm/bmm), complex128 for float64, so the float64 oracle holds (errors
-near 1e-15 relative); in float32 the rounding error spreads over the map rather than sitting in
-each output's own sum, at the size of torch's own float32 error (2e-7 of the largest output here,
-torch's direct convolution 5e-7 to 1e-6, both against float64).
+near 1e-15 relative). In float32 the rounding error spreads over the map rather than sitting in each
+output's own sum; against float64, largest error / largest value (and RMS error / RMS value) of the
+output, grad_x and grad_w, this path vs torch's float32 convolution (random normal data):
+
+    16->32 5x5 at 14 px, batch 32      y 1.9e-7 (1.8e-7) vs 6.2e-7 (3.4e-7)   grad_w 2.0e-7 vs 1.2e-6
+    6->16 5x5 at 14 px, batch 64       y 2.6e-7 (1.7e-7) vs 4.7e-7 (2.2e-7)   grad_w 2.3e-7 vs 2.5e-6
+    96->256 5x5 at 27 px, batch 16     y 2.6e-7 (2.7e-7) vs 5.2e-7 (3.5e-7)   grad_w 2.9e-7 vs 4.2e-6
+    256->256 3x3 at 8 px, batch 8      y 2.2e-7 (2.4e-7) vs 3.0e-7 (2.2e-7)   grad_w 1.7e-7 vs 9.3e-7
+
+(grad_x alike): as accurate as torch's own float32 result or more so.
 """
 
 from __future__ import annotations
