@@ -367,10 +367,10 @@ def test_convolution_through_the_dft_matches_torch_float64(chunk):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_large_kernels_and_small_maps_take_the_dft_route(dtype, monkeypatch):
-    """conv2d sends stride-1 layers with 25 taps or more and at least 3 input channels, and 3x3 layers
-    on 5-8 px maps with at least 32, through the DFT (the layers where it measured faster), in either
-    layout, and matches torch there; 1-2 input channels, 3x3 kernels elsewhere and strides keep the
-    window matrix."""
+    """In training, conv2d sends stride-1 layers with 25 taps or more and at least 3 input channels, and
+    3x3 layers on 5-16 px maps with at least 32 channels and 32 samples, through the DFT (the layers
+    where it measured faster), in either layout, and matches torch there; 1-2 input channels, 3x3
+    kernels elsewhere or on smaller batches, and strides keep the window matrix."""
     from cnnlab.ops import conv, fourier
 
     taken = []
@@ -380,9 +380,10 @@ def test_large_kernels_and_small_maps_take_the_dft_route(dtype, monkeypatch):
     cases = [((3, 8, 10, 10), (6, 8, 5, 5), 2, 1, True), ((2, 3, 9, 7), (4, 3, 5, 5), 0, 1, True),
              ((2, 6, 12, 12), (5, 6, 7, 7), 3, 1, True), ((2, 2, 9, 9), (4, 2, 5, 5), 2, 1, False),
              ((2, 8, 9, 9), (4, 8, 3, 3), 1, 1, False), ((2, 8, 11, 11), (4, 8, 5, 5), 2, 2, False),
-             ((2, 32, 7, 7), (5, 32, 3, 3), 1, 1, True), ((2, 40, 8, 6), (3, 40, 3, 3), 0, 1, True),
-             ((2, 32, 9, 9), (5, 32, 3, 3), 1, 1, False), ((2, 32, 4, 4), (5, 32, 3, 3), 1, 1, False),
-             ((2, 31, 7, 7), (5, 31, 3, 3), 1, 1, False)]
+             ((32, 32, 7, 7), (5, 32, 3, 3), 1, 1, True), ((32, 40, 8, 6), (3, 40, 3, 3), 0, 1, True),
+             ((32, 32, 16, 16), (2, 32, 3, 3), 1, 1, True), ((31, 32, 7, 7), (5, 32, 3, 3), 1, 1, False),
+             ((32, 32, 17, 17), (2, 32, 3, 3), 1, 1, False), ((32, 32, 4, 4), (5, 32, 3, 3), 1, 1, False),
+             ((32, 31, 7, 7), (5, 31, 3, 3), 1, 1, False)]
     for x_shape, w_shape, padding, stride, routed in cases:
         for layout in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(x_shape, generator=gen, dtype=torch.float64).to(dtype).contiguous(memory_format=layout)

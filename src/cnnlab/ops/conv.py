@@ -18,8 +18,9 @@ The backward pass is derived by hand (``ConvNd``): with ``G = grad_out`` as (M, 
 The layout is chosen by shape, because no single one is fastest everywhere (measured in
 benchmarks/bench_ops.py):
 
-    - 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input channels, or
-      3x3 kernels on 5-8 px maps with at least 32: no windows at all but the convolution theorem,
+    - in training, 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input
+      channels, or 3x3 kernels on 5-16 px maps with at least 32 channels and 32 samples: no windows
+      at all but the convolution theorem,
       with the transforms as matrix products (``fourier.FourierConv2d``): a product per frequency
       instead of one per kernel tap;
     - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
@@ -433,9 +434,12 @@ SHIFTED_MAX_WASTE = 2.0
 #     at 14 px, GoogLeNet-CPU's 8->16 branch, lenet-modern's 32->64, the book AlexNet's 96->256 at 27 px);
 #     1-2 input channels (a first layer: its channels-first window matrix is short, no input gradient
 #     is needed) 1.16-3.5.
-#   3x3 kernels on 7-8 px maps with 32-256 input channels: 0.71-0.85 (32->64, 48->12, 64->64, 256->256);
-#     with 12-16 channels 1.2-1.5, on 14 px maps 0.9-1.2, on 1-4 px maps 0.92-2.65 (there the transforms
-#     of 256-512 channels outweigh the few products).
+#   3x3 kernels, batch 32 or more, 32 or more input channels, 7-16 px maps: 0.56-0.98 (7-8 px: 32->64,
+#     48->12, 64->64, 256->256 0.68-0.85; 14-16 px: 40->12 0.84, 64->64 0.74-0.75, 96->96 0.79, 128->128
+#     0.58, 256->256 0.56, 32->32 and 68->12 0.96-0.98). Not with 12-16 input channels (0.9-1.5), at
+#     batch 8-16 (0.96-1.9: the kernels' spectra, frequencies x C x O complex values, are read for few
+#     samples), on 24-56 px maps (1.2-1.9: the transforms grow with the map's side, the saving does not)
+#     or on 1-4 px maps with 256-512 channels (1.2-2.65).
 # Only for training: the forward pass alone (inference, evaluation) is the half of the work that the
 # backward pass does not share (its spectra of x and w are reused there), and alone it measured slower
 # than the window matrix on most of these layers (GoogLeNet-CPU's 5x5 branch 1.8 -> 4.4 ms, AlexNet-CPU's
@@ -444,8 +448,9 @@ SHIFTED_MAX_WASTE = 2.0
 # 1e-7 in float32), not bit for bit.
 FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
-FOURIER_SMALL_MAP = (5, 8)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
-FOURIER_SMALL_MAP_MIN_CHANNELS = 32  # ... and at least this many input channels
+FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
+FOURIER_SMALL_MAP_MIN_CHANNELS = 32  # ... at least this many input channels ...
+FOURIER_SMALL_MAP_MIN_BATCH = 32  # ... and samples
 
 
 def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation, groups: int) -> bool:
@@ -461,7 +466,8 @@ def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation
     if taps >= FOURIER_MIN_TAPS:
         return c >= FOURIER_MIN_CHANNELS
     low, high = FOURIER_SMALL_MAP
-    return taps >= 9 and c >= FOURIER_SMALL_MAP_MIN_CHANNELS and all(low <= n <= high for n in x.shape[2:])
+    return (taps >= 9 and c >= FOURIER_SMALL_MAP_MIN_CHANNELS and x.shape[0] >= FOURIER_SMALL_MAP_MIN_BATCH
+            and all(low <= n <= high for n in x.shape[2:]))
 
 
 def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int) -> bool:

@@ -26,7 +26,7 @@ Lengths: ``L = n + max(lo, hi)`` per axis is enough for the circular products to
 ones on every position read (each window reaches at most ``lo`` before the map and ``hi`` past it,
 and those positions wrap onto zeros), and no longer is needed because a matrix does not care for
 powers of two. Along the width only the frequencies ``0 .. L//2`` are kept (a real signal's
-spectrum is symmetric); the inverse weighs the others in (``alpha``).
+spectrum is symmetric); the inverse weighs the others in (``multiplicity`` in ``_axis``).
 
 Layout: the channel products need one (N, C) matrix per frequency, so the spectra are kept as
 (G, F, N, C), frequency-major: the input is copied once into that order (as complex numbers), and
@@ -68,10 +68,12 @@ def _axis(n: int, k: int, pad: tuple[int, int], s: int, d: int, half: bool, dtyp
     dilation ``d``), computed in float64 and rounded once to ``dtype`` (complex). ``half``: keep only
     the frequencies 0 .. L//2 (the last axis: a real signal's spectrum is symmetric).
 
-    Returns ``{"out": outputs, "x": E over input positions, "k": E over kernel offsets, "y": E over
-    output positions, "inv_x", "inv_k", "inv_y": their inverses (position, frequency), already
-    weighted by 1/L and, on the half axis, by each frequency's multiplicity}``. The inverses of the
-    forward product and of the weight gradient are conjugated (see ``FourierConv2d``)."""
+    Returns ``{"out": the output length, "k": E (frequency, position) over the kernel taps' offsets,
+    "y": E over the output positions, "x_conj": conj(E) over the input positions, "inv_x": the inverse
+    at the input positions (position, frequency), "inv_k_conj", "inv_y_conj": the conjugated inverses
+    at the taps' offsets and the output positions}``; inverses are weighted by 1/L and, on the half
+    axis, by each frequency's multiplicity. Which are conjugated follows from ``FourierConv2d``'s
+    folding of the conjugations into the matrices."""
     lo, hi = pad
     out = (n + lo + hi - d * (k - 1) - 1) // s + 1
     length = n + max(lo, hi)
@@ -81,14 +83,14 @@ def _axis(n: int, k: int, pad: tuple[int, int], s: int, d: int, half: bool, dtyp
     def dft(positions: torch.Tensor) -> torch.Tensor:  # (frequencies, positions)
         return torch.exp(torch.outer(freq, positions.to(torch.float64)) * (-2j * math.pi / length))
 
-    weight = torch.ones(count, dtype=torch.float64)
+    multiplicity = torch.ones(count, dtype=torch.float64)  # how often each kept frequency stands in the full spectrum
     if half:
-        weight[1:] = 2.0
+        multiplicity[1:] = 2.0
         if length % 2 == 0:
-            weight[-1] = 1.0  # the Nyquist frequency appears once
+            multiplicity[-1] = 1.0  # the Nyquist frequency appears once
 
     def inverse(e: torch.Tensor) -> torch.Tensor:  # (positions, frequencies)
-        return e.conj().T * (weight / length)
+        return e.conj().T * (multiplicity / length)
 
     e_x = dft(torch.arange(n))
     e_k = dft(torch.arange(k) * d - lo)
