@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.models import create_model, list_models, model_info
+from cnnlab.train.memory import keep_freed_memory
 
 SMALL = {"lenet", "bn-lenet", "lenet-modern"}
 
@@ -96,8 +97,11 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated model names")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "models.md"))
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (training runs keep freed memory: cnnlab/train/memory.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kept = False if args.default_allocator else keep_freed_memory()  # as cnnlab.fit does before training
     rows = []
     for name, size, batch in cases(set(args.only.split(",")) if args.only else None, args.batch):
         row = measure(name, size, batch, args.runs)
@@ -107,7 +111,9 @@ def main() -> None:
     geo = statistics.geometric_mean([r["ratio"] for r in rows])
     lines = ["# Whole-model training steps: scratch backend vs torch backend", "",
              f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, channels-last, "
-             f"median of {args.runs} interleaved steps after 2 warm-ups, one process. Ratio = scratch / torch (lower is better).", "",
+             f"median of {args.runs} interleaved steps after 2 warm-ups, one process, "
+             f"{'freed memory kept for reuse as training runs do (train/memory.py)' if kept else 'glibc allocator defaults'}. "
+             "Ratio = scratch / torch (lower is better).", "",
              "| model | input | batch | scratch ms | torch ms | scratch ex/s | torch ex/s | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['input']} px | {r['batch']} | {r['scratch_ms']:.1f} | {r['torch_ms']:.1f} | {r['scratch_ex_s']:,.0f} | "
               f"{r['torch_ex_s']:,.0f} | {r['ratio']:.2f}x |" for r in rows]

@@ -1,0 +1,74 @@
+"""The allocator setting fit() applies: glibc keeps freed blocks for the next training step."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.train import memory
+
+
+def test_applied_on_linux_with_glibc_and_only_once(monkeypatch):
+    monkeypatch.setattr(memory, "_applied", None)
+    calls = []
+    real = memory._mallopt
+    monkeypatch.setattr(memory, "_mallopt", lambda p, v: calls.append((p, v)) or real(p, v))
+    assert memory.keep_freed_memory() is True  # this project's machines run glibc
+    assert memory.keep_freed_memory() is True
+    assert calls == [(memory._M_MMAP_THRESHOLD, memory.MMAP_THRESHOLD), (memory._M_TRIM_THRESHOLD, memory.TRIM_THRESHOLD)]
+
+
+def test_the_environment_can_turn_it_off(monkeypatch):
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(memory, "_mallopt", lambda p, v: pytest.fail("mallopt called"))
+    monkeypatch.setenv("CNNLAB_KEEP_FREED_MEMORY", "0")
+    assert memory.keep_freed_memory() is False
+
+
+def test_nothing_happens_without_glibc(monkeypatch):
+    monkeypatch.setattr(memory, "_applied", None)
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no libc here")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert memory.keep_freed_memory() is False
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert memory.keep_freed_memory() is False
+
+
+def test_training_steps_stop_mapping_fresh_pages():
+    """Ten training steps of lenet-modern (batch 64) in fresh processes: without the setting glibc maps
+    tens of thousands of pages in again (43,512 minor page faults measured), with it almost none (8)."""
+
+    def faults(keep: bool) -> int:
+        code = f"""
+import resource, torch, torch.nn.functional as F
+from cnnlab.models import create_model
+from cnnlab.train.memory import keep_freed_memory
+if {keep}:
+    assert keep_freed_memory()
+torch.manual_seed(0)
+torch.set_num_threads(2)
+model = create_model("lenet-modern").to(memory_format=torch.channels_last)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+x, y = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (64,))
+def step():
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+        return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+    default, kept = faults(False), faults(True)
+    assert default > 5_000 and kept * 20 < default, (kept, default)
