@@ -6,11 +6,13 @@ scratch step, ...) in one process with fixed threads, so the machine's drift hit
 Reports the median step time of each, examples/s and the ratio (scratch / torch; lower is
 better, 1.0 = as fast as PyTorch's own kernels).
 
-    python benchmarks/bench_models.py [--runs 7] [--threads 2] [--only lenet,resnet18] [--batch 64]
+    python benchmarks/bench_models.py [--runs 7] [--threads 2] [--only lenet,resnet18] [--batch 64] [--default-allocator]
 
 The 28-pixel LeNets run at batches 64 and 256; the CPU recipes' models (28 px) at batches 32 and
 128; the book's large families at batch 32 and the smallest of 32/64/96 px they take; AlexNet and
-VGG, whose classifiers are sized for 224 px, at 224 px and batch 8. Writes benchmarks/results/models.md.
+VGG, whose classifiers are sized for 224 px, at 224 px and batch 8. Like a training run, it first sets
+glibc to keep freed memory for the next step (cnnlab/train/memory.py; --default-allocator leaves
+the allocator as it is). Writes benchmarks/results/models.md.
 """
 
 from __future__ import annotations
