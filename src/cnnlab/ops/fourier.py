@@ -197,7 +197,7 @@ class FourierConv2d(torch.autograd.Function):
                                out=scratch("fourier.product", (g * f, c, o), x, g_hat.dtype))  # (G*F, C, O)
             taps = weight.new_empty((kh, kw, c, o))
             _real_map(gw_hat.view(g, f, c, o), rows["inv_k_conj"], cols["inv_k_conj"], taps.permute(2, 0, 1, 3))
-            grad_w = taps.permute(3, 2, 0, 1).contiguous()
+            grad_w = torch.empty_like(weight).copy_(taps.permute(3, 2, 0, 1))  # in the parameter's layout (DDP buckets)
         if ctx.needs_input_grad[2]:
             grad_b = channel_sums(grad_out)
         return grad_x, grad_w, grad_b, None, None, None
