@@ -155,7 +155,7 @@ class MaxPoolNd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size, track: bool):  # track: a backward pass will follow
         shape = (x.shape[0], *out_size, x.shape[1])
-        xl, regions = _sources(x, kernel, stride, pads, dilation, out_size, phases=track)
+        xl, regions = _sources(x, kernel, stride, pads, dilation, out_size, phases=track, keep=track)
         best = None
         for _, source, target, whole in regions:
             if best is None:  # the first offset inside the input: where it covers every output, start from it
@@ -169,14 +169,18 @@ class MaxPoolNd(torch.autograd.Function):
         ctx.geometry = (tuple(x.shape), kernel, stride, pads, dilation, out_size)
         if track:
             ctx.has_nan, ctx.bound = _nan_and_bound(best)
-            ctx.save_for_backward(x, best.clone())  # the output itself may be changed in place later
+            planes = xl if xl.dim() > x.dim() else None  # the stride phases, split once for both passes
+            ctx.save_for_backward(x, best.clone(), planes)  # the output itself may be changed in place later
         return unviewed(best.movedim(-1, 1))  # (N, C, *S_out); nothing saved shares it
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, best = ctx.saved_tensors
+        x, best, planes = ctx.saved_tensors
         x_shape, kernel, stride, pads, dilation, out_size = ctx.geometry
-        xl, regions = _sources(x, kernel, stride, pads, dilation, out_size)
+        if planes is None:
+            xl, regions = _sources(x, kernel, stride, pads, dilation, out_size, phases=False)
+        else:
+            xl, regions = planes, _tap_regions(tuple(x_shape[2:]), kernel, stride, pads, dilation, out_size, True)
         winner = None
         if ctx.has_nan:  # torch's rule for NaN windows: the last NaN wins
             windows = sliding_windows(pad_channels_last(x.detach(), pads, float("-inf")), kernel, stride, dilation, out_size)
@@ -235,7 +239,7 @@ def _tiles(spatial, kernel, stride, pads: Pads, dilation, out_size) -> bool:
                for k, s, d, n, o, (lo, _) in zip(kernel, stride, dilation, spatial, out_size, pads))
 
 
-def _sources(x: torch.Tensor, kernel, stride, pads: Pads, dilation, out_size, phases: bool = True):
+def _sources(x: torch.Tensor, kernel, stride, pads: Pads, dilation, out_size, phases: bool = True, keep: bool = False):
     """What the offsets of a max pool read: ``(source, regions)`` with ``source[index]`` the values
     of offset ``t`` for each of ``_tap_regions``' tuples ``(t, index, target, whole)``.
 
@@ -250,13 +254,16 @@ def _sources(x: torch.Tensor, kernel, stride, pads: Pads, dilation, out_size, ph
     88x14x14 8.3-12.2 -> 8.6-12.2 and 64x16x16 at batch 32 1.4-2.9 -> 1.7-3.7, where the longer
     runs of channels make the strided passes cheaper than the split and merge: so phases only
     below 48 channels. Inference (``phases=False``: the maxima alone, one pass per offset) reads
-    x in place: there the split cost more than it saved (32x28x28: 1.1-1.7 -> 1.9-2.0 ms).
+    x in place: there the split cost more than it saved (32x28x28: 1.1-1.7 -> 1.9-2.0 ms). In
+    training the planes are split once, in the forward pass, into memory of their own (``keep``)
+    and saved for the backward pass, which split x again before: 3x3/2 pools forward + backward
+    0.83-0.91 of that, from 32x7x7 to 128x32x28x28 (alternately, medians of 31, two runs).
     """
     xl = x.movedim(1, -1)  # (N, *S, C), a view
     overlap_strided = any(s > 1 and d * (k - 1) + 1 > s for k, s, d in zip(kernel, stride, dilation))
     phased = phases and overlap_strided and x.shape[1] < PHASES_BELOW_CHANNELS
     regions = _tap_regions(tuple(x.shape[2:]), kernel, stride, pads, dilation, out_size, phased)
-    return (_split_phases(xl, stride) if phased else xl), regions
+    return (_split_phases(xl, stride, keep) if phased else xl), regions
 
 
 def _phase_slices(phase, stride):
@@ -264,12 +271,13 @@ def _phase_slices(phase, stride):
     return (slice(None), *(slice(f, None, s) for f, s in zip(phase, stride)), slice(None))
 
 
-def _split_phases(xl: torch.Tensor, stride) -> torch.Tensor:
-    """(N, *S, C) -> (prod(stride), N, *ceil(S / stride), C) in reused memory: plane ``p`` holds the
-    positions in phase ``p`` (scan order of the per-axis phases); entries past a short phase's end
-    are never read."""
+def _split_phases(xl: torch.Tensor, stride, keep: bool = False) -> torch.Tensor:
+    """(N, *S, C) -> (prod(stride), N, *ceil(S / stride), C): plane ``p`` holds the positions in phase
+    ``p`` (scan order of the per-axis phases); entries past a short phase's end are never read. In
+    reused memory, or with ``keep`` in a tensor of its own (kept for the backward pass)."""
     n, *spatial, c = xl.shape
-    planes = scratch("max_pool.phases", (math.prod(stride), n, *(-(-m // s) for m, s in zip(spatial, stride)), c), xl)
+    shape = (math.prod(stride), n, *(-(-m // s) for m, s in zip(spatial, stride)), c)
+    planes = xl.new_empty(shape) if keep else scratch("max_pool.phases", shape, xl)
     for p, phase in enumerate(itertools.product(*(range(s) for s in stride))):
         part = xl[_phase_slices(phase, stride)]
         planes[(p, slice(None), *(slice(0, m) for m in part.shape[1:-1]))].copy_(part)
