@@ -20,9 +20,8 @@ benchmarks/bench_ops.py):
 
     - in training, 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input
       channels, or 3x3 kernels on 5-16 px maps with at least 32 channels and 32 samples: no windows
-      at all but the convolution theorem,
-      with the transforms as matrix products (``fourier.FourierConv2d``): a product per frequency
-      instead of one per kernel tap;
+      at all but the convolution theorem, with the transforms as matrix products
+      (``fourier.FourierConv2d``): a product per frequency instead of one per kernel tap;
     - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
       plane by plane with long contiguous rows (a network's first layers);
     - 16-31 input channels, stride 1, at most 9 taps: no window matrix at all (``ShiftedConvNd``,
@@ -383,7 +382,9 @@ def _transposed_by_convolution(c: int, o: int, stride, pads: Pads, dilation, ker
     convolution alternately, medians of 21, two runs: 8->16 at 14 px 0.85-0.86, 8->16 and 12->24 at
     7 px 0.73-0.85, 16->32 at 14 px 0.87-0.89, 32->64 at 7 px 0.94-0.95; with 3x3 kernels 0.84-1.08,
     four times the size 1.03-1.24; lenet-modern's unpadded 32->64 5x5 at 14 px, four times the
-    size, made the whole training step 4-14% slower: the scatter kept for all of these).
+    size, made the whole training step 4-14% slower: the scatter kept for all of these). Since then
+    2-D float training sends these 5x5 layers through the DFT (``_use_fourier``); this route still
+    serves them in 1-D and 3-D, in half precision and autocast, and off the CPU.
     Not when the flipped kernel, a copy of the weight, outweighs that window matrix: a wide layer on a
     tiny map (ResNet-18's 512->512 layers at 1x1, batch 32, ``positions`` = N * prod(S) = 32 input
     positions against 512 channels) spent more on the 9.4 MB copy than col2im costs."""
@@ -440,12 +441,14 @@ SHIFTED_MAX_WASTE = 2.0
 #     batch 8-16 (0.96-1.9: the kernels' spectra, frequencies x C x O complex values, are read for few
 #     samples), on 24-56 px maps (1.2-1.9: the transforms grow with the map's side, the saving does not)
 #     or on 1-4 px maps with 256-512 channels (1.2-2.65).
-# Only for training: the forward pass alone (inference, evaluation) is the half of the work that the
-# backward pass does not share (its spectra of x and w are reused there), and alone it measured slower
-# than the window matrix on most of these layers (GoogLeNet-CPU's 5x5 branch 1.8 -> 4.4 ms, AlexNet-CPU's
-# 16->32 4.6 -> 7.6; the book AlexNet's 96->256 310 -> 172 the exception; benchmarks/bench_ops.py). So
-# such a layer's output in training and in inference agree to rounding (1e-16 relative in float64, about
-# 1e-7 in float32), not bit for bit.
+# Only for training, where the rule was measured (forward + backward: the backward pass reuses the
+# forward's spectra of x and w). The forward alone, in one process alternately (median of 21): 0.77-0.87
+# of the window matrix on LeNet's 6->16, AlexNet-CPU's 16->32 and lenet-modern's 32->64, 0.97-1.03 on
+# GoogLeNet-CPU's 8->16 branch and a 64->64 3x3 layer at 7 px, 1.35 on the book AlexNet's 96->256; an
+# earlier comparison across two benchmark runs (one in a slow phase) had said slower, and inference
+# keeps the window matrix on that evidence: a conservative choice, not a measured gain. So such a
+# layer's output in training and in inference agree to rounding (1e-16 relative in float64, about 1e-7
+# in float32), not bit for bit.
 FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...

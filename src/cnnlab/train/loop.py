@@ -226,7 +226,7 @@ def fit(model: str | nn.Module | TrainConfig | None = None, data=None, *, resume
         :class:`RunResult`: the run folder and the per-epoch history.
 
     Before training it sets glibc's allocator to keep freed memory for the next step
-    (:func:`cnnlab.train.memory.keep_freed_memory`; a process-wide setting, 15-35% shorter steps here).
+    (:func:`cnnlab.train.memory.keep_freed_memory`; a process-wide setting, 15-30% shorter steps here).
 
     Raises :class:`TrainingError` on a NaN or infinite loss, after keeping the last good checkpoint,
     and :class:`cnnlab.files.WriteError` when a file cannot be written (the last good checkpoint and

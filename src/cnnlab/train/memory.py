@@ -6,10 +6,12 @@ step. glibc's allocator serves blocks above a threshold that it adjusts as it go
 so a step keeps writing into pages the kernel must map in first: on this project's 2-core machine
 about 0.3 ms per MB (writing 6 MB into a fresh tensor took 1.6-2 ms, into memory written before
 0.04 ms). Fixing the mmap threshold at its largest value (32 MB on 64-bit glibc) and never trimming
-lets the heap keep those blocks. Measured on `lenet-modern` at batch 128, one training step, median
-of 9, both backends in one process: scratch 63.1 -> 41.4 ms, torch 51.0 -> 40.3 ms;
-``cnnlab train lenet-modern --epochs 2``: 2,154 and 2,007 -> 2,617 and 2,312 examples/s, the same
-losses to the last digit. The cost: the process keeps its peak heap (as most allocators do).
+lets the heap keep those blocks. Measured on `lenet-modern` at batch 128 (three processes with each
+setting, alternately; median of 10 steps each): 9,000-20,000 minor page faults per step -> 0-600,
+scratch step 73-95 -> 61-68 ms, torch step 63-83 -> 45-50 ms; ``cnnlab train lenet-modern``, two
+one-epoch runs each: scratch 1,818 and 1,975 -> 2,050 and 2,253 examples/s, torch 2,532 and 2,355 ->
+2,823 and 2,707, the same losses to the last digit. The cost: the process keeps its peak heap (as
+most allocators do).
 
 :func:`cnnlab.fit` (and so ``cnnlab train``) calls :func:`keep_freed_memory` before training.
 It changes the whole process's allocator, which a training run owns; elsewhere (a notebook that
