@@ -19,7 +19,8 @@ The layout is chosen by shape, because no single one is fastest everywhere (meas
 benchmarks/bench_ops.py):
 
     - in training, 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input
-      channels, or 3x3 kernels on 5-16 px maps with at least 32 channels and 32 samples: no windows
+      channels, or 3x3 kernels on 5-16 px maps with at least 32 channels and 32 samples (4 px maps: 64
+      samples): no windows
       at all but the convolution theorem, with the transforms as matrix products
       (``fourier.FourierConv2d``): a product per frequency instead of one per kernel tap;
     - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
@@ -440,7 +441,10 @@ SHIFTED_MAX_WASTE = 2.0
 #     0.58, 256->256 0.56, 32->32 and 68->12 0.96-0.98). Not with 12-16 input channels (0.9-1.5), at
 #     batch 8-16 (0.96-1.9: the kernels' spectra, frequencies x C x O complex values, are read for few
 #     samples), on 24-56 px maps (1.2-1.9: the transforms grow with the map's side, the saving does not)
-#     or on 1-4 px maps with 256-512 channels (1.2-2.65).
+#     or on 1-4 px maps with 256-512 channels at batch 32 (1.2-2.65).
+#   3x3 kernels on 4 px maps, 32-256 input channels: batch 64-128 0.72-0.87 (128->128 at batch 128 0.72,
+#     256->256 0.72, 64->64 0.76-0.85), batch 48 0.90, batch 32 1.03-1.05; 3 px and 2 px maps at batch 128
+#     0.89 and 0.94 (too close to call: not routed).
 # Only for training, where the rule was measured (forward + backward: the backward pass reuses the
 # forward's spectra of x and w). The forward alone, in one process alternately (median of 21): 0.77-0.87
 # of the window matrix on LeNet's 6->16, AlexNet-CPU's 16->32 and lenet-modern's 32->64, 0.97-1.03 on
@@ -453,7 +457,8 @@ FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
 FOURIER_SMALL_MAP_MIN_CHANNELS = 32  # ... at least this many input channels ...
-FOURIER_SMALL_MAP_MIN_BATCH = 32  # ... and samples
+FOURIER_SMALL_MAP_MIN_BATCH = 32  # ... and samples;
+FOURIER_TINY_MAP = (4, 64)  # maps of 4 px a side from 64 samples on
 
 
 def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation, groups: int) -> bool:
@@ -468,9 +473,11 @@ def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation
     taps, c = math.prod(kernel), x.shape[1]
     if taps >= FOURIER_MIN_TAPS:
         return c >= FOURIER_MIN_CHANNELS
-    low, high = FOURIER_SMALL_MAP
-    return (taps >= 9 and c >= FOURIER_SMALL_MAP_MIN_CHANNELS and x.shape[0] >= FOURIER_SMALL_MAP_MIN_BATCH
-            and all(low <= n <= high for n in x.shape[2:]))
+    if taps < 9 or c < FOURIER_SMALL_MAP_MIN_CHANNELS:
+        return False
+    (low, high), (tiny, tiny_batch), n = FOURIER_SMALL_MAP, FOURIER_TINY_MAP, x.shape[0]
+    return (n >= FOURIER_SMALL_MAP_MIN_BATCH and all(low <= m <= high for m in x.shape[2:])
+            or n >= tiny_batch and min(x.shape[2:]) == tiny and max(x.shape[2:]) <= high)
 
 
 def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int) -> bool:
