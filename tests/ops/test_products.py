@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from cnnlab.ops import products
 from cnnlab.ops.products import mm_nt
 
 
@@ -25,8 +26,11 @@ def _operand(rng: random.Random, rows: int, cols: int, dtype) -> torch.Tensor:
     return torch.randn(rows, cols, dtype=dtype)
 
 
+@pytest.mark.parametrize("min_macs", [0, 10**18], ids=["onednn", "torch.mm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_mm_nt_equals_the_float64_product_on_every_layout(dtype):
+def test_mm_nt_equals_the_float64_product_on_every_layout(dtype, min_macs, monkeypatch):
+    """Both engines (the size threshold moved so every product takes one), every layout."""
+    monkeypatch.setattr(products, "ONEDNN_MIN_MACS", min_macs)
     rng = random.Random(5)
     torch.manual_seed(5)
     for _ in range(200):
@@ -39,3 +43,17 @@ def test_mm_nt_equals_the_float64_product_on_every_layout(dtype):
         assert out.shape == (m, n) and out.dtype == dtype
         tol = 1e-13 if dtype == torch.float64 else 1e-6  # float32: k products of relative error 2**-24 each
         assert ((out.double() - truth).abs().max() / scale).item() < tol, (m, k, n, a.stride(), b.stride())
+
+
+def test_small_products_skip_onednn_and_large_ones_take_it(monkeypatch):
+    """oneDNN's product costs a fixed ~17 us more per call: products below ONEDNN_MIN_MACS multiply-adds
+    go to torch.mm, larger float32 ones to oneDNN (where this build has it)."""
+    if products._LINEAR is None:
+        pytest.skip("this torch build has no oneDNN matrix product")
+    calls = []
+    real = products._LINEAR
+    monkeypatch.setattr(products, "_LINEAR", lambda *args: calls.append(args[0].shape) or real(*args))
+    mm_nt(torch.randn(98, 56), torch.randn(24, 56))
+    assert calls == []
+    mm_nt(torch.randn(6272, 56), torch.randn(24, 56))
+    assert calls == [(6272, 56)]
