@@ -1,7 +1,8 @@
 """Scratch ops against torch's own kernels, side by side in one run.
 
-For each layer shape of LeNet, AlexNet, VGG and ResNet (batch 64-256), and the layers of the
-CPU recipes' models in the channels-last layout training uses ("CL", batch 128): the median time of
+For each layer shape of LeNet, AlexNet, VGG and ResNet (batch 64-256), and the layers and whole
+blocks (Inception, dense) of the CPU recipes' models in the channels-last layout training uses
+("CL", batch 128): the median time of
 the forward pass and of forward + backward, for cnnlab.ops and torch.nn.functional, and
 their ratio (scratch / torch; lower is better, 1.0 = as fast as torch). The first layer of
 a network needs no input gradient, so those rows ask for none, as training does.
@@ -58,6 +59,24 @@ def bn(shape, cl=False):
     return (x, rm, rv, w, b), {"training": True}, ops.batch_norm, F.batch_norm
 
 
+def block(model: str, index: int, n: int = 128):
+    """``model.features[index]`` whole (an Inception block's four branches and their concatenation, a
+    dense block's layers and concatenations), scratch backend against torch backend with the same
+    weights, on the input it gets in the model, channels-last, in training mode."""
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    ours = create_model(model).to(memory_format=torch.channels_last).train()
+    theirs = create_model(model, backend="torch").to(memory_format=torch.channels_last).train()
+    theirs.load_state_dict(ours.state_dict())
+    seen = {}
+    hook = ours.features[index].register_forward_pre_hook(lambda module, args: seen.setdefault("x", args[0].detach().clone()))
+    with torch.no_grad():
+        ours(torch.randn(n, 1, 28, 28).contiguous(memory_format=torch.channels_last))
+    hook.remove()
+    return (seen["x"].requires_grad_(),), {}, ours.features[index], theirs.features[index]
+
+
 CASES = [
     ("LeNet conv1 1->6 5x5 p2 28x28 (first layer)", "conv", lambda: conv(1, 6, 5, 28, 256, padding=2, input_grad=False)),
     ("LeNet avgpool 2x2 s2 6x28x28", "pool", lambda: pool("avg", 6, 28, 256, 2, 2)),
@@ -92,6 +111,11 @@ CASES = [
     ("CL maxpool 3x3 s2 p1 32x28x28", "pool", lambda: pool("max", 32, 28, 128, 3, 2, 1, cl=True)),
     ("CL BatchNorm2d 32x14x14", "norm", lambda: bn((128, 32, 14, 14), cl=True)),
     ("CL small batch: ResNet conv 64->64 3x3 p1 24x24, batch 8", "conv", lambda: conv(64, 64, 3, 24, 8, padding=1, cl=True)),
+    # whole blocks: branches or layers, batch norms, ReLUs and the concatenations between them
+    ("CL googlenet-cpu Inception block 24->56 14x14 (4 branches, concatenated)", "block", lambda: block("googlenet-cpu", 4)),
+    ("CL googlenet-cpu Inception block 88->112 7x7", "block", lambda: block("googlenet-cpu", 7)),
+    ("CL densenet-cpu dense block 32->80 14x14 (4 layers, concatenated)", "block", lambda: block("densenet-cpu", 1)),
+    ("CL small batch: googlenet-cpu Inception block 24->56 14x14, batch 32", "block", lambda: block("googlenet-cpu", 4, 32)),
 ]
 
 
