@@ -19,7 +19,7 @@ The layout is chosen by shape, because no single one is fastest everywhere (meas
 benchmarks/bench_ops.py):
 
     - in training, 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input
-      channels, or 3x3 kernels on 5-16 px maps with at least 32 channels and 32 samples (4 px maps: 64
+      channels, or 3x3 kernels on 5-16 px maps with at least 20 channels and 32 samples (4 px maps: 64
       samples): no windows
       at all but the convolution theorem, with the transforms as matrix products
       (``fourier.FourierConv2d``): a product per frequency instead of one per kernel tap;
@@ -442,6 +442,10 @@ SHIFTED_MAX_WASTE = 2.0
 #     batch 8-16 (0.96-1.9: the kernels' spectra, frequencies x C x O complex values, are read for few
 #     samples), on 24-56 px maps (1.2-1.9: the transforms grow with the map's side, the saving does not)
 #     or on 1-4 px maps with 256-512 channels at batch 32 (1.2-2.65).
+#   3x3 kernels, 20-31 input channels, 5-16 px maps, batch 32-128 (against the per-tap products of
+#     ShiftedConvNd or the window matrix, whichever was faster): 0.69-0.99 over 14 shapes (24->32 at 14 px
+#     0.88-0.90, 24->48 0.90, 20->20 at 16 px 0.90, 24->32 at 7 px 0.75-0.84, 24->32 at 16 px 0.99); 16
+#     channels at 14 px 0.94-1.01 (not routed; at 7 px 0.88-0.91, 12 channels 0.82: left to the rule above).
 #   3x3 kernels on 4 px maps, 32-256 input channels: batch 64-128 0.72-0.87 (128->128 at batch 128 0.72,
 #     256->256 0.72, 64->64 0.76-0.85), batch 48 0.90, batch 32 1.03-1.05; 3 px and 2 px maps at batch 128
 #     0.89 and 0.94 (too close to call: not routed).
@@ -456,7 +460,7 @@ SHIFTED_MAX_WASTE = 2.0
 FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
-FOURIER_SMALL_MAP_MIN_CHANNELS = 32  # ... at least this many input channels ...
+FOURIER_SMALL_MAP_MIN_CHANNELS = 20  # ... at least this many input channels ...
 FOURIER_SMALL_MAP_MIN_BATCH = 32  # ... and samples;
 FOURIER_TINY_MAP = (4, 64)  # maps of 4 px a side from 64 samples on
 
