@@ -524,7 +524,7 @@ class ShiftedConvNd(torch.autograd.Function):
         rows = xp.view(-1, c)  # (N*prod(S_pad), C)
         offsets = _tap_offsets(kernel, dilation, padded)
         m = rows.shape[0] - offsets[-1]  # rows that hold every valid output
-        taps = weight.reshape(o, c, -1).permute(2, 1, 0)  # (K, C, O)
+        taps = weight.reshape(o, c, -1).permute(2, 1, 0).contiguous()  # (K, C, O), once (not a copy per product)
         y = rows.new_empty((rows.shape[0], o))
         if bias is None:
             torch.mm(rows[offsets[0] : offsets[0] + m], taps[0], out=y[:m])
@@ -553,14 +553,16 @@ class ShiftedConvNd(torch.autograd.Function):
         g = g_rows[:m]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            taps_t = weight.reshape(o, c, -1).permute(2, 0, 1)  # (K, O, C)
+            taps_t = weight.reshape(o, c, -1).permute(2, 0, 1).contiguous()  # (K, O, C)
             gx = grad_out.new_zeros((n * math.prod(padded), c))
             for t, off in enumerate(offsets):
                 gx[off : off + m].addmm_(g, taps_t[t])
             grad_x = unpad(gx.view(n, *padded, c), pads, x_shape[2:]).movedim(-1, 1)
         if ctx.needs_input_grad[1]:
             rows = xp.view(-1, c)
-            gw = torch.stack([rows[off : off + m].T @ g for off in offsets])  # (K, C, O)
+            gw = g.new_empty((len(offsets), c, o))  # (K, C, O)
+            for t, off in enumerate(offsets):
+                torch.mm(rows[off : off + m].T, g, out=gw[t])
             grad_w = gw.permute(2, 1, 0).reshape(weight.shape)
         if ctx.needs_input_grad[2]:
             grad_b = channel_sums(grad_out)
