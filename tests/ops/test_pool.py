@@ -236,3 +236,28 @@ def test_max_pool_backward_twice_and_after_the_output_changed_in_place():
     expected = x.detach().clone().requires_grad_()
     torch.nn.functional.relu(F.max_pool2d(expected, 3, 1, 1) - 0.5).backward(g)
     assert torch.equal(x.grad, expected.grad)
+
+
+def test_offset_views_equal_python_indexing_on_any_strides():
+    """pool._Index.of (one as_strided call) gives exactly t[key]: the same values, sizes, strides and
+    storage offset, for random basic indices (an optional integer first, then full axes and slices with
+    steps) on contiguous, channels-last, transposed and offset tensors."""
+    from cnnlab.ops.pool import _Index
+
+    rng = random.Random(31)
+    for _ in range(300):
+        shape = [rng.randint(1, 7) for _ in range(rng.randint(2, 5))]
+        base = torch.randn(*[s + 2 for s in shape])
+        t = base[tuple(slice(1, 1 + s) for s in shape)]  # an offset view of a larger tensor
+        if rng.random() < 0.5:
+            t = t.transpose(0, -1) if rng.random() < 0.5 else t.movedim(1, -1)
+        first = [rng.randrange(t.shape[0])] if rng.random() < 0.3 else []
+        axes = []
+        for n in t.shape[len(first):]:
+            start, step = rng.randrange(n), rng.randint(1, 3)
+            stop = rng.randint(start + 1, n)
+            axes.append(slice(None) if rng.random() < 0.3 else slice(start, stop, step))
+        key = (*first, *axes)
+        ours, theirs = _Index(key).of(t), t[key]
+        assert ours.shape == theirs.shape and ours.stride() == theirs.stride(), key
+        assert ours.storage_offset() == theirs.storage_offset() and torch.equal(ours, theirs), key
