@@ -171,6 +171,46 @@ def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
     assert taken >= 10  # the sweep does exercise that layout (about half of its configurations)
 
 
+@pytest.mark.parametrize("chunk", range(2))
+def test_pointwise_convolutions_match_torch_in_both_layouts(chunk, monkeypatch):
+    """1x1 (1, 1x1x1) stride-1 unpadded layers with 8 or more input channels take PointwiseConvNd (one
+    product per pass, no windows): sweep it in 1-3 dimensions, both memory layouts, with and without bias,
+    in float64 against torch; a strided, padded or grouped 1x1 layer, or one with fewer channels, does not."""
+    from cnnlab.ops import conv
+
+    taken = []
+    real = conv.PointwiseConvNd.apply
+    monkeypatch.setattr(conv.PointwiseConvNd, "apply", lambda *args: taken.append(1) or real(*args))
+    rng = random.Random(8000 + chunk)
+    for i in range(25):
+        dims = rng.choice([1, 2, 2, 3])
+        cfg = {"dims": dims, "batch": rng.randint(1, 3), "unbatched": rng.random() < 0.1, "in_channels": rng.randint(8, 40),
+               "out_channels": rng.randint(1, 24), "groups": 1, "kernel": (1,) * dims, "bias": rng.random() < 0.6,
+               "spatial": tuple(rng.randint(1, 9) for _ in range(dims))}
+        x, w, b = make_inputs(cfg, seed=i)
+        if dims == 2 and x.dim() == 4 and rng.random() < 0.5:
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        taken.clear()
+        out = check_op(lambda x, w, b: OURS[dims](x, w, b), lambda x, w, b: THEIRS[dims](x, w, b), [x, w, b], rtol=1e-10,
+                       context=f"config {cfg} layout {x.stride()}")
+        assert taken, cfg
+        theirs = THEIRS[dims](x, w, b)
+        assert out.shape == theirs.shape and out.is_contiguous() == theirs.is_contiguous(), cfg
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    for kw in ({"stride": 2}, {"padding": 1}):
+        taken.clear()
+        ops.conv2d(x, torch.randn(4, 8, 1, 1, dtype=torch.float64), **kw)
+        assert not taken, kw
+    taken.clear()
+    ops.conv2d(x, torch.randn(4, 4, 1, 1, dtype=torch.float64), groups=2)
+    ops.conv2d(x[:, :7], torch.randn(4, 7, 1, 1, dtype=torch.float64))
+    assert not taken
+    inputs = (x[:, :, :3, :3].clone().requires_grad_(), torch.randn(3, 8, 1, 1, dtype=torch.float64, requires_grad=True),
+              torch.randn(3, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradgradcheck(lambda x, w, b: ops.conv2d(x, w, b), inputs)  # second order: the reference form
+    assert taken
+
+
 @pytest.mark.parametrize("chunk", range(4))
 def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches_torch(chunk, monkeypatch):
     """Stride-1 layers with no more outputs than inputs (DenseNet's growth layers, ResNet's blocks), or up to
