@@ -585,9 +585,11 @@ class PointwiseConvNd(torch.autograd.Function):
 
         Y = X @ W^T + b,   grad_X = G @ W,   grad_W = G^T @ X,   grad_b = G summed over M
 
-    The window-matrix path did the same products but padded (copied) the input and the output gradient
-    into scratch buffers and flipped the kernel first: forward + backward, channels-last, this path
-    against it, alternately, medians of 41: GoogLeNet-CPU's 1x1 layers at batch 32 (24->16 and 56->24 at
+    The window-matrix path reached the same three products through its general machinery: about 150 us
+    more Python per forward + backward, and an input-gradient product with the flipped, re-laid-out
+    kernel, which oneDNN ran slower than the kernel as stored (GoogLeNet-CPU's 56->24 at 14 px, batch 32:
+    the two oneDNN products 535 against 374 us, torch.profiler). Forward + backward, channels-last, this
+    path against it, alternately, medians of 41: GoogLeNet-CPU's 1x1 layers at batch 32 (24->16 and 56->24 at
     14 px, 88->32 and 112->48 at 7 px) 0.66-0.77, 88->32 at batch 128 0.84-0.85, 64->128 at 14 px 0.84,
     24->24 at 28 px, batch 128, 0.97-1.02 (a tiny layer: 0.48). With fewer than 8 input channels the
     channels-first window matrix keeps such a layer, as it keeps every layer with few channels.
