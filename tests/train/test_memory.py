@@ -45,7 +45,7 @@ def test_nothing_happens_without_glibc(monkeypatch):
 def test_training_steps_stop_mapping_fresh_pages():
     """Ten training steps of lenet-modern (batch 64) in fresh processes: without the setting glibc maps
     tens of thousands of pages in again (43,512-56,492 minor page faults measured over 10 steps, four
-    processes), with it almost none (8-3,144 over nine processes: at least 15x fewer)."""
+    processes), with it almost none (8-3,144 over nine processes); the test asks for 5x fewer."""
 
     def faults(keep: bool) -> int:
         code = f"""

@@ -19,10 +19,9 @@ The layout is chosen by shape, because no single one is fastest everywhere (meas
 benchmarks/bench_ops.py):
 
     - in training, 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input
-      channels, or 3x3 kernels on 5-16 px maps with at least 20 channels and 32 samples (4 px maps: 64
-      samples): no windows
-      at all but the convolution theorem, with the transforms as matrix products
-      (``fourier.FourierConv2d``): a product per frequency instead of one per kernel tap;
+      channels, or 3x3 kernels on 5-16 px maps with at least 20 channels and 32 samples (4 px maps:
+      64 samples): no windows at all but the convolution theorem, with the transforms as matrix
+      products (``fourier.FourierConv2d``): a product per frequency instead of one per kernel tap;
     - 1x1 kernels at stride 1 without padding, 8 or more input channels (groups 1): no windows, one
       product per pass on the positions as rows (``PointwiseConvNd``);
     - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
@@ -463,8 +462,8 @@ FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
 FOURIER_SMALL_MAP_MIN_CHANNELS = 20  # ... at least this many input channels ...
-FOURIER_SMALL_MAP_MIN_BATCH = 32  # ... and samples;
-FOURIER_TINY_MAP = (4, 64)  # maps of 4 px a side from 64 samples on
+FOURIER_SMALL_MAP_MIN_BATCH = 32  # ... and samples
+FOURIER_TINY_MAP = (4, 64)  # 3x3 kernels on maps of 4 px a side: from this many samples on
 
 
 def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation, groups: int) -> bool:
@@ -482,8 +481,8 @@ def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation
     if taps < 9 or c < FOURIER_SMALL_MAP_MIN_CHANNELS:
         return False
     (low, high), (tiny, tiny_batch), n = FOURIER_SMALL_MAP, FOURIER_TINY_MAP, x.shape[0]
-    return (n >= FOURIER_SMALL_MAP_MIN_BATCH and all(low <= m <= high for m in x.shape[2:])
-            or n >= tiny_batch and min(x.shape[2:]) == tiny and max(x.shape[2:]) <= high)
+    return ((n >= FOURIER_SMALL_MAP_MIN_BATCH and all(low <= m <= high for m in x.shape[2:]))
+            or (n >= tiny_batch and min(x.shape[2:]) == tiny and max(x.shape[2:]) <= high))
 
 
 def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int) -> bool:
@@ -571,9 +570,11 @@ class ShiftedConvNd(torch.autograd.Function):
         return grad_x, _like(grad_w, weight), grad_b, None, None
 
 
-def _pointwise(kernel, stride, pads: Pads, groups: int) -> bool:
-    """A 1x1 (1, 1x1x1) convolution at stride 1 without padding and with one group: ``PointwiseConvNd``."""
-    return groups == 1 and all(k == 1 for k in kernel) and all(s == 1 for s in stride) and all(p == (0, 0) for p in pads)
+def _use_pointwise(x: torch.Tensor, kernel, stride, pads: Pads, groups: int) -> bool:
+    """A 1x1 (1, 1x1x1) convolution at stride 1 without padding, one group, and at least
+    PLANAR_MAX_CHANNELS input channels (fewer keep the channels-first window matrix): ``PointwiseConvNd``."""
+    return (groups == 1 and x.shape[1] >= PLANAR_MAX_CHANNELS and all(k == 1 for k in kernel)
+            and all(s == 1 for s in stride) and all(p == (0, 0) for p in pads))
 
 
 class PointwiseConvNd(torch.autograd.Function):
@@ -590,7 +591,7 @@ class PointwiseConvNd(torch.autograd.Function):
     kernel, which oneDNN ran slower than the kernel as stored (GoogLeNet-CPU's 56->24 at 14 px, batch 32:
     the two oneDNN products 535 against 374 us, torch.profiler). Forward + backward, channels-last, this
     path against it, alternately, medians of 41: GoogLeNet-CPU's 1x1 layers at batch 32 (24->16 and 56->24 at
-    14 px, 88->32 and 112->48 at 7 px) 0.66-0.77, 88->32 at batch 128 0.84-0.85, 64->128 at 14 px 0.84,
+    14 px, 88->32 and 112->48 at 7 px) 0.66-0.84, 88->32 at batch 128 0.84-0.89, 64->128 at 14 px 0.84,
     24->24 at 28 px, batch 128, 0.97-1.02 (a tiny layer: 0.48). With fewer than 8 input channels the
     channels-first window matrix keeps such a layer, as it keeps every layer with few channels.
     """
@@ -714,7 +715,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
         if _use_fourier(x, weight, kernel, stride, dilation, groups):
             out = FourierConv2d.apply(x, weight, bias, stride, pads, dilation)
-        elif _pointwise(kernel, stride, pads, groups) and x.shape[1] >= PLANAR_MAX_CHANNELS:
+        elif _use_pointwise(x, kernel, stride, pads, groups):
             out = PointwiseConvNd.apply(x, weight, bias)
         elif _use_shifted(x, kernel, stride, pads, dilation, groups):
             out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)

@@ -85,15 +85,14 @@ def _batched(fn, x, dims, *args):
 
 class _Index:
     """A basic index (full slices and slices with a start and stop, as ``_offset_regions`` makes them,
-    after an optional integer on the first axis) that ``of`` applies with one
-    ``as_strided`` call: ``index.of(t)`` is ``t[index.key]``. Python's tuple indexing makes one slice
-    op per axis (2.6-4.8 us a view here, against 1.2 us), and a 3x3 pool's forward and backward passes
-    take 63 such views of small tensors."""
+    after an optional integer on the first axis) that ``of`` applies with one ``as_strided`` call:
+    ``_Index(key).of(t)`` is ``t[key]``. Python's tuple indexing makes one slice op per axis (2.6-4.8 us
+    a view here, against 1.2 us), and a 3x3 pool's forward and backward passes take 63 such views of
+    small tensors."""
 
-    __slots__ = ("key", "first", "slices")
+    __slots__ = ("first", "slices")
 
     def __init__(self, key: tuple):
-        self.key = key
         self.first = key[0] if isinstance(key[0], int) else None
         axes = key[1:] if self.first is not None else key
         self.slices = tuple((axis, sl.start, len(range(sl.start, sl.stop, sl.step or 1)), sl.step or 1)
