@@ -19,14 +19,15 @@ The layout is chosen by shape, because no single one is fastest everywhere (meas
 benchmarks/bench_ops.py):
 
     - in training, 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input
-      channels, or 3x3 kernels on 5-16 px maps with at least 20 channels and 32 samples (4 px maps:
+      channels, or 3x3 kernels on 5-16 px maps with at least 8 channels and 32 samples (4 px maps:
       64 samples): no windows at all but the convolution theorem, with the transforms as matrix
       products (``fourier.FourierConv2d``): a product per frequency instead of one per kernel tap;
     - 1x1 kernels at stride 1 without padding, 8 or more input channels (groups 1): no windows, one
       product per pass on the positions as rows (``PointwiseConvNd``);
     - few input channels (< 8, groups 1): the window matrix channels-first, (N, C*K, L), built
       plane by plane with long contiguous rows (a network's first layers);
-    - 16-31 input channels, stride 1, at most 9 taps: no window matrix at all (``ShiftedConvNd``,
+    - 16-31 input channels, stride 1, at most 9 taps, where the DFT does not take them (maps over 16 px,
+      batches under 32): no window matrix at all (``ShiftedConvNd``,
       one product per kernel tap on the flattened padded image);
     - everything else: the channels-last window matrix, built a block of samples at a time into
       reused memory that stays in the CPU's cache (``BLOCK_BYTES``), each block multiplied as soon
@@ -447,6 +448,11 @@ SHIFTED_MAX_WASTE = 2.0
 #     ShiftedConvNd or the window matrix, whichever was faster): 0.69-0.99 over 14 shapes (24->32 at 14 px
 #     0.88-0.90, 24->48 0.90, 20->20 at 16 px 0.90, 24->32 at 7 px 0.75-0.84, 24->32 at 16 px 0.99); 16
 #     channels at 14 px 0.94-1.01 (not routed; at 7 px 0.88-0.91, 12 channels 0.82: left to the rule above).
+#   3x3 kernels, 8-19 input channels, 7-16 px maps, batch 32-128, after the transforms took the width's half
+#     spectrum first (fourier._spectra): 0.68-0.94 of the per-tap or channels-last window path, three processes
+#     of each, alternately, medians of 31 (16->24 and 16->32 at 14 px 0.77-0.94, 12->24 0.86, 8->16 0.68-0.77,
+#     16->16 at 7 px 0.72, 16->32 at 16 px 0.93; batch 16 and 8 0.78 and 0.88, not routed: one rule on the batch);
+#     fewer than 8 channels 1.4-1.6 (the channels-first window matrix is short there); stride 2 1.5-1.8.
 #   3x3 kernels on 4 px maps, 32-256 input channels: batch 64-128 0.72-0.87 (128->128 at batch 128 0.72,
 #     256->256 0.72, 64->64 0.76-0.85), batch 48 0.90, batch 32 1.03-1.05; 3 px and 2 px maps at batch 128
 #     0.89 and 0.94 (too close to call: not routed).
@@ -461,7 +467,7 @@ SHIFTED_MAX_WASTE = 2.0
 FOURIER_MIN_TAPS = 25
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
-FOURIER_SMALL_MAP_MIN_CHANNELS = 20  # ... at least this many input channels ...
+FOURIER_SMALL_MAP_MIN_CHANNELS = 8  # ... at least this many input channels ...
 FOURIER_SMALL_MAP_MIN_BATCH = 32  # ... and samples
 FOURIER_TINY_MAP = (4, 64)  # 3x3 kernels on maps of 4 px a side: from this many samples on
 

@@ -29,9 +29,11 @@ powers of two. Along the width only the frequencies ``0 .. L//2`` are kept (a re
 spectrum is symmetric); the inverse weighs the others in (``multiplicity`` in ``_axis``).
 
 Layout: the channel products need one (N, C) matrix per frequency, so the spectra are kept as
-(G, F, N, C), frequency-major: the input is copied once into that order (as complex numbers), and
-each transform is then one product over the leading axis or a batch of them over the second, with
-no other copy. The result is written straight into the channels-last output.
+(F, G, N, C), frequency-major (F the width's half spectrum, G the height's): the input is copied once
+into (W, H, N, C) order (as complex numbers), and each transform is then one product over the leading
+axis or a batch of them over the second, with no other copy: forward transforms take the width first
+(``_spectra``), inverses the height first (``_real_map``), so the short half-spectrum axis meets the
+long one on the cheap side both ways. The result is written straight into the channels-last output.
 
 Where it is used (``conv._use_fourier``) and why: see ``FOURIER_MIN_TAPS`` there. Products run in
 complex64 for float32 (torch.mm/bmm), complex128 for float64, so the float64 oracle holds (errors
@@ -108,28 +110,35 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
 
 
 def _spectra(t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, C, H, W) real -> (G, F, N, C) complex: ``rows`` (G, H) along the height, ``cols`` (F, W) along
-    the width; one copy into (H, W, N, C) order, then two products that need no other. Into ``out``
+    """(N, C, H, W) real -> (F, G, N, C) complex: ``cols`` (F, W) along the width first, then ``rows`` (G, H)
+    along the height; one copy into (W, H, N, C) order, then two products that need no other. Into ``out``
     where given; the temporaries live in reused memory (``scratch``: fresh pages cost more here than
-    the products)."""
+    the products).
+
+    The width goes first because its half spectrum is short (F = L//2 + 1 frequencies): the first
+    product, which reads the real input as complex numbers, then makes F rows instead of G = L, and the
+    second has F batches. At 14 px (L = 15, F = 8) that is 30% fewer multiply-adds; measured, one
+    process, alternately, medians of 31: 0.72-0.96 of the height-first order on 4-14 px maps, 1.10 on
+    7 px (batch 128, 64 channels), where the batched product over few rows runs slower than one product."""
     n, c, h, w = t.shape
     g, f = rows.shape[0], cols.shape[0]
-    planes = scratch("fourier.planes", (h, w, n, c), t, rows.dtype)
-    planes.copy_(t.permute(2, 3, 0, 1))
-    by_rows = torch.mm(rows, planes.view(h, w * n * c), out=scratch("fourier.by_rows", (g, w * n * c), t, rows.dtype))
-    out = torch.empty((g, f, n, c), dtype=rows.dtype, device=t.device) if out is None else out
-    torch.matmul(cols, by_rows.view(g, w, n * c), out=out.view(g, f, n * c))
+    planes = scratch("fourier.planes", (w, h, n, c), t, rows.dtype)
+    planes.copy_(t.permute(3, 2, 0, 1))
+    by_cols = torch.mm(cols, planes.view(w, h * n * c), out=scratch("fourier.by_cols", (f, h * n * c), t, rows.dtype))
+    out = torch.empty((f, g, n, c), dtype=rows.dtype, device=t.device) if out is None else out
+    torch.matmul(rows, by_cols.view(f, h, n * c), out=out.view(f, g, n * c))
     return out
 
 
 def _real_map(spectrum: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, out: torch.Tensor, bias=None) -> None:
-    """(G, F, N, C) complex -> the real part of its inverse at ``rows`` (H, G) x ``cols`` (W, F) positions,
-    written into ``out`` (N, H, W, C)."""
-    g, f, n, c = spectrum.shape
+    """(F, G, N, C) complex -> the real part of its inverse at ``rows`` (H, G) x ``cols`` (W, F) positions,
+    written into ``out`` (N, H, W, C). The height goes first, the short half spectrum last (the other
+    order makes G = L rows from F: more multiply-adds)."""
+    f, g, n, c = spectrum.shape
     h, w = rows.shape[0], cols.shape[0]
-    by_rows = torch.mm(rows, spectrum.view(g, f * n * c), out=scratch("fourier.by_rows", (h, f * n * c), out, rows.dtype))
-    full = torch.matmul(cols, by_rows.view(h, f, n * c), out=scratch("fourier.full", (h, w, n * c), out, rows.dtype)).view(h, w, n, c)
-    target = out.permute(1, 2, 0, 3)
+    by_rows = torch.matmul(rows, spectrum.view(f, g, n * c), out=scratch("fourier.by_rows", (f, h, n * c), out, rows.dtype))
+    full = torch.mm(cols, by_rows.view(f, h * n * c), out=scratch("fourier.full", (w, h * n * c), out, rows.dtype)).view(w, h, n, c)
+    target = out.permute(2, 1, 0, 3)
     if bias is None:
         target.copy_(full.real)
     else:
@@ -154,14 +163,14 @@ class FourierConv2d(torch.autograd.Function):
         dtype = _complex(x.dtype)
         rows = _axis(h, kh, pads[0], stride[0], dilation[0], False, dtype, x.device)
         cols = _axis(w, kw, pads[1], stride[1], dilation[1], True, dtype, x.device)
-        x_hat = _spectra(x, rows["x_conj"], cols["x_conj"])  # conj(x^), (G, F, N, C)
-        g, f = x_hat.shape[:2]
-        taps = torch.empty((kh, kw, c, o), dtype=dtype, device=x.device)
-        taps.copy_(weight.permute(2, 3, 1, 0))
-        w_hat = torch.matmul(cols["k"], torch.mm(rows["k"], taps.view(kh, kw * c * o)).view(g, kw, c * o)).view(g * f, c, o)
-        y_hat = torch.bmm(x_hat.view(g * f, n, c), w_hat, out=scratch("fourier.product", (g * f, n, o), x, dtype))  # conj(y^)
+        x_hat = _spectra(x, rows["x_conj"], cols["x_conj"])  # conj(x^), (F, G, N, C)
+        f, g = x_hat.shape[:2]
+        taps = torch.empty((kw, kh, c, o), dtype=dtype, device=x.device)
+        taps.copy_(weight.permute(3, 2, 1, 0))
+        w_hat = torch.matmul(rows["k"], torch.mm(cols["k"], taps.view(kw, kh * c * o)).view(f, kh, c * o)).view(f * g, c, o)
+        y_hat = torch.bmm(x_hat.view(f * g, n, c), w_hat, out=scratch("fourier.product", (f * g, n, o), x, dtype))  # conj(y^)
         y = x.new_empty((n, rows["out"], cols["out"], o))
-        _real_map(y_hat.view(g, f, n, o), rows["inv_y_conj"], cols["inv_y_conj"], y, bias)
+        _real_map(y_hat.view(f, g, n, o), rows["inv_y_conj"], cols["inv_y_conj"], y, bias)
         ctx.geometry = (stride, pads, dilation)
         ctx.axes = (rows, cols)
         ctx.save_for_backward(x_hat if ctx.needs_input_grad[1] else None, w_hat if ctx.needs_input_grad[0] else None,
@@ -184,19 +193,19 @@ class FourierConv2d(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             g, f = rows["y"].shape[0], cols["y"].shape[0]
-            g_hat = _spectra(grad_out, rows["y"], cols["y"], scratch("fourier.grad_out", (g, f, n, o), x, rows["y"].dtype))
-            g_hat = g_hat.view(g * f, n, o)
+            g_hat = _spectra(grad_out, rows["y"], cols["y"], scratch("fourier.grad_out", (f, g, n, o), x, rows["y"].dtype))
+            g_hat = g_hat.view(f * g, n, o)
         if ctx.needs_input_grad[0]:
-            gx_hat = torch.bmm(g_hat, w_hat.transpose(1, 2), out=scratch("fourier.product", (g * f, n, c), x, g_hat.dtype))
+            gx_hat = torch.bmm(g_hat, w_hat.transpose(1, 2), out=scratch("fourier.product", (f * g, n, c), x, g_hat.dtype))
             grad_x = x.new_empty((n, h, w, c))
-            _real_map(gx_hat.view(g, f, n, c), rows["inv_x"], cols["inv_x"], grad_x)
+            _real_map(gx_hat.view(f, g, n, c), rows["inv_x"], cols["inv_x"], grad_x)
             grad_x = grad_x.permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             # sum_n conj(g^) x^ = conj(sum_n g^ conj(x^)): the conjugated inverse of x_hat^T g_hat
-            gw_hat = torch.bmm(x_hat.view(g * f, n, c).transpose(1, 2), g_hat,
-                               out=scratch("fourier.product", (g * f, c, o), x, g_hat.dtype))  # (G*F, C, O)
+            gw_hat = torch.bmm(x_hat.view(f * g, n, c).transpose(1, 2), g_hat,
+                               out=scratch("fourier.product", (f * g, c, o), x, g_hat.dtype))  # (F*G, C, O)
             taps = weight.new_empty((kh, kw, c, o))
-            _real_map(gw_hat.view(g, f, c, o), rows["inv_k_conj"], cols["inv_k_conj"], taps.permute(2, 0, 1, 3))
+            _real_map(gw_hat.view(f, g, c, o), rows["inv_k_conj"], cols["inv_k_conj"], taps.permute(2, 0, 1, 3))
             grad_w = torch.empty_like(weight).copy_(taps.permute(3, 2, 0, 1))  # in the parameter's layout (DDP buckets)
         if ctx.needs_input_grad[2]:
             grad_b = channel_sums(grad_out)
