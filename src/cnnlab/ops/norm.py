@@ -77,9 +77,13 @@ def _row_blocks(rows: torch.Tensor):
 
 def _sum_and_dot(a_rows: torch.Tensor, b_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel sum(a) and sum(a * b) of two (M, C) matrices, reading each once: block by block
-    (``_row_blocks``), the products in reused memory."""
+    (``_row_blocks``), the products in reused memory. A matrix of one block is read as it stands (no
+    slices: small layers pay for every tensor call)."""
     blocks = _row_blocks(a_rows)
-    products = scratch("batch_norm.products", a_rows[blocks[0]].shape, a_rows)
+    rows = min(blocks[0].stop, a_rows.shape[0])
+    products = scratch("batch_norm.products", (rows, a_rows.shape[1]), a_rows)
+    if len(blocks) == 1:
+        return column_sums(a_rows), column_sums(torch.mul(a_rows, b_rows, out=products))
     total = dot = None
     for block in blocks:
         a, b = a_rows[block], b_rows[block]
@@ -90,13 +94,13 @@ def _sum_and_dot(a_rows: torch.Tensor, b_rows: torch.Tensor) -> tuple[torch.Tens
 
 def _one_pass_statistics(rows: torch.Tensor):
     """(mean, var) from one read of the values (sum and sum of squares), or None where an offset
-    channel would lose precision to cancellation (see ONE_PASS_MAX_RATIO)."""
+    channel would lose precision to cancellation (see ONE_PASS_MAX_RATIO) or a value is NaN."""
     m = rows.shape[0]
     total, squares = _sum_and_dot(rows, rows)  # fresh tensors: divided in place
     mean = total.div_(m)
-    mean_sq = mean * mean
-    var = squares.div_(m).sub_(mean_sq)
-    if not bool((mean_sq <= ONE_PASS_MAX_RATIO * var).all()):
+    var = squares.div_(m).addcmul_(mean, mean, value=-1)
+    # mean^2 <= ratio * var in every channel, as one reduction: var - mean^2 / ratio >= 0 (False for NaN)
+    if not float(torch.addcmul(var, mean, mean, value=-1 / ONE_PASS_MAX_RATIO).min()) >= 0:
         return None
     return mean, var
 
@@ -143,12 +147,12 @@ class BatchNorm(torch.autograd.Function):
         ctx.training, ctx.eps, ctx.one_pass = training, eps, one_pass
         ctx.mean = mean if one_pass else None
         ctx.stats = None if training else (mean.clone(), var.clone())  # the statistics used, for a differentiable backward
-        ctx.save_for_backward(centred, weight, invstd, x, bias)  # centred: x itself on the one-pass route
+        ctx.save_for_backward(centred, weight, invstd, x, bias, scale)  # centred: x itself on the one-pass route
         return y.to(x.dtype) if half else y
 
     @staticmethod
     def backward(ctx, grad_out):
-        centred, weight, invstd, x, bias = ctx.saved_tensors
+        centred, weight, invstd, x, bias, scale = ctx.saved_tensors
         if wants_graph():
             stats = ctx.stats
             grads = graph_backward(lambda x, w, b: reference_batch_norm(x, w, b, stats, ctx.eps), (x, weight, bias),
@@ -174,7 +178,6 @@ class BatchNorm(torch.autograd.Function):
             sum_dy = channel_sums(grad_out) if (ctx.needs_input_grad[2] or ctx.training) else None
             dot = channel_sums(grad_out * centred) * invstd if need_dot else None  # sum(dy * x_hat) per channel
         if ctx.needs_input_grad[0]:
-            scale = invstd if weight is None else invstd * weight.to(invstd.dtype)  # (C,)
             if ctx.training:
                 # dx = scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), as dy*scale + centred*k1 + k0
                 m = grad_out.numel() // grad_out.shape[1]
@@ -184,10 +187,10 @@ class BatchNorm(torch.autograd.Function):
                     k0.addcmul_(k1, mean, value=-1)
                 if g_rows is not None and x_rows is not None:  # block by block, each block's two passes in cache
                     grad_x = torch.empty_like(centred)
-                    gx_rows = _rows(grad_x)
-                    for block in _row_blocks(x_rows):
-                        gx = gx_rows[block]
-                        torch.addcmul(k0, x_rows[block], k1, out=gx).addcmul_(g_rows[block], scale)
+                    gx_rows, blocks = _rows(grad_x), _row_blocks(x_rows)
+                    parts = [(gx_rows, x_rows, g_rows)] if len(blocks) == 1 else [(gx_rows[b], x_rows[b], g_rows[b]) for b in blocks]
+                    for gx, xb, gb in parts:
+                        torch.addcmul(k0, xb, k1, out=gx).addcmul_(gb, scale)
                 else:
                     grad_x = torch.addcmul(_channel_view(k0, dims), centred, _channel_view(k1, dims))
                     grad_x.addcmul_(grad_out, _channel_view(scale, dims))
@@ -221,11 +224,13 @@ def reference_batch_norm(x, weight, bias, stats, eps: float) -> torch.Tensor:
 
 
 def _update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:
-    """running = (1 - momentum) * running + momentum * statistic; the variance unbiased (m - 1)."""
-    if running_mean is not None:
-        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-    if running_var is not None:
-        running_var.mul_(1 - momentum).add_(var, alpha=momentum * m / (m - 1))
+    """running = (1 - momentum) * running + momentum * statistic; the variance unbiased (m - 1). One
+    ``lerp`` for both estimates (exact at momentum 0 and 1, as torch's ``lerp`` is)."""
+    running = [r for r in (running_mean, running_var) if r is not None]
+    if not running:
+        return
+    targets = [t.to(r.dtype) for r, t in ((running_mean, mean), (running_var, var * (m / (m - 1)))) if r is not None]
+    torch._foreach_lerp_(running, targets, momentum)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5):
