@@ -226,11 +226,15 @@ def reference_batch_norm(x, weight, bias, stats, eps: float) -> torch.Tensor:
 def _update_running(running_mean, running_var, mean, var, m: int, momentum: float) -> None:
     """running = (1 - momentum) * running + momentum * statistic; the variance unbiased (m - 1). One
     ``lerp`` for both estimates (exact at momentum 0 and 1, as torch's ``lerp`` is)."""
-    running = [r for r in (running_mean, running_var) if r is not None]
-    if not running:
-        return
-    targets = [t.to(r.dtype) for r, t in ((running_mean, mean), (running_var, var * (m / (m - 1)))) if r is not None]
-    torch._foreach_lerp_(running, targets, momentum)
+    running, targets = [], []
+    if running_mean is not None:
+        running.append(running_mean)
+        targets.append(mean.to(running_mean.dtype))
+    if running_var is not None:
+        running.append(running_var)
+        targets.append((var * (m / (m - 1))).to(running_var.dtype))
+    if running:
+        torch._foreach_lerp_(running, targets, momentum)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5):
