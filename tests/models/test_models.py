@@ -289,3 +289,28 @@ def test_scratch_and_torch_backends_agree_in_float64(name):
     grads_b = torch.autograd.grad(b, list(reference.parameters()), g)
     for ga, gb in zip(grads_a, grads_b):
         assert torch.allclose(ga, gb, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["fast", "resnet-cpu", "googlenet-cpu"])
+def test_training_after_an_evaluation_under_inference_mode(name):
+    """A model evaluated under ``torch.inference_mode()`` first (as a notebook may) then trains, channels-last
+    at batches 8 and 32 so that every route runs in both (the DFT, per-tap and window-matrix convolutions,
+    1x1 products, stride-phase and overlapping max pools, batch norm), and its gradients equal a fresh
+    model's: the reused scratch memory made in inference mode is writable outside it (it raised "Inplace
+    update to inference tensor" before)."""
+    torch.manual_seed(0)
+    model = create_model(name).to(memory_format=torch.channels_last)
+    fresh = create_model(name).to(memory_format=torch.channels_last)
+    fresh.load_state_dict(model.state_dict())
+    batches = [torch.randn(n, 1, 28, 28).contiguous(memory_format=torch.channels_last) for n in (8, 32)]
+    with torch.inference_mode():
+        model.eval()
+        for x in batches:
+            model(x)
+    for x in batches:
+        grads = []
+        for m in (model, fresh):
+            m.train()
+            grads.append(torch.autograd.grad(m(x).square().sum(), list(m.parameters())))
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

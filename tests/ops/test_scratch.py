@@ -49,3 +49,15 @@ def test_threads_have_their_own_buffers():
     thread.start()
     thread.join()
     assert there[0].data_ptr() != here.data_ptr()
+
+
+def test_memory_first_asked_for_under_inference_mode_is_writable_outside_it():
+    """A slot made inside ``torch.inference_mode()`` (a model evaluated that way before training) is a
+    normal tensor: writing it in place outside inference mode, and inside again, works."""
+    like = torch.zeros(1)
+    with torch.inference_mode():
+        inside = scratch("test.inference", (3, 3), like).fill_(1.0)
+    assert not inside.is_inference()
+    scratch("test.inference", (3, 3), like).add_(1.0)  # raised "Inplace update to inference tensor" before
+    with torch.inference_mode():
+        assert scratch("test.inference", (3, 3), like).add_(1.0).eq(3.0).all()

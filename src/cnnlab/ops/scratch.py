@@ -6,7 +6,9 @@ into a new ``torch.empty`` took 0.8-1.9 ms, into memory written before 0.04 ms (
 it by slot name and gets the same memory every call, grown when a larger one is needed.
 
 Only for values that never leave the op: nothing returned, saved for backward or aliased by a
-result may live in a scratch buffer, since the next call of the same op overwrites it. Buffers
+result may live in a scratch buffer, since the next call of the same op overwrites it. Buffers are
+normal tensors even when first asked for under ``torch.inference_mode()`` (an inference tensor could
+not be written outside it: a model evaluated that way and then trained raised an error). Buffers
 are per thread, so ops running on two threads never share one. Under ``torch.compile`` tracing
 fresh tensors are returned (the compiler plans its own memory).
 """
@@ -45,7 +47,8 @@ def scratch(slot: str, shape: Sequence[int], like: torch.Tensor, dtype: torch.dt
     n = math.prod(shape)
     buffer = buffers.get(key)
     if buffer is None or buffer.numel() < n:
-        buffer = buffers[key] = torch.empty(n, dtype=dtype, device=like.device)
+        with torch.inference_mode(False):  # a normal tensor even when first asked for under inference_mode
+            buffer = buffers[key] = torch.empty(n, dtype=dtype, device=like.device)
         for old in [k for k in views if k[0] == key]:  # views of the memory given up
             del views[old]
     if len(views) >= MAX_VIEWS:
