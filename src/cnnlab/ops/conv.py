@@ -440,14 +440,15 @@ SHIFTED_MAX_WASTE = 2.0
 #     is needed) 1.16-3.5.
 #   3x3 kernels, batch 32 or more, 32 or more input channels, 7-16 px maps: 0.56-0.98 (7-8 px: 32->64,
 #     48->12, 64->64, 256->256 0.68-0.85; 14-16 px: 40->12 0.84, 64->64 0.74-0.75, 96->96 0.79, 128->128
-#     0.58, 256->256 0.56, 32->32 and 68->12 0.96-0.98). Not with 12-16 input channels (0.9-1.5), at
+#     0.58, 256->256 0.56, 32->32 and 68->12 0.96-0.98). Not then with 12-16 input channels (0.9-1.5: see the
+#     8-19 channel rule below, measured after the transforms were reordered), at
 #     batch 8-16 (0.96-1.9: the kernels' spectra, frequencies x C x O complex values, are read for few
 #     samples), on 24-56 px maps (1.2-1.9: the transforms grow with the map's side, the saving does not)
 #     or on 1-4 px maps with 256-512 channels at batch 32 (1.2-2.65).
 #   3x3 kernels, 20-31 input channels, 5-16 px maps, batch 32-128 (against the per-tap products of
 #     ShiftedConvNd or the window matrix, whichever was faster): 0.69-0.99 over 14 shapes (24->32 at 14 px
 #     0.88-0.90, 24->48 0.90, 20->20 at 16 px 0.90, 24->32 at 7 px 0.75-0.84, 24->32 at 16 px 0.99); 16
-#     channels at 14 px 0.94-1.01 (not routed; at 7 px 0.88-0.91, 12 channels 0.82: left to the rule above).
+#     channels at 14 px 0.94-1.01 (not routed then; at 7 px 0.88-0.91, 12 channels 0.82: see the next rule).
 #   3x3 kernels, 8-19 input channels, 7-16 px maps, batch 32-128, after the transforms took the width's half
 #     spectrum first (fourier._spectra): 0.68-0.94 of the per-tap or channels-last window path, three processes
 #     of each, alternately, medians of 31 (16->24 and 16->32 at 14 px 0.77-0.94, 12->24 0.86, 8->16 0.68-0.77,

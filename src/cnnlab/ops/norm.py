@@ -75,19 +75,24 @@ def _row_blocks(rows: torch.Tensor):
     return [slice(start, start + step) for start in range(0, m, step)]
 
 
+def _in_blocks(*matrices: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """(M, C) matrices cut side by side into the row blocks of ``_row_blocks``; matrices of one block as
+    they stand (no slices: small layers pay for every tensor call)."""
+    blocks = _row_blocks(matrices[0])
+    if len(blocks) == 1:
+        return [matrices]
+    return [tuple(t[block] for t in matrices) for block in blocks]
+
+
 def _sum_and_dot(a_rows: torch.Tensor, b_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel sum(a) and sum(a * b) of two (M, C) matrices, reading each once: block by block
-    (``_row_blocks``), the products in reused memory. A matrix of one block is read as it stands (no
-    slices: small layers pay for every tensor call)."""
-    blocks = _row_blocks(a_rows)
-    rows = min(blocks[0].stop, a_rows.shape[0])
-    products = scratch("batch_norm.products", (rows, a_rows.shape[1]), a_rows)
-    if len(blocks) == 1:
-        return column_sums(a_rows), column_sums(torch.mul(a_rows, b_rows, out=products))
+    (``_in_blocks``), the products in reused memory."""
+    parts = _in_blocks(a_rows, b_rows)
+    products = scratch("batch_norm.products", parts[0][0].shape, a_rows)
     total = dot = None
-    for block in blocks:
-        a, b = a_rows[block], b_rows[block]
-        s, d = column_sums(a), column_sums(torch.mul(a, b, out=products[: a.shape[0]]))
+    for a, b in parts:
+        into = products if a.shape[0] == products.shape[0] else products[: a.shape[0]]
+        s, d = column_sums(a), column_sums(torch.mul(a, b, out=into))
         total, dot = (s, d) if total is None else (total.add_(s), dot.add_(d))
     return total, dot
 
@@ -187,9 +192,7 @@ class BatchNorm(torch.autograd.Function):
                     k0.addcmul_(k1, mean, value=-1)
                 if g_rows is not None and x_rows is not None:  # block by block, each block's two passes in cache
                     grad_x = torch.empty_like(centred)
-                    gx_rows, blocks = _rows(grad_x), _row_blocks(x_rows)
-                    parts = [(gx_rows, x_rows, g_rows)] if len(blocks) == 1 else [(gx_rows[b], x_rows[b], g_rows[b]) for b in blocks]
-                    for gx, xb, gb in parts:
+                    for gx, xb, gb in _in_blocks(_rows(grad_x), x_rows, g_rows):
                         torch.addcmul(k0, xb, k1, out=gx).addcmul_(gb, scale)
                 else:
                     grad_x = torch.addcmul(_channel_view(k0, dims), centred, _channel_view(k1, dims))
