@@ -210,3 +210,53 @@ def test_a_scratch_model_trains_under_torch_compile_with_inductor():
     assert abs(losses[0].item() - losses[1].item()) < 1e-5
     for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5), name
+
+
+def _layouts(t: torch.Tensor) -> tuple[bool, ...]:
+    formats = (torch.contiguous_format, torch.channels_last) if t.dim() == 4 else (torch.contiguous_format, torch.channels_last_3d)
+    return tuple(t.is_contiguous(memory_format=f) for f in formats) if t.dim() in (4, 5) else (t.is_contiguous(),)
+
+
+GRAD_LAYOUT_OPS = [  # (name, op(f, x, w), input channels, kernel or None); every route of the convolution is reached below
+    ("conv2d 3x3", lambda f, x, w: f.conv2d(x, w, padding=1), None, 3),
+    ("conv2d 3x3 stride 2", lambda f, x, w: f.conv2d(x, w, padding=1, stride=2), None, 3),
+    ("conv2d 5x5", lambda f, x, w: f.conv2d(x, w, padding=2), None, 5),
+    ("conv2d 1x1", lambda f, x, w: f.conv2d(x, w), None, 1),
+    ("conv1d", lambda f, x, w: f.conv1d(x, w, padding=1), None, 3),
+    ("conv3d", lambda f, x, w: f.conv3d(x, w, padding=1), None, 3),
+    ("max_pool2d 3x3/2", lambda f, x, w: f.max_pool2d(x, 3, stride=2, padding=1), None, None),
+    ("max_pool2d 2x2", lambda f, x, w: f.max_pool2d(x, 2), None, None),
+    ("avg_pool2d", lambda f, x, w: f.avg_pool2d(x, 3, stride=1, padding=1), None, None),
+    ("max_pool1d", lambda f, x, w: f.max_pool1d(x, 3, stride=2, padding=1), None, None),
+    ("max_pool3d", lambda f, x, w: f.max_pool3d(x, 2), None, None),
+    ("avg_pool3d", lambda f, x, w: f.avg_pool3d(x, 3, stride=2, padding=1), None, None),
+    ("adaptive_avg_pool2d global", lambda f, x, w: f.adaptive_avg_pool2d(x, 1), None, None),
+    ("adaptive_avg_pool2d 3x2", lambda f, x, w: f.adaptive_avg_pool2d(x, (3, 2)), None, None),
+    ("batch_norm", lambda f, x, w: f.batch_norm(x, None, None, training=True), None, None),
+]
+
+
+@pytest.mark.parametrize("name, op, _, kernel", GRAD_LAYOUT_OPS, ids=[c[0] for c in GRAD_LAYOUT_OPS])
+def test_input_gradients_are_laid_out_as_torchs(name, op, _, kernel):
+    """A gradient comes back contiguous in the layout torch's own kernel gives it (a view into a padded
+    buffer made the next layer's kernel read it strided: torch's batch norm backward ran 8x slower)."""
+    rng = random.Random(11)
+    dims = 1 if "1d" in name else 3 if "3d" in name else 2
+    for trial in range(12):
+        c = rng.choice([1, 3, 8, 16, 20, 24, 40])
+        batch = rng.choice([2, 8, 32])
+        side = rng.choice([5, 7, 12, 14, 17])
+        x0 = torch.randn(batch, c, *([side] * dims), dtype=torch.float64)
+        if dims == 2 and rng.random() < 0.6:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        w = None if kernel is None else torch.randn(rng.randint(1, 40), c, *([kernel] * dims), dtype=torch.float64)
+        grads, g = [], None
+        for f in (F, ops):
+            x = x0.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+            inner = x * 1  # a non-leaf, as inside a network: a leaf's .grad is laid out again by autograd itself
+            out = op(f, inner, w)
+            g = torch.randn_like(out) if g is None else g
+            grads.append(torch.autograd.grad(out, inner, g)[0])
+        theirs, ours = grads
+        assert _layouts(ours) == _layouts(theirs), (name, trial, tuple(x0.shape), x0.stride(), ours.stride(), theirs.stride())
+        assert max_rel_error(ours, theirs) < 1e-10

@@ -31,7 +31,7 @@ import torch
 from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
 from .scratch import scratch
 from .shapes import Pads, as_tuple, pool_output_size
-from .windows import pad_channels_last, sliding_windows, window_offsets, windows_overlap
+from .windows import offset_regions, pad_channels_last, sliding_windows, window_offsets, windows_overlap
 
 __all__ = [
     "max_pool1d",
@@ -84,7 +84,7 @@ def _batched(fn, x, dims, *args):
 
 
 class _Index:
-    """A basic index (full slices and slices with a start and stop, as ``_offset_regions`` makes them,
+    """A basic index (full slices and slices with a start and stop, as ``offset_regions`` makes them,
     after an optional integer on the first axis) that ``of`` applies with one ``as_strided`` call:
     ``_Index(key).of(t)`` is ``t[key]``. Python's tuple indexing makes one slice op per axis (2.6-4.8 us
     a view here, against 1.2 us), and a 3x3 pool's forward and backward passes take 63 such views of
@@ -112,43 +112,14 @@ class _Index:
 
 @functools.lru_cache(maxsize=1024)
 def _tap_regions(spatial, kernel, stride, pads: Pads, dilation, out_size, phased: bool = False) -> tuple:
-    """``_offset_regions`` as a tuple of ``(t, source, target, whole)`` with ``_Index`` objects, made once
+    """``offset_regions`` as a tuple of ``(t, source, target, whole)`` with ``_Index`` objects, made once
     per geometry (rebuilding it on every call cost 50-60 us of Python per forward + backward of a 3x3/2
     pool, medians of 200 interleaved calls, whatever the size); with ``phased``, every input index
     rewritten into ``_split_phases``' planes (``_phase_index``)."""
-    regions = _offset_regions(spatial, kernel, stride, pads, dilation, out_size)
+    regions = offset_regions(spatial, kernel, stride, pads, dilation, out_size)
     if phased:
         regions = ((t, _phase_index(source, stride), target, whole) for t, source, target, whole in regions)
     return tuple((t, _Index(source), _Index(target), whole) for t, source, target, whole in regions)
-
-
-def _offset_regions(spatial, kernel, stride, pads: Pads, dilation, out_size):
-    """For every kernel offset (scan order), the outputs whose window has that offset inside the
-    input, and the input positions they read there, as index tuples for channels-last tensors:
-    yields ``(t, input_index, output_index, whole)``, ``x[input_index]`` and ``out[output_index]``
-    both (N, *R, C). Offsets that fall in the padding for every output are skipped. Padding is
-    never materialised: max pooling's -inf and average pooling's zeros would never change a result
-    (a window holding padding only is rejected up front), so the layer reads the input in place
-    instead of copying it into a padded buffer (the 3x3/2 pool with padding 1 that opens a ResNet
-    spent more time filling and copying that buffer than comparing)."""
-    per_axis = []
-    for n, k, s, (lo, _), d, o in zip(spatial, kernel, stride, pads, dilation, out_size):
-        taps = []
-        for tap in range(k):
-            first = max(0, -((tap * d - lo) // s))  # ceil((lo - tap*d) / s), the first output inside
-            last = min(o - 1, (n - 1 + lo - tap * d) // s)
-            if first > last:
-                taps.append(None)
-                continue
-            start = first * s + tap * d - lo
-            taps.append((slice(start, start + (last - first) * s + 1, s), slice(first, last + 1), first == 0 and last == o - 1))
-        per_axis.append(taps)
-    for t, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
-        regions = [axis[tap] for axis, tap in zip(per_axis, offset)]
-        if any(r is None for r in regions):
-            continue
-        yield (t, (slice(None), *(r[0] for r in regions), slice(None)), (slice(None), *(r[1] for r in regions), slice(None)),
-               all(r[2] for r in regions))
 
 
 class MaxPoolNd(torch.autograd.Function):
@@ -633,6 +604,8 @@ class AdaptiveAvgPool2d(torch.autograd.Function):
             return x.mean((-2, -1), keepdim=True)
         ph, pw = _averaging_matrix(h, oh, x), _averaging_matrix(w, ow, x)
         ctx.save_for_backward(ph, pw)
+        # torch answers a channels-last input's gradient channels-last (the products give channels-first)
+        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return ph @ x @ pw.T  # (N, C, oh, ow)
 
     @staticmethod
@@ -641,7 +614,8 @@ class AdaptiveAvgPool2d(torch.autograd.Function):
         if oh == ow == 1:
             return (grad_out / (h * w)).expand(*grad_out.shape[:-2], h, w).contiguous(), None
         ph, pw = ctx.saved_tensors
-        return ph.T @ grad_out @ pw, None
+        grad_x = ph.T @ grad_out @ pw
+        return (grad_x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad_x), None
 
 
 def adaptive_avg_pool2d(input, output_size: int | Sequence[int | None]):

@@ -25,7 +25,7 @@ import torch
 from .scratch import scratch
 from .shapes import Pads
 
-__all__ = ["pad_channels_last", "sliding_windows", "window_offsets", "windows_overlap", "unpad"]
+__all__ = ["offset_regions", "pad_channels_last", "sliding_windows", "window_offsets", "windows_overlap", "unpad"]
 
 
 def pad_channels_last(x: torch.Tensor, pads: Pads, value: float = 0.0, slot: str | None = None) -> torch.Tensor:
@@ -99,3 +99,33 @@ def window_offsets(kernel: Sequence[int]) -> Iterator[tuple[int, tuple]]:
     lead = (slice(None),) * (1 + len(kernel))
     for i, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
         yield i, (*lead, *offset)
+
+
+def offset_regions(spatial, kernel, stride, pads: Pads, dilation, out_size):
+    """For every kernel offset (scan order), the outputs whose window has that offset inside the
+    input, and the input positions they read there, as index tuples for channels-last tensors:
+    yields ``(t, input_index, output_index, whole)``, ``x[input_index]`` and ``out[output_index]``
+    both (N, *R, C), ``whole`` when every output is among them. Offsets that fall in the padding for
+    every output are skipped. With these, padding is never materialised: pooling reads the input in
+    place (max pooling's -inf and average pooling's zeros never change a result, and a window holding
+    padding only is rejected up front; the 3x3/2 pool with padding 1 that opens a ResNet spent more
+    time filling and copying a padded buffer than comparing), and the convolution's col2im adds each
+    offset's window gradients straight onto the input positions they came from."""
+    per_axis = []
+    for n, k, s, (lo, _), d, o in zip(spatial, kernel, stride, pads, dilation, out_size):
+        taps = []
+        for tap in range(k):
+            first = max(0, -((tap * d - lo) // s))  # ceil((lo - tap*d) / s), the first output inside
+            last = min(o - 1, (n - 1 + lo - tap * d) // s)
+            if first > last:
+                taps.append(None)
+                continue
+            start = first * s + tap * d - lo
+            taps.append((slice(start, start + (last - first) * s + 1, s), slice(first, last + 1), first == 0 and last == o - 1))
+        per_axis.append(taps)
+    for t, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
+        regions = [axis[tap] for axis, tap in zip(per_axis, offset)]
+        if any(r is None for r in regions):
+            continue
+        yield (t, (slice(None), *(r[0] for r in regions), slice(None)), (slice(None), *(r[1] for r in regions), slice(None)),
+               all(r[2] for r in regions))
