@@ -89,8 +89,9 @@ def test_batch_norm_tiny_batch_gradient_against_long_double():
 @pytest.mark.parametrize("chunk", range(4))
 def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, monkeypatch):
     """Channels-last batches and (N, C) features take the one-pass route (sums of x and x*x, of dy and
-    dy*x); channels far from zero mean take the two-pass route. Both, in training and inference, against
-    torch; ``blocked``: every matrix cut into 16-row blocks, as large batches are (PASS_BLOCK_BYTES)."""
+    dy*x); channels far from zero mean, and channels-first batches, take the two-pass route. All, in
+    training and inference, against torch; ``blocked``: every matrix cut into 16-row blocks, as large
+    batches are (PASS_BLOCK_BYTES)."""
     from cnnlab.ops import norm
 
     if blocked:
@@ -107,15 +108,16 @@ def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, monk
     rng = random.Random(6000 + chunk)
     for i in range(40):
         c = rng.randint(1, 9)
-        layout = rng.choice(["rows", "channels_last", "channels_last_3d"])
+        layout = rng.choice(["rows", "channels_last", "channels_last_3d", "channels_first", "channels_first_1d"])
         n = rng.randint(2, 6)
         shape = {"rows": (n + 2, c), "channels_last": (n, c, rng.randint(1, 5), rng.randint(1, 5)),
-                 "channels_last_3d": (n, c, rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 3))}[layout]
+                 "channels_last_3d": (n, c, rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 3)),
+                 "channels_first": (n, c, rng.randint(1, 5), rng.randint(1, 5)), "channels_first_1d": (n, c, rng.randint(2, 9))}[layout]
         training = rng.random() < 0.7
         gen = torch.Generator().manual_seed(i)
         offset = rng.choice([0.0, 1.0, 30.0])  # 30 standard deviations: the two-pass route
         x = torch.randn(shape, generator=gen, dtype=torch.float64) + offset * torch.randn(c, generator=gen, dtype=torch.float64).view(1, c, *[1] * (len(shape) - 2))
-        if layout != "rows":
+        if layout.startswith("channels_last"):
             x = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.channels_last_3d)
         x.requires_grad_()
         weight = torch.randn(c, generator=gen, dtype=torch.float64).requires_grad_() if rng.random() < 0.8 else None
@@ -130,15 +132,16 @@ def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, monk
     assert taken["one pass"] >= 5 and taken["two pass"] >= 3, taken
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["channels-last", "channels-first"])
 @pytest.mark.parametrize("offset", [0.0, 3.0, 100.0])
-def test_batch_norm_float32_channels_last_within_torchs_own_error(offset):
-    """float32, a training-sized channels-last batch: our result's distance from the float64 truth
-    is within a small multiple of torch's own float32 distance, with channels centred, moderately
-    offset (one-pass route) or far off zero (two-pass route)."""
+def test_batch_norm_float32_channels_last_within_torchs_own_error(offset, layout):
+    """float32, a training-sized batch, channels-last or channels-first: our result's distance from the
+    float64 truth is within a small multiple of torch's own float32 distance, with channels centred,
+    moderately offset (one-pass route) or far off zero (two-pass route)."""
     gen = torch.Generator().manual_seed(1)
-    x64 = (torch.randn(64, 16, 14, 14, generator=gen, dtype=torch.float64) + offset).contiguous(memory_format=torch.channels_last)
+    x64 = (torch.randn(64, 16, 14, 14, generator=gen, dtype=torch.float64) + offset).contiguous(memory_format=layout)
     w64, b64 = torch.rand(16, generator=gen, dtype=torch.float64) + 0.5, torch.randn(16, generator=gen, dtype=torch.float64)
-    dy64 = torch.randn(64, 16, 14, 14, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    dy64 = torch.randn(64, 16, 14, 14, generator=gen, dtype=torch.float64).contiguous(memory_format=layout)
 
     def run(f, dtype):
         x, w, b = (t.to(dtype).requires_grad_() for t in (x64, w64, b64))
