@@ -14,7 +14,9 @@ freed memory kept as training runs do):
 
     python benchmarks/profile_models.py [--runs 9] [--only fast,googlenet-cpu] [--batch 32]
 
-Same models and batches as ``bench_models.py``. Writes benchmarks/results/profile.md.
+Same models and batches as ``bench_models.py``; the committed results leave out the 224 px AlexNet and VGG
+(six such models alive in one process made torch's own VGG-11 step 1.5x slower than alone). Writes
+benchmarks/results/profile.md.
 """
 
 from __future__ import annotations
@@ -88,6 +90,25 @@ def measure(name: str, size: int, batch: int, runs: int, warmup: int = 2) -> dic
     return {"model": name, "input": size, "batch": batch, "step": step_ms, "phases": phase_ms}
 
 
+def table(rows: list[dict], runs: int, threads: int) -> list[str]:
+    """The Markdown table of ``measure``'s rows."""
+    lines = ["# Where the scratch / torch gap goes, inside the training step", "",
+             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {threads} threads, channels-last, "
+             f"median of {runs} interleaved steps after 2 warm-ups, one process, freed memory kept (train/memory.py). "
+             "\"Op kind on torch\": how much faster the scratch step gets when only that kind of layer runs on torch's "
+             "kernels (its in-context share of the gap). Phases: scratch / torch, ms.", "",
+             "| model | input | batch | scratch ms | torch ms | gap ms | conv on torch | max pool on torch | avg pool on torch "
+             "| batch norm on torch | forward | backward | SGD step |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        s, t = r["step"]["scratch"], r["step"]["torch"]
+        kinds = " | ".join(f"{s - r['step'][k]:+.2f}" if k in r["step"] else "-" for k in KINDS)
+        phases = " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(r["phases"]["scratch"], r["phases"]["torch"]))
+        lines.append(f"| {r['model']} | {r['input']} px | {r['batch']} | {s:.2f} | {t:.2f} | {s - t:+.2f} | {kinds} | {phases} |")
+    return lines + ["", "A kind's figures need not add up to the gap: the concatenations, activations and the linear layers run "
+                    "on torch's kernels in both models, and the machine's drift between steps is noise of a few percent per row."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
@@ -107,23 +128,8 @@ def main() -> None:
         (sf, sb, so), (tf, tb, to) = r["phases"]["scratch"], r["phases"]["torch"]
         print(f"{name:14s} {size:3d} px  batch {batch:4d}  scratch {s:8.2f}  torch {t:8.2f} ms  gap {s - t:+.2f}  | "
               f"{shares}  | forward {sf:.2f}/{tf:.2f} backward {sb:.2f}/{tb:.2f} step {so:.2f}/{to:.2f}", flush=True)
-    lines = ["# Where the scratch / torch gap goes, inside the training step", "",
-             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, channels-last, "
-             f"median of {args.runs} interleaved steps after 2 warm-ups, one process, freed memory kept (train/memory.py). "
-             "\"Op kind on torch\": how much faster the scratch step gets when only that kind of layer runs on torch's "
-             "kernels (its in-context share of the gap). Phases: scratch / torch, ms.", "",
-             "| model | input | batch | scratch ms | torch ms | gap ms | conv on torch | max pool on torch | avg pool on torch "
-             "| batch norm on torch | forward | backward | SGD step |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        s, t = r["step"]["scratch"], r["step"]["torch"]
-        kinds = " | ".join(f"{s - r['step'][k]:+.2f}" if k in r["step"] else "-" for k in KINDS)
-        phases = " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(r["phases"]["scratch"], r["phases"]["torch"]))
-        lines.append(f"| {r['model']} | {r['input']} px | {r['batch']} | {s:.2f} | {t:.2f} | {s - t:+.2f} | {kinds} | {phases} |")
-    lines += ["", "A kind's figures need not add up to the gap: the concatenations, activations and the linear layers run "
-              "on torch's kernels in both models, and the machine's drift between steps is noise of a few percent per row."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    Path(args.out).write_text("\n".join(table(rows, args.runs, args.threads)) + "\n")
     print(f"wrote {args.out}")
 
 
