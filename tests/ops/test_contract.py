@@ -217,27 +217,27 @@ def _layouts(t: torch.Tensor) -> tuple[bool, ...]:
     return tuple(t.is_contiguous(memory_format=f) for f in formats) if t.dim() in (4, 5) else (t.is_contiguous(),)
 
 
-GRAD_LAYOUT_OPS = [  # (name, op(f, x, w), input channels, kernel or None); every route of the convolution is reached below
-    ("conv2d 3x3", lambda f, x, w: f.conv2d(x, w, padding=1), None, 3),
-    ("conv2d 3x3 stride 2", lambda f, x, w: f.conv2d(x, w, padding=1, stride=2), None, 3),
-    ("conv2d 5x5", lambda f, x, w: f.conv2d(x, w, padding=2), None, 5),
-    ("conv2d 1x1", lambda f, x, w: f.conv2d(x, w), None, 1),
-    ("conv1d", lambda f, x, w: f.conv1d(x, w, padding=1), None, 3),
-    ("conv3d", lambda f, x, w: f.conv3d(x, w, padding=1), None, 3),
-    ("max_pool2d 3x3/2", lambda f, x, w: f.max_pool2d(x, 3, stride=2, padding=1), None, None),
-    ("max_pool2d 2x2", lambda f, x, w: f.max_pool2d(x, 2), None, None),
-    ("avg_pool2d", lambda f, x, w: f.avg_pool2d(x, 3, stride=1, padding=1), None, None),
-    ("max_pool1d", lambda f, x, w: f.max_pool1d(x, 3, stride=2, padding=1), None, None),
-    ("max_pool3d", lambda f, x, w: f.max_pool3d(x, 2), None, None),
-    ("avg_pool3d", lambda f, x, w: f.avg_pool3d(x, 3, stride=2, padding=1), None, None),
-    ("adaptive_avg_pool2d global", lambda f, x, w: f.adaptive_avg_pool2d(x, 1), None, None),
-    ("adaptive_avg_pool2d 3x2", lambda f, x, w: f.adaptive_avg_pool2d(x, (3, 2)), None, None),
-    ("batch_norm", lambda f, x, w: f.batch_norm(x, None, None, training=True), None, None),
+GRAD_LAYOUT_OPS = [  # (name, op(f, x, w), kernel size or None); every route of the convolution is reached below
+    ("conv2d 3x3", lambda f, x, w: f.conv2d(x, w, padding=1), 3),
+    ("conv2d 3x3 stride 2", lambda f, x, w: f.conv2d(x, w, padding=1, stride=2), 3),
+    ("conv2d 5x5", lambda f, x, w: f.conv2d(x, w, padding=2), 5),
+    ("conv2d 1x1", lambda f, x, w: f.conv2d(x, w), 1),
+    ("conv1d", lambda f, x, w: f.conv1d(x, w, padding=1), 3),
+    ("conv3d", lambda f, x, w: f.conv3d(x, w, padding=1), 3),
+    ("max_pool2d 3x3/2", lambda f, x, w: f.max_pool2d(x, 3, stride=2, padding=1), None),
+    ("max_pool2d 2x2", lambda f, x, w: f.max_pool2d(x, 2), None),
+    ("avg_pool2d", lambda f, x, w: f.avg_pool2d(x, 3, stride=1, padding=1), None),
+    ("max_pool1d", lambda f, x, w: f.max_pool1d(x, 3, stride=2, padding=1), None),
+    ("max_pool3d", lambda f, x, w: f.max_pool3d(x, 2), None),
+    ("avg_pool3d", lambda f, x, w: f.avg_pool3d(x, 3, stride=2, padding=1), None),
+    ("adaptive_avg_pool2d global", lambda f, x, w: f.adaptive_avg_pool2d(x, 1), None),
+    ("adaptive_avg_pool2d 3x2", lambda f, x, w: f.adaptive_avg_pool2d(x, (3, 2)), None),
+    ("batch_norm", lambda f, x, w: f.batch_norm(x, None, None, training=True), None),
 ]
 
 
-@pytest.mark.parametrize("name, op, _, kernel", GRAD_LAYOUT_OPS, ids=[c[0] for c in GRAD_LAYOUT_OPS])
-def test_input_gradients_are_laid_out_as_torchs(name, op, _, kernel):
+@pytest.mark.parametrize("name, op, kernel", GRAD_LAYOUT_OPS, ids=[c[0] for c in GRAD_LAYOUT_OPS])
+def test_input_gradients_are_laid_out_as_torchs(name, op, kernel):
     """A gradient comes back contiguous in the layout torch's own kernel gives it (a view into a padded
     buffer made the next layer's kernel read it strided: torch's batch norm backward ran 8x slower)."""
     rng = random.Random(11)

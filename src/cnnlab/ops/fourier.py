@@ -209,8 +209,6 @@ class FourierConv2d(torch.autograd.Function):
             grad_w = torch.empty_like(weight).copy_(taps.permute(3, 2, 0, 1))  # in the parameter's layout (DDP buckets)
         if ctx.needs_input_grad[2]:
             grad_b = channel_sums(grad_out)
-        if grad_x is not None:
-            from .conv import laid_out_like_torch
+        from .conv import laid_out_like_torch
 
-            grad_x = laid_out_like_torch(grad_x, x, weight)
-        return grad_x, grad_w, grad_b, None, None, None
+        return laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None
