@@ -171,6 +171,26 @@ def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
     assert taken >= 10  # the sweep does exercise that layout (about half of its configurations)
 
 
+def test_per_tap_products_only_in_training(monkeypatch):
+    """The per-tap layout (ShiftedConvNd) was measured faster forward + backward; the forward pass alone is
+    faster through the window matrix, so inference (no grad, or inputs that need none) takes that; both
+    equal torch."""
+    from cnnlab.ops import conv
+
+    taken = []
+    real = conv.ShiftedConvNd.apply
+    monkeypatch.setattr(conv.ShiftedConvNd, "apply", lambda *args: taken.append(1) or real(*args))
+    x = torch.randn(2, 20, 9, 11, dtype=torch.float64)
+    w = torch.randn(7, 20, 3, 3, dtype=torch.float64)
+    expected = torch.nn.functional.conv2d(x, w, padding=1)
+    with torch.no_grad():
+        torch.testing.assert_close(ops.conv2d(x, w, padding=1), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ops.conv2d(x, w, padding=1), expected, rtol=1e-10, atol=1e-12)  # nothing needs a gradient
+    assert not taken
+    torch.testing.assert_close(ops.conv2d(x, w.requires_grad_(), padding=1), expected, rtol=1e-10, atol=1e-12)
+    assert taken
+
+
 @pytest.mark.parametrize("chunk", range(2))
 def test_pointwise_convolutions_match_torch_in_both_layouts(chunk, monkeypatch):
     """1x1 (1, 1x1x1) stride-1 unpadded layers with 8 or more input channels take PointwiseConvNd (one

@@ -437,7 +437,14 @@ def _like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None
 # 16->32 3x3 at 14 px 8.3 vs 12.4 ms, 16->16 at 28 px 16.4 vs 19.8 ms (shifted faster); 16->32 5x5
 # 24.4 vs 21.5, 32->32 3x3 at 28 px 68.8 vs 51.5, 68->12 20.3 vs 14.2, 64->64 at 24-56 px (batch 8-16)
 # 5-10% slower (window matrix faster). With fewer channels the window matrix is built channels-first
-# (PLANAR_MAX_CHANNELS).
+# (PLANAR_MAX_CHANNELS). Only in training: the forward pass alone (inference, evaluation) is faster
+# through the window matrix, whose one product has K = k*k*C where the per-tap products have K = C. No
+# grad, 2 threads, medians of 32: 16->24 3x3 at 14 px, batch 32, 464 vs 362 us; 16->32 at 28 px, batch
+# 32 and 128, 1.31x and 1.40x; 24->32 at 7 px 1.52x, 24->64 at 28 px 1.53x; 16->16 at 56 px, batch 16, 0.97x.
+# Whole models evaluated at batch 1024 (their evaluation batch), alternately, medians of 11: fast 0.74,
+# vgg-cpu 0.79, nin-cpu 0.83 of the time with the per-tap products (0.90-0.94 at batch 256); the rest
+# (no such layer in inference) 0.99-1.02. Such a layer's output in training and in inference therefore
+# agree to rounding (summed in another order), not bit for bit, as with the DFT below.
 SHIFTED_MIN_CHANNELS = 16
 SHIFTED_MAX_CHANNELS = 32
 SHIFTED_MAX_TAPS = 9
@@ -475,7 +482,9 @@ SHIFTED_MAX_WASTE = 2.0
 # of the window matrix on LeNet's 6->16, AlexNet-CPU's 16->32 and lenet-modern's 32->64, 0.97-1.03 on
 # GoogLeNet-CPU's 8->16 branch and a 64->64 3x3 layer at 7 px, 1.35 on the book AlexNet's 96->256; an
 # earlier comparison across two benchmark runs (one in a slow phase) had said slower, and inference
-# keeps the window matrix on that evidence: a conservative choice, not a measured gain. So such a
+# keeps the window matrix on that evidence. Measured since on whole models evaluated at batch 256 (alternately,
+# medians of 11), 5x5 layers through the DFT against the window matrix: lenet 0.98, lenet-modern 1.11,
+# alexnet-cpu 1.15: the window matrix stays. So such a
 # layer's output in training and in inference agree to rounding (1e-16 relative in float64, about 1e-7
 # in float32), not bit for bit.
 FOURIER_MIN_TAPS = 25
@@ -486,12 +495,17 @@ FOURIER_SMALL_MAP_MIN_BATCH = 32  # ... and samples
 FOURIER_TINY_MAP = (4, 64)  # 3x3 kernels on maps of 4 px a side: from this many samples on
 
 
+def _training(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a backward pass will follow this convolution (the layouts chosen for training were measured
+    forward + backward)."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+
+
 def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation, groups: int) -> bool:
     """Whether a convolution goes through the DFT: in training (a backward pass will follow), 2-D,
     groups 1, stride and dilation 1, float32/64 on the CPU (where it was measured), outside
     ``torch.compile`` (which plans its own kernels), and a shape where it measured faster (above)."""
-    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if (FOURIER_MIN_TAPS is None or not training or x.dim() != 4 or groups != 1 or x.device.type != "cpu"
+    if (FOURIER_MIN_TAPS is None or not _training(x, weight) or x.dim() != 4 or groups != 1 or x.device.type != "cpu"
             or x.dtype not in (torch.float32, torch.float64) or any(s != 1 for s in stride) or any(d != 1 for d in dilation)
             or torch.compiler.is_compiling()):
         return False
@@ -737,7 +751,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
             out = FourierConv2d.apply(x, weight, bias, stride, pads, dilation)
         elif _use_pointwise(x, kernel, stride, pads, groups):
             out = PointwiseConvNd.apply(x, weight, bias)
-        elif _use_shifted(x, kernel, stride, pads, dilation, groups):
+        elif _training(x, weight) and _use_shifted(x, kernel, stride, pads, dilation, groups):
             out = ShiftedConvNd.apply(x, weight, bias, pads, dilation)
         else:
             out = ConvNd.apply(x, weight, bias, stride, pads, dilation, groups)
