@@ -85,17 +85,25 @@ def test_batch_norm_tiny_batch_gradient_against_long_double():
     assert float(np.abs(gx.numpy() - expected).max()) <= 1e-14 * term_scale
 
 
+@pytest.mark.parametrize("folded", [False, True])
 @pytest.mark.parametrize("blocked", [False, True])
 @pytest.mark.parametrize("chunk", range(4))
-def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, monkeypatch):
+def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, folded, monkeypatch):
     """Channels-last batches and (N, C) features take the one-pass route (sums of x and x*x, of dy and
     dy*x); channels far from zero mean, and channels-first batches, take the two-pass route. All, in
     training and inference, against torch; ``blocked``: every matrix cut into 16-row blocks, as large
-    batches are (PASS_BLOCK_BYTES)."""
-    from cnnlab.ops import norm
+    batches are (PASS_BLOCK_BYTES); ``folded``: every (M, C) matrix whose rows allow it scaled and summed
+    as (M/k, k*C), as large narrow ones are (sums.FOLD_MIN_VALUES, norm.AFFINE_FOLD)."""
+    from cnnlab.ops import norm, sums
 
     if blocked:
         monkeypatch.setattr(norm, "PASS_BLOCK_BYTES", 1)
+    folds = []
+    if folded:
+        monkeypatch.setattr(sums, "FOLD_MIN_VALUES", 1)
+        monkeypatch.setattr(norm, "AFFINE_FOLD", ((1 << 30, 1),))
+        real_fold = norm.fold_factor
+        monkeypatch.setattr(norm, "fold_factor", lambda m, c: folds.append(real_fold(m, c)) or folds[-1])
     taken = {"one pass": 0, "two pass": 0}
     real = norm._one_pass_statistics
 
@@ -130,6 +138,7 @@ def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, monk
         for ours, theirs in zip(ours_stats, torch_stats):
             assert max_rel_error(ours, theirs) <= 1e-10
     assert taken["one pass"] >= 5 and taken["two pass"] >= 3, taken
+    assert not folded or sum(k > 1 for k in folds) >= 5, folds
 
 
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["channels-last", "channels-first"])
