@@ -7,6 +7,10 @@ Reports the median step time of each, examples/s and the ratio (scratch / torch;
 better, 1.0 = as fast as PyTorch's own kernels).
 
     python benchmarks/bench_models.py [--runs 7] [--threads 2] [--only lenet,resnet18] [--batch 64] [--default-allocator]
+                                      [--inference]
+
+``--inference`` times the forward pass alone instead (models in eval mode, under ``torch.no_grad()``,
+as evaluation runs them) and writes benchmarks/results/models_inference.md.
 
 The 28-pixel LeNets run at batches 64 and 256; the CPU recipes' models (28 px) at batches 32 and
 128; the book's large families at batch 32 and the smallest of 32/64/96 px they take; AlexNet and
@@ -72,14 +76,25 @@ def step_fn(model, x, y):
     return step
 
 
-def measure(name: str, size: int, batch: int, runs: int, warmup: int = 2) -> dict:
+def forward_fn(model, x):
+    @torch.no_grad()
+    def forward():
+        model(x)
+
+    return forward
+
+
+def measure(name: str, size: int, batch: int, runs: int, warmup: int = 2, inference: bool = False) -> dict:
     torch.manual_seed(0)
-    scratch = create_model(name).to(memory_format=torch.channels_last).train()
-    native = create_model(name, backend="torch").to(memory_format=torch.channels_last).train()
+    scratch = create_model(name).to(memory_format=torch.channels_last).train(not inference)
+    native = create_model(name, backend="torch").to(memory_format=torch.channels_last).train(not inference)
     native.load_state_dict(scratch.state_dict())
     x = torch.randn(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    steps = {"scratch": step_fn(scratch, x, y), "torch": step_fn(native, x, y)}
+    if inference:
+        steps = {"scratch": forward_fn(scratch, x), "torch": forward_fn(native, x)}
+    else:
+        steps = {"scratch": step_fn(scratch, x, y), "torch": step_fn(native, x, y)}
     times: dict[str, list[float]] = {"scratch": [], "torch": []}
     for i in range(warmup + runs):
         for backend, step in steps.items():  # interleaved
@@ -98,7 +113,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=None, help="comma-separated model names")
     parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "models.md"))
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/models.md (models_inference.md with --inference)")
+    parser.add_argument("--inference", action="store_true", help="time the forward pass alone (eval mode, no grad)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's allocator as it is (training runs keep freed memory: cnnlab/train/memory.py)")
     args = parser.parse_args()
@@ -106,23 +122,26 @@ def main() -> None:
     kept = False if args.default_allocator else keep_freed_memory()  # as cnnlab.fit does before training
     rows = []
     for name, size, batch in cases(set(args.only.split(",")) if args.only else None, args.batch):
-        row = measure(name, size, batch, args.runs)
+        row = measure(name, size, batch, args.runs, inference=args.inference)
         rows.append(row)
         print(f"{name:14s} {size:3d} px  batch {batch:4d}  scratch {row['scratch_ms']:8.1f} ms  torch {row['torch_ms']:8.1f} ms  "
               f"ratio {row['ratio']:.2f}x", flush=True)
     geo = statistics.geometric_mean([r["ratio"] for r in rows])
-    lines = ["# Whole-model training steps: scratch backend vs torch backend", "",
+    what = "forward passes in eval mode under torch.no_grad() (as evaluation runs them)" if args.inference else "steps"
+    title = "Whole-model inference (evaluation forward pass)" if args.inference else "Whole-model training steps"
+    lines = [f"# {title}: scratch backend vs torch backend", "",
              f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, channels-last, "
-             f"median of {args.runs} interleaved steps after 2 warm-ups, one process, "
+             f"median of {args.runs} interleaved {what} after 2 warm-ups, one process, "
              f"{'freed memory kept for reuse as training runs do (train/memory.py)' if kept else 'glibc allocator defaults'}. "
              "Ratio = scratch / torch (lower is better).", "",
              "| model | input | batch | scratch ms | torch ms | scratch ex/s | torch ex/s | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['input']} px | {r['batch']} | {r['scratch_ms']:.1f} | {r['torch_ms']:.1f} | {r['scratch_ex_s']:,.0f} | "
               f"{r['torch_ex_s']:,.0f} | {r['ratio']:.2f}x |" for r in rows]
     lines += ["", f"Geometric mean of the ratios: {geo:.2f}x."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"geometric mean {geo:.2f}x; wrote {args.out}")
+    out = Path(args.out or Path(__file__).parent / "results" / ("models_inference.md" if args.inference else "models.md"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"geometric mean {geo:.2f}x; wrote {out}")
 
 
 if __name__ == "__main__":
