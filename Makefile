@@ -21,6 +21,8 @@ test: $(STAMP) system
 
 bench: $(STAMP) system
 	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_models.py --inference
 	$(PY) benchmarks/bench_train.py
 
 lint: $(STAMP)
