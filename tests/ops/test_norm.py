@@ -141,6 +141,20 @@ def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, fold
     assert not folded or sum(k > 1 for k in folds) >= 5, folds
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_on_large_narrow_features_in_any_layout(training):
+    """(N, C) batches large and narrow enough for the folded scalings (AFFINE_FOLD), contiguous and as a
+    transposed view (which cannot fold: it once raised a view error), forward and gradients against torch."""
+    gen = torch.Generator().manual_seed(3)
+    for x in (torch.randn(20000, 7, generator=gen, dtype=torch.float64), torch.randn(7, 20000, generator=gen, dtype=torch.float64).t()):
+        running = (torch.randn(7, generator=gen, dtype=torch.float64), torch.rand(7, generator=gen, dtype=torch.float64) + 0.5)
+        ours_stats, torch_stats = [t.clone() for t in running], [t.clone() for t in running]
+        weight, bias = (torch.randn(7, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
+        check_op(lambda x, w, b: ops.batch_norm(x, *ours_stats, w, b, training, 0.1, 1e-5),
+                 lambda x, w, b: F.batch_norm(x, *torch_stats, w, b, training, 0.1, 1e-5),
+                 [x.requires_grad_(), weight, bias], context=f"strides {x.stride()} training={training}")
+
+
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["channels-last", "channels-first"])
 @pytest.mark.parametrize("offset", [0.0, 3.0, 100.0])
 def test_batch_norm_float32_channels_last_within_torchs_own_error(offset, layout):

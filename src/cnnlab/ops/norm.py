@@ -128,12 +128,16 @@ def _affine(out: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, shift: t
             extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """``out = shift + rows * scale`` (+ ``extra[0] * extra[1]``, a (M, C) matrix times a (C,) vector) per channel,
     for (M, C) matrices; on narrow matrices folded to (M/k, k*C) with the vectors repeated (``sums.folded``:
-    a (C,) vector broadcast along C-wide rows runs C lanes at a time; which ones: AFFINE_FOLD)."""
+    a (C,) vector broadcast along C-wide rows runs C lanes at a time; which ones: AFFINE_FOLD). Only contiguous
+    matrices fold (an (N, C) batch may be a transposed view)."""
     m, c = rows.shape
     k = _affine_fold(m, c)
+    if not (out.is_contiguous() and rows.is_contiguous() and (extra is None or extra[0].is_contiguous())):
+        k = 1
     if k > 1:
         out, rows = folded(out, k), folded(rows, k)
-        extra = extra and (folded(extra[0], k), extra[1])
+        if extra is not None:
+            extra = (folded(extra[0], k), extra[1])
     vectors = (repeated or _Repeated(scale, shift, *(extra[1:] if extra else ()))).folded(k)
     torch.addcmul(vectors[1], rows, vectors[0], out=out)
     if extra is not None:
