@@ -443,7 +443,7 @@ def _like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None
 # 32 and 128, 1.31x and 1.40x; 24->32 at 7 px 1.52x, 24->64 at 28 px 1.53x; 16->16 at 56 px, batch 16, 0.97x.
 # Whole models evaluated at batch 1024 (their evaluation batch), alternately, medians of 11: fast 0.74,
 # vgg-cpu 0.79, nin-cpu 0.83 of the time with the per-tap products (0.90-0.94 at batch 256); the rest
-# (no such layer in inference) 0.99-1.02. Such a layer's output in training and in inference therefore
+# (no such layer in inference: noise) 0.99-1.10. Such a layer's output in training and in inference therefore
 # agree to rounding (summed in another order), not bit for bit, as with the DFT below.
 SHIFTED_MIN_CHANNELS = 16
 SHIFTED_MAX_CHANNELS = 32

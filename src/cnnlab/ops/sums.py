@@ -13,8 +13,9 @@ or more; smaller ones are summed as they are.
 The same fold serves per-channel *scaling* (batch norm's ``x * scale + shift`` and its backward):
 broadcasting a (C,) vector along the rows of a narrow (M, C) matrix runs C lanes at a time too, and
 the folded (M/k, k*C) matrix with the vector repeated k times gives long rows (``folded``). Measured
-(``torch.addcmul``, 2 threads, medians of 180): 200704x6 292 -> 53 us, 100352x24 198 -> 104 us,
-25088x16 24 -> 18 us, 25088x32 40 -> 34 us; below 2**17 values the two repeats (~5 us each) cost more.
+(``torch.addcmul``, 2 threads, medians of 180, the repeats not counted): 200704x6 292 -> 53 us,
+100352x24 198 -> 104 us, 25088x16 24 -> 18 us, 25088x32 40 -> 34 us; the repeats cost ~5 us each,
+so only narrow or very large matrices gain (``norm.AFFINE_FOLD``).
 """
 
 from __future__ import annotations
