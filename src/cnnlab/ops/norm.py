@@ -110,7 +110,8 @@ def _affine_fold(m: int, c: int) -> int:
 
 
 class _Repeated:
-    """Per-channel (C,) vectors repeated FOLD_MAX times, once, for the folded matrices of ``_affine``."""
+    """Per-channel (C,) vectors, and the same repeated FOLD_MAX times (made once, on first use), for the
+    folded matrices of ``_affine``."""
 
     def __init__(self, *vectors: torch.Tensor):
         self.vectors = vectors
@@ -124,24 +125,22 @@ class _Repeated:
         return tuple(v[: k * self.vectors[0].shape[0]] for v in self.long)
 
 
-def _affine(out: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, repeated: _Repeated | None = None,
-            extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-    """``out = shift + rows * scale`` (+ ``extra[0] * extra[1]``, a (M, C) matrix times a (C,) vector) per channel,
-    for (M, C) matrices; on narrow matrices folded to (M/k, k*C) with the vectors repeated (``sums.folded``:
+def _affine(out: torch.Tensor, rows: torch.Tensor, vectors: _Repeated, extra: torch.Tensor | None = None) -> None:
+    """``out = shift + rows * scale`` (+ ``extra * v``) per channel, for (M, C) matrices and ``vectors`` holding
+    (scale, shift[, v]); on narrow matrices folded to (M/k, k*C) with the vectors repeated (``sums.folded``:
     a (C,) vector broadcast along C-wide rows runs C lanes at a time; which ones: AFFINE_FOLD). Only contiguous
     matrices fold (an (N, C) batch may be a transposed view)."""
     m, c = rows.shape
     k = _affine_fold(m, c)
-    if not (out.is_contiguous() and rows.is_contiguous() and (extra is None or extra[0].is_contiguous())):
+    if not (out.is_contiguous() and rows.is_contiguous() and (extra is None or extra.is_contiguous())):
         k = 1
     if k > 1:
         out, rows = folded(out, k), folded(rows, k)
-        if extra is not None:
-            extra = (folded(extra[0], k), extra[1])
-    vectors = (repeated or _Repeated(scale, shift, *(extra[1:] if extra else ()))).folded(k)
-    torch.addcmul(vectors[1], rows, vectors[0], out=out)
+        extra = None if extra is None else folded(extra, k)
+    scale, shift, *v = vectors.folded(k)
+    torch.addcmul(shift, rows, scale, out=out)
     if extra is not None:
-        out.addcmul_(extra[0], vectors[2])
+        out.addcmul_(extra, v[0])
 
 
 def _one_pass_statistics(rows: torch.Tensor):
@@ -197,7 +196,7 @@ class BatchNorm(torch.autograd.Function):
             shift = torch.zeros_like(scale) if bias is None else bias.to(xa.dtype)
         if one_pass and rows is not None:  # a (M, C) matrix: folded where narrow (_affine)
             y = torch.empty_like(xa)
-            _affine(_rows(y), rows, scale, shift)
+            _affine(_rows(y), rows, _Repeated(scale, shift))
         else:
             y = torch.addcmul(_channel_view(shift, dims), centred, _channel_view(scale, dims))
         ctx.training, ctx.eps, ctx.one_pass = training, eps, one_pass
@@ -243,9 +242,9 @@ class BatchNorm(torch.autograd.Function):
                     k0.addcmul_(k1, mean, value=-1)
                 if g_rows is not None and x_rows is not None:  # block by block, each block's two passes in cache
                     grad_x = torch.empty_like(centred)
-                    repeated = _Repeated(k1, k0, scale)
+                    vectors = _Repeated(k1, k0, scale)  # gx = k0 + x * k1 + dy * scale
                     for gx, xb, gb in _in_blocks(_rows(grad_x), x_rows, g_rows):
-                        _affine(gx, xb, k1, k0, repeated, extra=(gb, scale))
+                        _affine(gx, xb, vectors, extra=gb)
                 else:
                     grad_x = torch.addcmul(_channel_view(k0, dims), centred, _channel_view(k1, dims))
                     grad_x.addcmul_(grad_out, _channel_view(scale, dims))
