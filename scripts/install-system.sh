@@ -2,7 +2,7 @@
 # Install the Debian packages cnnlab uses, when running as root on a machine with apt.
 # Elsewhere it says what it would need and carries on: the Python side works without them.
 set -u
-packages=(dataset-fashion-mnist chromium chromium-driver)
+packages=(dataset-fashion-mnist chromium chromium-driver gcc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

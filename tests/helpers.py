@@ -57,4 +57,8 @@ def check_op(
             gb = torch.zeros_like(b[i]) if gb is None else gb
             err = max_rel_error(ga, gb)
             assert err <= rtol, f"{context}: gradient of input {i} relative error {err:.3g} > {rtol:g}"
+    for i, (mine, given) in enumerate(zip(a, inputs)):  # an op never changes what it was given
+        if isinstance(given, torch.Tensor):
+            assert torch.equal(mine.detach(), given.detach()) or (given.is_floating_point() and torch.equal(
+                mine.detach().nan_to_num(), given.detach().nan_to_num())), f"{context}: input {i} changed in place"
     return out_a

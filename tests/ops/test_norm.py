@@ -39,13 +39,13 @@ def test_batch_norm_matches_torch_float64(chunk):
             assert max_rel_error(ours, theirs) <= 1e-10
 
 
-def test_batch_norm_without_running_stats_in_training():
-    x = torch.randn(8, 3, 4, 4, dtype=torch.float64, requires_grad=True)
-    check_op(lambda x: ops.batch_norm(x, None, None, training=True), lambda x: F.batch_norm(x, None, None, training=True), [x])
+def test_batch_norm_without_running_stats_in_training(norm_route):
+    for x in (torch.randn(8, 3, 4, 4, dtype=torch.float64), torch.randn(8, 3, 4, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last)):
+        check_op(lambda x: ops.batch_norm(x, None, None, training=True), lambda x: F.batch_norm(x, None, None, training=True), [x.requires_grad_()])
 
 
-def test_batch_norm_gradcheck():
-    x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+def test_batch_norm_gradcheck(norm_route):
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True), (x, w, b))
@@ -53,9 +53,9 @@ def test_batch_norm_gradcheck():
     assert torch.autograd.gradcheck(lambda x, w, b: ops.batch_norm(x, rm, rv, w, b, training=False), (x, w, b))
 
 
-def test_batch_norm_float32_and_bfloat16():
+def test_batch_norm_float32_and_bfloat16(norm_route):
     torch.manual_seed(0)
-    x = torch.randn(16, 4, 5, 5)
+    x = torch.randn(16, 4, 5, 5).contiguous(memory_format=torch.channels_last)
     expected = F.batch_norm(x, None, None, training=True)
     assert max_rel_error(ops.batch_norm(x, None, None, training=True), expected) < 1e-5
     assert max_rel_error(ops.batch_norm(x.bfloat16(), None, None, training=True).float(), expected) < 2e-2
@@ -66,7 +66,7 @@ def test_batch_norm_needs_more_than_one_value_per_channel():
         ops.batch_norm(torch.randn(1, 3), None, None, training=True)
 
 
-def test_batch_norm_tiny_batch_gradient_against_long_double():
+def test_batch_norm_tiny_batch_gradient_against_long_double(norm_route):
     """With 2 values per channel x_hat = +-sqrt(var / (var + eps)), so the input gradient is
     proportional to 1 - x_hat^2 = eps / (var + eps): a difference of nearly equal numbers. Any
     float64 implementation (torch's too) loses ~6 digits relative to that tiny result, so this
@@ -85,17 +85,22 @@ def test_batch_norm_tiny_batch_gradient_against_long_double():
     assert float(np.abs(gx.numpy() - expected).max()) <= 1e-14 * term_scale
 
 
-@pytest.mark.parametrize("folded", [False, True])
-@pytest.mark.parametrize("blocked", [False, True])
+@pytest.mark.parametrize("route, blocked, folded", [("compiled", False, False), ("tensor", False, False), ("tensor", True, False),
+                                                    ("tensor", False, True), ("tensor", True, True)])
 @pytest.mark.parametrize("chunk", range(4))
-def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, folded, monkeypatch):
+def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, route, blocked, folded, monkeypatch):
     """Channels-last batches and (N, C) features take the one-pass route (sums of x and x*x, of dy and
     dy*x); channels far from zero mean, and channels-first batches, take the two-pass route. All, in
     training and inference, against torch; ``blocked``: every matrix cut into 16-row blocks, as large
     batches are (PASS_BLOCK_BYTES); ``folded``: every (M, C) matrix whose rows allow it scaled and summed
-    as (M/k, k*C), as large narrow ones are (sums.FOLD_MIN_VALUES, norm.AFFINE_FOLD)."""
-    from cnnlab.ops import norm, sums
+    as (M/k, k*C), as large narrow ones are (sums.FOLD_MIN_VALUES, norm.AFFINE_FOLD). ``route``: the
+    compiled loops (compiled_norm.py) take every (M, C) matrix, the tensor route the channels-first ones."""
+    from cnnlab.ops import compiled, norm, sums
 
+    if route == "tensor":
+        monkeypatch.setattr(compiled, "_enabled", False)
+    elif compiled.library("batch_norm") is None:
+        (pytest.fail if compiled._compiler() else pytest.skip)(compiled.status("batch_norm"))
     if blocked:
         monkeypatch.setattr(norm, "PASS_BLOCK_BYTES", 1)
     folds = []
@@ -137,12 +142,13 @@ def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, blocked, fold
                  [x, weight, bias], context=f"shape {shape} {layout} training={training} offset={offset}")
         for ours, theirs in zip(ours_stats, torch_stats):
             assert max_rel_error(ours, theirs) <= 1e-10
-    assert taken["one pass"] >= 5 and taken["two pass"] >= 3, taken
+    if route == "tensor":
+        assert taken["one pass"] >= 5 and taken["two pass"] >= 3, taken
     assert not folded or sum(k > 1 for k in folds) >= 5, folds
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_on_large_narrow_features_in_any_layout(training):
+def test_batch_norm_on_large_narrow_features_in_any_layout(training, norm_route):
     """(N, C) batches large and narrow enough for the folded scalings (AFFINE_FOLD), contiguous and as a
     transposed view (which cannot fold: it once raised a view error), forward and gradients against torch."""
     gen = torch.Generator().manual_seed(3)
@@ -157,7 +163,7 @@ def test_batch_norm_on_large_narrow_features_in_any_layout(training):
 
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["channels-last", "channels-first"])
 @pytest.mark.parametrize("offset", [0.0, 3.0, 100.0])
-def test_batch_norm_float32_channels_last_within_torchs_own_error(offset, layout):
+def test_batch_norm_float32_channels_last_within_torchs_own_error(offset, layout, norm_route):
     """float32, a training-sized batch, channels-last or channels-first: our result's distance from the
     float64 truth is within a small multiple of torch's own float32 distance, with channels centred,
     moderately offset (one-pass route) or far off zero (two-pass route)."""

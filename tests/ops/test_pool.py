@@ -51,7 +51,7 @@ def sees_only_padding(ours, cfg) -> bool:
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_max_pool_matches_torch_float64(chunk):
+def test_max_pool_matches_torch_float64(chunk, pool_route):
     rng = random.Random(2000 + chunk)
     checked = 0
     while checked < CONFIGS_PER_CHUNK:
@@ -90,7 +90,7 @@ def test_adaptive_avg_pool_matches_torch_float64(chunk):
                  context=f"input {shape} output_size {out}")
 
 
-def test_max_pool_all_padding_window():
+def test_max_pool_all_padding_window(pool_route):
     # H = 1, padding 1, dilation 2: every window reads the two padding rows only.
     x = torch.randn(1, 1, 1, 4, dtype=torch.float64, requires_grad=True)
     y = ops.max_pool2d(x, (2, 1), (3, 1), (1, 0), (2, 1))
@@ -99,19 +99,19 @@ def test_max_pool_all_padding_window():
     assert torch.equal(x.grad, torch.zeros_like(x))  # nothing to route to
 
 
-def test_max_pool_nan_propagates_like_torch():
+def test_max_pool_nan_propagates_like_torch(pool_route):
     x = torch.tensor([[[1.0, float("nan"), 3.0, 2.0, 5.0]]], dtype=torch.float64, requires_grad=True)
     check_op(lambda x: ops.max_pool1d(x, 2, 1), lambda x: F.max_pool1d(x, 2, 1), [x])
 
 
-def test_max_pool_ties_route_to_first_maximum():
+def test_max_pool_ties_route_to_first_maximum(pool_route):
     x = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]]], requires_grad=True)
     ops.max_pool2d(x, 2).sum().backward()
     assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
-def test_max_pool_gives_losers_an_exact_zero_when_the_gradient_is_inf_or_nan(layout):
+def test_max_pool_gives_losers_an_exact_zero_when_the_gradient_is_inf_or_nan(layout, pool_route):
     """A winner's gradient is routed, never multiplied: inf or NaN reaches only the winner."""
     torch.manual_seed(0)
     x0 = torch.randn(2, 3, 6, 6, dtype=torch.float64)
@@ -130,7 +130,7 @@ def test_max_pool_gives_losers_an_exact_zero_when_the_gradient_is_inf_or_nan(lay
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_pooling_lower_precision(dtype):
+def test_pooling_lower_precision(dtype, pool_route):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 9, 9)
     tol = 1e-6 if dtype == torch.float32 else 1e-2
@@ -142,14 +142,14 @@ def test_pooling_lower_precision(dtype):
         assert max_rel_error(ours.float(), expected) < tol
 
 
-def test_pool_gradcheck():
+def test_pool_gradcheck(pool_route):
     x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, (3, 2), (2, 1), (1, 1), ceil_mode=True), (x,))
     assert torch.autograd.gradcheck(lambda x: ops.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,))
     assert torch.autograd.gradcheck(lambda x: ops.adaptive_avg_pool2d(x, (4, 5)), (x,))
 
 
-def test_pools_whose_windows_tile_the_input_match_torch_float64():
+def test_pools_whose_windows_tile_the_input_match_torch_float64(pool_route):
     """Windows that tile the input exactly (kernel == stride, the map a multiple of it) write the
     gradient without a zero-filled buffer: every position is written once. Sweep that path, ties
     included, in both layouts."""
@@ -168,7 +168,7 @@ def test_pools_whose_windows_tile_the_input_match_torch_float64():
 
 @pytest.mark.parametrize("channels", [24, 64])  # below and above PHASES_BELOW_CHANNELS
 @pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (5, 1, 2)])
-def test_max_pool_of_relu_outputs_routes_exactly_like_torch(kernel, stride, padding, channels):
+def test_max_pool_of_relu_outputs_routes_exactly_like_torch(kernel, stride, padding, channels, pool_route):
     """After a ReLU most windows tie at 0: the gradient must still reach the first zero in scan
     order, as torch routes it. float32, channels-last, the layer sizes of the zoo's Inception
     blocks. The gradient holds small integers, so sums of routed values are exact in any order
@@ -199,7 +199,7 @@ def _max_pool_grads(x0, g, *args):
 
 
 @pytest.mark.parametrize("case", ["inf maxima", "half, small", "half, near the largest half"])
-def test_max_pool_backward_routes_like_torch_where_maxima_are_infinite_or_large(case):
+def test_max_pool_backward_routes_like_torch_where_maxima_are_infinite_or_large(case, pool_route):
     """The backward pass lifts each found maximum by 4*bound+1; where the maxima hold inf, or
     the lift would overflow the dtype, it numbers the winners instead. Both routes against torch
     (ties included: small-integer inputs)."""
@@ -218,7 +218,7 @@ def test_max_pool_backward_routes_like_torch_where_maxima_are_infinite_or_large(
     assert torch.equal(ours, theirs)
 
 
-def test_max_pool_backward_twice_and_after_the_output_changed_in_place():
+def test_max_pool_backward_twice_and_after_the_output_changed_in_place(pool_route):
     """The maxima the backward pass needs are its own copy: a second backward (retain_graph) and
     an in-place ReLU on the output change nothing."""
     torch.manual_seed(3)

@@ -52,7 +52,7 @@ def test_conv_second_derivatives_match_torch():
         compare(lambda x, w, b: CONV_OURS[dims](x, w, b, **kw), lambda x, w, b: CONV_THEIRS[dims](x, w, b, **kw), [x, w, b], n, cfg)
 
 
-def test_pool_second_derivatives_match_torch():
+def test_pool_second_derivatives_match_torch(pool_route):
     rng = random.Random(7200)
     checked = 0
     while checked < CONFIGS:
@@ -148,7 +148,7 @@ def test_a_whole_scratch_model_gives_torchs_gradient_penalty():
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
-def test_max_pool_return_indices_equal_torchs(dims):
+def test_max_pool_return_indices_equal_torchs(dims, pool_route):
     rng = random.Random(7300 + dims)
     checked = 0
     while checked < 30:

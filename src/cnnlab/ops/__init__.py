@@ -2,7 +2,8 @@
 
 Pure functions on tensors. Signatures, defaults and results equal
 ``torch.nn.functional``'s where the name matches; nothing here calls torch's own
-convolution, pooling, normalisation, unfold or fold.
+convolution, pooling, normalisation, unfold or fold. Max pooling and batch norm run as small
+C loops of their own where a C compiler is at hand (``compiled.py``), their tensor forms otherwise.
 """
 
 from .conv import (

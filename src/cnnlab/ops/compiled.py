@@ -1,0 +1,156 @@
+"""Compiled kernels: the few loops whose tensor form costs several passes over memory, in C.
+
+Most of cnnlab's operations are tensor code (a window matrix and one product, a DFT, a sum), and
+the tensor code is what a reader should study. A handful of loops have no fast tensor form: max
+pooling's forward pass in tensor operations is one pass per kernel offset, and its backward pass
+finds each window's first maximum by three passes per offset, where a loop reads the map once
+(forward + backward 1.5-2.6x torch's time in tensor form, 0.75-1.1x as a loop); batch norm's tensor
+form makes 22 tensor calls forward and 23 backward where torch makes one each (1.4-2.5x torch's
+time; as loops 1.0-1.1x on large layers, 1.5-2x on small ones, where Python's share remains). Those
+loops are written in C beside this file (``csrc/``), each the textbook definition, and built on
+first use with the machine's C compiler:
+
+    cc -O3 -march=native -fopenmp -shared  csrc/<name>.c  ->  ~/.cache/cnnlab/compiled/<name>-<hash>.so
+
+loaded with ctypes (no build step at install time, no Python headers; 0.2 s to build). The hash
+covers the source, the compiler, its flags and the CPU's instruction set, so a cached library is
+never loaded on a machine it was not built for. Without a compiler (or where a build fails,
+or with ``CNNLAB_COMPILED=0`` in the environment) :func:`library` returns None and every op keeps
+its tensor route: the same values, more slowly. ``CC`` picks the compiler, ``CNNLAB_CACHE_DIR``
+the cache. ``status()`` says which it is and why. Each op keeps its tensor route beside the loops,
+for half precision, other devices and ``torch.compile``, and the tests sweep both against torch.
+
+OpenMP, where the compiler has it, shares the runtime torch already loaded (``libgomp.so.1``),
+and each call passes torch's thread count (``torch.get_num_threads()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+__all__ = ["Geometry", "disabled", "library", "status"]
+
+SOURCES = Path(__file__).with_name("csrc")
+# Tried in order until one builds: the CPU's own instruction set and threads, then without each.
+FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+_why: dict[str, str] = {}
+_enabled = True
+
+
+class Geometry(ctypes.Structure):
+    """A pooling window's geometry as the C kernels read it (``csrc/max_pool.c``): 1-D and 2-D padded
+    to 3-D with leading size-1 axes."""
+
+    _fields_ = [("n", ctypes.c_int64), ("c", ctypes.c_int64)] + [
+        (name, ctypes.c_int64 * 3) for name in ("size_in", "size_out", "kernel", "stride", "pad", "dilation")]
+
+    @classmethod
+    def of(cls, n: int, c: int, size_in, size_out, kernel, stride, pad, dilation) -> Geometry:
+        def three(v, fill):
+            return (ctypes.c_int64 * 3)(*([fill] * (3 - len(v)) + list(v)))
+
+        return cls(n, c, three(size_in, 1), three(size_out, 1), three(kernel, 1), three(stride, 1), three(pad, 0),
+                   three(dilation, 1))
+
+
+def _cpu_fingerprint() -> str:
+    """The instruction-set flags of this CPU (Linux), else the machine and processor names."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    return next((path for path in map(shutil.which, ("cc", "gcc", "clang")) if path), None)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("CNNLAB_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "cnnlab")
+    return Path(root) / "compiled"
+
+
+def _build(name: str) -> tuple[ctypes.CDLL | None, str]:
+    """Build (or find in the cache) and load ``csrc/<name>.c``; (library, how) or (None, why not)."""
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found (set CC, or install gcc or clang); tensor routes used"
+    source = SOURCES / f"{name}.c"
+    texts = b"".join(p.read_bytes() for p in sorted(SOURCES.iterdir()) if p.suffix in (".c", ".h"))
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([texts, cc.encode(), version.encode(), " ".join(flags).encode(),
+                                         _cpu_fingerprint().encode()])).hexdigest()[:16]
+        target = _cache_dir() / f"{name}-{key}.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built aside, then renamed: atomic for concurrent processes
+                built = Path(tmp) / target.name
+                run = subprocess.run([cc, *flags, "-fPIC", "-shared", str(source), "-o", str(built)],
+                                     capture_output=True, text=True, check=False)
+                if run.returncode != 0:
+                    errors.append(f"{' '.join(flags)}: {run.stderr.strip().splitlines()[-1:] or run.returncode}")
+                    continue
+                os.replace(built, target)
+        try:
+            return ctypes.CDLL(str(target)), f"{target} ({cc} {' '.join(flags)})"
+        except OSError as e:
+            errors.append(f"{' '.join(flags)}: {e}")
+    return None, f"{cc} could not build {source.name}: {'; '.join(errors)}; tensor routes used"
+
+
+def library(name: str) -> ctypes.CDLL | None:
+    """The compiled kernels of ``csrc/<name>.c``, built and loaded once per process; None where they
+    cannot be (no compiler, a failed build), are switched off (``CNNLAB_COMPILED=0``, :func:`disabled`),
+    or inside ``torch.compile`` (which plans its own kernels)."""
+    if not _enabled or torch.compiler.is_compiling():
+        return None
+    lib = _loaded.get(name, False)
+    if lib is not False:
+        return lib
+    with _lock:
+        if name not in _loaded:
+            if os.environ.get("CNNLAB_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
+                _loaded[name], _why[name] = None, "switched off by CNNLAB_COMPILED=0; tensor routes used"
+            else:
+                _loaded[name], _why[name] = _build(name)
+        return _loaded[name]
+
+
+def status(name: str = "max_pool") -> str:
+    """Where ``csrc/<name>.c``'s kernels come from, or why the tensor routes are used instead."""
+    library(name)
+    return _why.get(name, "switched off by cnnlab.ops.compiled.disabled(); tensor routes used")
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within this block every op takes its tensor route (tests compare both; benchmarks time both)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
