@@ -71,6 +71,30 @@ def test_without_a_working_compiler_every_op_keeps_its_tensor_route(fresh, monke
     assert compiled.library("max_pool") is None and "no C compiler found" in compiled.status()
 
 
+def test_an_unwritable_cache_falls_back_to_a_private_temporary_folder(fresh, monkeypatch, tmp_path):
+    if compiled._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(blocker))  # mkdir under a file fails
+    monkeypatch.setattr(compiled.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert compiled.library("max_pool") is not None, compiled.status()
+    (folder,) = (tmp_path / "tmp").iterdir()
+    assert folder.name.startswith("cnnlab-compiled-") and folder.stat().st_mode & 0o077 == 0
+    assert list(folder.glob("max_pool-*.so"))
+
+
+def test_a_library_in_a_folder_others_can_write_is_never_loaded(fresh, monkeypatch):
+    if compiled._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    compiled.library("max_pool")  # built into the fresh cache
+    (fresh / "compiled").chmod(0o777)
+    monkeypatch.setattr(compiled, "_loaded", {})
+    monkeypatch.setattr(compiled.tempfile, "gettempdir", lambda: str(fresh / "tmp"))
+    assert compiled.library("max_pool") is not None
+    assert str(fresh / "tmp") in compiled.status()  # built again where only this user writes
+
+
 def test_switched_off_by_the_environment(fresh, monkeypatch):
     monkeypatch.setenv("CNNLAB_COMPILED", "0")
     assert compiled.library("max_pool") is None

@@ -97,28 +97,57 @@ def _build(name: str) -> tuple[ctypes.CDLL | None, str]:
     if cc is None:
         return None, "no C compiler found (set CC, or install gcc or clang); tensor routes used"
     source = SOURCES / f"{name}.c"
-    texts = b"".join(p.read_bytes() for p in sorted(SOURCES.iterdir()) if p.suffix in (".c", ".h"))
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     errors = []
+    try:
+        texts = b"".join(p.read_bytes() for p in sorted(SOURCES.iterdir()) if p.suffix in (".c", ".h"))
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    except OSError as e:
+        return None, f"{cc} could not be run ({e}); tensor routes used"
     for flags in FLAG_SETS:
         key = hashlib.sha256(b"\0".join([texts, cc.encode(), version.encode(), " ".join(flags).encode(),
                                          _cpu_fingerprint().encode()])).hexdigest()[:16]
-        target = _cache_dir() / f"{name}-{key}.so"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built aside, then renamed: atomic for concurrent processes
-                built = Path(tmp) / target.name
-                run = subprocess.run([cc, *flags, "-fPIC", "-shared", str(source), "-o", str(built)],
-                                     capture_output=True, text=True, check=False)
-                if run.returncode != 0:
-                    errors.append(f"{' '.join(flags)}: {run.stderr.strip().splitlines()[-1:] or run.returncode}")
-                    continue
-                os.replace(built, target)
         try:
+            target = _cached(f"{name}-{key}.so", [cc, *flags, "-fPIC", "-shared", str(source), "-o"])
             return ctypes.CDLL(str(target)), f"{target} ({cc} {' '.join(flags)})"
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             errors.append(f"{' '.join(flags)}: {e}")
     return None, f"{cc} could not build {source.name}: {'; '.join(errors)}; tensor routes used"
+
+
+def _cached(filename: str, command: list[str]) -> Path:
+    """The library ``filename`` in the cache, built first by ``command`` + its path where it is not
+    there yet: into a folder of its own, then renamed (atomic, so processes starting together, such as
+    torchrun's, never load a half-written file). Falls back to the system's temporary folder where the
+    cache cannot be written; raises RuntimeError with the compiler's last line where the build fails."""
+    folders = [_cache_dir(), Path(tempfile.gettempdir()) / f"cnnlab-compiled-{os.getuid() if hasattr(os, 'getuid') else 0}"]
+    for i, folder in enumerate(folders):
+        target = folder / filename
+        try:
+            if target.exists() and _check_private(folder):
+                return target
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _check_private(folder)
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                built = Path(tmp) / target.name
+                run = subprocess.run([*command, str(built)], capture_output=True, text=True, check=False)
+                if run.returncode != 0:
+                    raise RuntimeError((run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1])
+                os.replace(built, target)
+            return target
+        except OSError:
+            if i == len(folders) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _check_private(folder: Path) -> bool:
+    """True, or OSError where others could have written a library there (a folder not owned by this user,
+    or writable by everyone: the shared temporary folder's risk)."""
+    if hasattr(os, "getuid"):
+        st = folder.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o002:
+            raise OSError(f"{folder} is writable by others; not loading libraries from it")
+    return True
 
 
 def library(name: str) -> ctypes.CDLL | None:
