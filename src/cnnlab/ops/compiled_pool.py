@@ -75,12 +75,13 @@ def offsets_of(indices: torch.Tensor, spatial, kernel, stride, pads: Pads, dilat
 
 
 class CompiledMaxPoolNd(torch.autograd.Function):
-    """Max pooling by the compiled loops; returns (y, winners) with winners (N, C, *S_out) int32 flat
-    input positions, or None when neither a backward pass nor ``return_indices`` asked for them."""
+    """Max pooling by the compiled loops ``functions`` (``kernels(x)``); returns (y, winners) with winners
+    (N, C, *S_out) int32 flat input positions, or None when neither a backward pass nor ``return_indices``
+    asked for them."""
 
     @staticmethod
-    def forward(ctx, x, kernel, stride, pads: Pads, dilation, out_size, winners: bool):
-        forward, _ = kernels(x)
+    def forward(ctx, functions, x, kernel, stride, pads: Pads, dilation, out_size, winners: bool):
+        forward, ctx.backward_loop = functions  # kernels(x)
         n, c, *spatial = x.shape
         xl = x.movedim(1, -1).contiguous()  # (N, *S, C): a view when x is channels-last already
         y = xl.new_empty((n, *out_size, c))
@@ -103,13 +104,13 @@ class CompiledMaxPoolNd(torch.autograd.Function):
 
             offsets = offsets_of(idx, x_shape[2:], kernel, stride, pads, dilation)
             grads = graph_backward(lambda x: reference_max_pool(x, kernel, stride, pads, dilation, out_size, offsets), (x,),
-                                   ctx.needs_input_grad[:1], grad_y)
-            return grads[0], None, None, None, None, None, None
-        _, backward = kernels(grad_y)
+                                   ctx.needs_input_grad[1:2], grad_y)
+            return None, grads[0], None, None, None, None, None, None
+        backward = ctx.backward_loop
         n, c, *spatial = x_shape
         g = grad_y.movedim(1, -1).contiguous()  # (N, *S_out, C)
         grad_x = g.new_empty((n, *spatial, c))
         geometry = _geometry(n, c, tuple(spatial), tuple(out_size), kernel, stride, pads, dilation)
         backward(g.data_ptr(), idx.data_ptr(), grad_x.data_ptr(), ctypes.byref(geometry),
                  torch.get_num_threads())
-        return grad_x.movedim(-1, 1), None, None, None, None, None, None
+        return None, grad_x.movedim(-1, 1), None, None, None, None, None, None

@@ -490,12 +490,12 @@ def _in_own_layout(pool, x: torch.Tensor, *args) -> torch.Tensor:
     return out.view(n, c, *out.shape[2:])
 
 
-def _compiled_max_pool(x: torch.Tensor, *args):
+def _compiled_max_pool(functions, x: torch.Tensor, *args):
     """``CompiledMaxPoolNd`` in the layout ``x`` has (as ``_in_own_layout``): (y, winners or None)."""
     n, c, *spatial = x.shape
     if x.movedim(1, -1).is_contiguous() and c > 1:
-        return CompiledMaxPoolNd.apply(x, *args)
-    out, winners = CompiledMaxPoolNd.apply(x.reshape(n * c, 1, *spatial), *args)  # (N*C, 1, *S_out)
+        return CompiledMaxPoolNd.apply(functions, x, *args)
+    out, winners = CompiledMaxPoolNd.apply(functions, x.reshape(n * c, 1, *spatial), *args)  # (N*C, 1, *S_out)
     return out.view(n, c, *out.shape[2:]), None if winners is None else winners.view(n, c, *winners.shape[2:])
 
 
@@ -506,8 +506,9 @@ def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return
             raise ValueError(f"max_pool{dims}d: return_indices=True is not supported under torch.func transforms or forward-mode AD")
         return reference_max_pool(x, kernel, stride, pads, dilation, out_size, None)
     track = torch.is_grad_enabled() and x.requires_grad  # no winners to note for inference
-    if kernels(x) is not None:  # the compiled loops (compiled_pool.py): one pass each way
-        out, winners = _compiled_max_pool(x, kernel, stride, pads, dilation, out_size, track or return_indices)
+    functions = kernels(x)
+    if functions is not None:  # the compiled loops (compiled_pool.py): one pass each way
+        out, winners = _compiled_max_pool(functions, x, kernel, stride, pads, dilation, out_size, track or return_indices)
         return (out, winners.long()) if return_indices else out
     out = _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size, track)
     if not return_indices:
