@@ -7,9 +7,10 @@ Reports the median step time of each, examples/s and the ratio (scratch / torch;
 better, 1.0 = as fast as PyTorch's own kernels).
 
     python benchmarks/bench_models.py [--runs 7] [--threads 2] [--only lenet,resnet18] [--batch 64] [--default-allocator]
-                                      [--inference]
+                                      [--inference] [--tensor-routes]
 
-``--inference`` times the forward pass alone instead (models in eval mode, under ``torch.no_grad()``,
+``--tensor-routes`` switches cnnlab's compiled loops (max pooling, batch norm: ``cnnlab.ops.compiled``)
+off, so the tensor routes are timed. ``--inference`` times the forward pass alone instead (models in eval mode, under ``torch.no_grad()``,
 as evaluation runs them) and writes benchmarks/results/models_inference.md.
 
 The 28-pixel LeNets run at batches 64 and 256; the CPU recipes' models (28 px) at batches 32 and
@@ -22,6 +23,7 @@ the allocator as it is). Writes benchmarks/results/models.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.models import create_model, list_models, model_info
+from cnnlab.ops import compiled
 from cnnlab.train.memory import keep_freed_memory
 
 SMALL = {"lenet", "bn-lenet", "lenet-modern"}
@@ -107,6 +110,14 @@ def measure(name: str, size: int, batch: int, runs: int, warmup: int = 2, infere
             "scratch_ex_s": batch / s, "torch_ex_s": batch / t, "ratio": s / t}
 
 
+def _routes(tensor_only: bool) -> str:
+    """Which routes max pooling and batch norm took: their compiled loops or their tensor forms."""
+    if tensor_only:
+        return "max pooling and batch norm on their tensor routes (--tensor-routes)"
+    built = all(compiled.library(name) is not None for name in ("max_pool", "batch_norm"))
+    return "max pooling and batch norm as compiled loops" if built else f"tensor routes ({compiled.status()})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -115,14 +126,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--out", default=None, help="default: benchmarks/results/models.md (models_inference.md with --inference)")
     parser.add_argument("--inference", action="store_true", help="time the forward pass alone (eval mode, no grad)")
+    parser.add_argument("--tensor-routes", action="store_true",
+                        help="switch cnnlab's compiled loops off (cnnlab.ops.compiled.disabled()): every op on its tensor route")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's allocator as it is (training runs keep freed memory: cnnlab/train/memory.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     kept = False if args.default_allocator else keep_freed_memory()  # as cnnlab.fit does before training
+    routes = compiled.disabled() if args.tensor_routes else contextlib.nullcontext()
     rows = []
     for name, size, batch in cases(set(args.only.split(",")) if args.only else None, args.batch):
-        row = measure(name, size, batch, args.runs, inference=args.inference)
+        with routes:
+            row = measure(name, size, batch, args.runs, inference=args.inference)
         rows.append(row)
         print(f"{name:14s} {size:3d} px  batch {batch:4d}  scratch {row['scratch_ms']:8.1f} ms  torch {row['torch_ms']:8.1f} ms  "
               f"ratio {row['ratio']:.2f}x", flush=True)
@@ -132,7 +147,8 @@ def main() -> None:
     lines = [f"# {title}: scratch backend vs torch backend", "",
              f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, channels-last, "
              f"median of {args.runs} interleaved {what} after 2 warm-ups, one process, "
-             f"{'freed memory kept for reuse as training runs do (train/memory.py)' if kept else 'glibc allocator defaults'}. "
+             f"{'freed memory kept for reuse as training runs do (train/memory.py)' if kept else 'glibc allocator defaults'}, "
+             f"{_routes(args.tensor_routes)}. "
              "Ratio = scratch / torch (lower is better).", "",
              "| model | input | batch | scratch ms | torch ms | scratch ex/s | torch ex/s | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['input']} px | {r['batch']} | {r['scratch_ms']:.1f} | {r['torch_ms']:.1f} | {r['scratch_ex_s']:,.0f} | "

@@ -7,7 +7,9 @@ the forward pass and of forward + backward, for cnnlab.ops and torch.nn.function
 their ratio (scratch / torch; lower is better, 1.0 = as fast as torch). The first layer of
 a network needs no input gradient, so those rows ask for none, as training does.
 
-    python benchmarks/bench_ops.py [--runs 5] [--threads 2] [--only conv]
+    python benchmarks/bench_ops.py [--runs 5] [--threads 2] [--only conv] [--tensor-routes]
+
+``--tensor-routes`` switches the compiled loops of max pooling and batch norm off (their tensor routes).
 
 Writes the table to benchmarks/results/ops.md.
 """
@@ -15,6 +17,7 @@ Writes the table to benchmarks/results/ops.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
+from cnnlab.ops import compiled
 
 
 def _input(shape, requires_grad=True, channels_last=False):
@@ -149,15 +153,27 @@ def measure(make, runs: int) -> list[float]:
     return [of, tf, of / tf, ob, tb, ob / tb]
 
 
+def _routes(tensor_only: bool) -> str:
+    """Which routes max pooling and batch norm took: their compiled loops or their tensor forms."""
+    if tensor_only:
+        return "max pooling and batch norm on their tensor routes (--tensor-routes)"
+    built = all(compiled.library(name) is not None for name in ("max_pool", "batch_norm"))
+    return "max pooling and batch norm as compiled loops" if built else f"tensor routes ({compiled.status()})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides")
     parser.add_argument("--only", default="", help="run only cases whose kind or name contains this")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ops.md"))
+    parser.add_argument("--tensor-routes", action="store_true",
+                        help="switch cnnlab's compiled loops off (cnnlab.ops.compiled.disabled()): every op on its tensor route")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    routes = compiled.disabled() if args.tensor_routes else contextlib.nullcontext()
+    routes.__enter__()  # for the whole run
     header = "| layer (batch 256 for LeNet, 128 for CL, 64 otherwise) | fwd scratch ms | fwd torch ms | fwd ratio | fwd+bwd scratch ms | fwd+bwd torch ms | fwd+bwd ratio |"
     lines = [header, "|" + " --- |" * 7]
     print(header)
@@ -173,7 +189,8 @@ def main() -> None:
     geo = statistics.geometric_mean(ratios) if ratios else float("nan")
     summary = (f"\nGeometric mean of the fwd+bwd ratios: {geo:.2f}x over {len(ratios)} layers. "
                f"Median of {args.runs} runs after three warm-up runs, float32, {args.threads} threads, "
-               f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads.")
+               f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+               f"{_routes(args.tensor_routes)}.")
     print(summary)
     if not args.only:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
