@@ -62,3 +62,10 @@ def check_op(
             assert torch.equal(mine.detach(), given.detach()) or (given.is_floating_point() and torch.equal(
                 mine.detach().nan_to_num(), given.detach().nan_to_num())), f"{context}: input {i} changed in place"
     return out_a
+
+
+def channels_last(x: torch.Tensor, batched: bool = True) -> torch.Tensor:
+    """``x`` with its channel axis (1, or 0 when unbatched) stored last, any number of dimensions: the
+    layout the compiled max pool takes. A leaf that requires grad stays one."""
+    axis = 1 if batched else 0
+    return x.detach().movedim(axis, -1).contiguous().movedim(-1, axis).requires_grad_(x.requires_grad)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cnnlab.ops import compiled
+from cnnlab.ops import compiled, compiled_norm, compiled_pool
 
 
-def _route(request, library: str):
-    """Run the test on one of an op's two routes: its compiled loops (``compiled.library(library)``) or its
-    tensor passes (which half precision, channels-first batch norms and torch.compile always take)."""
+def _route(request, monkeypatch, library: str, function):
+    """Run the test on one of an op's two routes: its compiled loops (``compiled.library(library)``, whose
+    autograd Function ``function`` must then run at least once: the test's inputs must be ones the loops
+    take) or its tensor passes (which half precision, channels-first layouts and torch.compile take)."""
     if request.param == "tensor":
         with compiled.disabled():
             yield request.param
@@ -18,16 +19,20 @@ def _route(request, library: str):
         if compiled._compiler() is not None:  # a machine with a compiler must build them
             pytest.fail(compiled.status(library))
         pytest.skip(compiled.status(library))
+    calls = []
+    apply = function.apply
+    monkeypatch.setattr(function, "apply", lambda *args: calls.append(1) or apply(*args))
     yield request.param
+    assert calls, f"the compiled route of {library} never ran in this test"
 
 
 @pytest.fixture(params=["compiled", "tensor"])
-def pool_route(request):
-    """Max pooling: compiled_pool.py or pool.MaxPoolNd."""
-    yield from _route(request, "max_pool")
+def pool_route(request, monkeypatch):
+    """Max pooling: compiled_pool.py (channels-last inputs) or pool.MaxPoolNd."""
+    yield from _route(request, monkeypatch, "max_pool", compiled_pool.CompiledMaxPoolNd)
 
 
 @pytest.fixture(params=["compiled", "tensor"])
-def norm_route(request):
+def norm_route(request, monkeypatch):
     """Batch norm of (M, C) rows: compiled_norm.py or norm.BatchNorm."""
-    yield from _route(request, "batch_norm")
+    yield from _route(request, monkeypatch, "batch_norm", compiled_norm.CompiledBatchNorm)

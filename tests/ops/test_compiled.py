@@ -24,7 +24,7 @@ def fresh(monkeypatch, tmp_path):
 
 
 def _pool_both(x):
-    y = ops.max_pool2d(x, 3, 2, 1)
+    y = ops.max_pool2d(x, 3, 2, 1)  # channels-last x: the compiled loops
     (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
     return y, g
 
@@ -60,7 +60,7 @@ def _only_version(run):
 def test_without_a_working_compiler_every_op_keeps_its_tensor_route(fresh, monkeypatch):
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
     torch.manual_seed(0)
-    x = torch.randn(2, 5, 9, 9, dtype=torch.float64).relu().requires_grad_()
+    x = torch.randn(2, 5, 9, 9, dtype=torch.float64).relu().contiguous(memory_format=torch.channels_last).requires_grad_()
     assert compiled.library("max_pool") is None
     assert "could not build max_pool.c" in compiled.status()
     y, g = _pool_both(x)
@@ -111,12 +111,15 @@ def test_each_route_is_taken_where_it_should_be(monkeypatch):
     for name, cls in (("compiled", compiled_pool.CompiledMaxPoolNd), ("tensor", pool.MaxPoolNd)):
         monkeypatch.setattr(cls, "apply", _counting(cls.apply, taken, name))
     x = torch.randn(2, 3, 8, 8)
-    ops.max_pool2d(x, 2)
+    ops.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)
     ops.max_pool2d(x.double().contiguous(memory_format=torch.channels_last), 2)
+    ops.max_pool1d(x[:, :, 0].transpose(1, 2).contiguous().transpose(1, 2), 2)  # (N, C, L) stored channels-last
     with compiled.disabled():
-        ops.max_pool2d(x, 2)
-    ops.max_pool2d(x.half(), 2)
-    assert taken == ["compiled", "compiled", "tensor", "tensor"]
+        ops.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)
+    ops.max_pool2d(x, 2)  # channels-first
+    ops.max_pool2d(x[:, :1].contiguous(memory_format=torch.channels_last), 2)  # one channel: a plane
+    ops.max_pool2d(x.half().contiguous(memory_format=torch.channels_last), 2)
+    assert taken == ["compiled"] * 3 + ["tensor"] * 4
     if compiled.library("batch_norm") is None:
         pytest.skip(compiled.status("batch_norm"))
     taken.clear()

@@ -147,6 +147,7 @@ def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, route, blocke
     assert not folded or sum(k > 1 for k in folds) >= 5, folds
 
 
+@pytest.mark.parametrize("norm_route", ["tensor"], indirect=True)  # 7 channels, 140,000 values: the folds (compiled loops: not)
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_on_large_narrow_features_in_any_layout(training, norm_route):
     """(N, C) batches large and narrow enough for the folded scalings (AFFINE_FOLD), contiguous and as a
@@ -161,7 +162,9 @@ def test_batch_norm_on_large_narrow_features_in_any_layout(training, norm_route)
                  [x.requires_grad_(), weight, bias], context=f"strides {x.stride()} training={training}")
 
 
-@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=["channels-last", "channels-first"])
+@pytest.mark.parametrize("layout, norm_route", [(torch.channels_last, "compiled"), (torch.channels_last, "tensor"),
+                                                (torch.contiguous_format, "tensor")],
+                         ids=["channels-last-compiled", "channels-last-tensor", "channels-first"], indirect=["norm_route"])
 @pytest.mark.parametrize("offset", [0.0, 3.0, 100.0])
 def test_batch_norm_float32_channels_last_within_torchs_own_error(offset, layout, norm_route):
     """float32, a training-sized batch, channels-last or channels-first: our result's distance from the

@@ -10,11 +10,17 @@ import torch.nn.functional as F
 
 from cnnlab import ops
 
-from helpers import check_op, max_rel_error
+from helpers import channels_last, check_op, max_rel_error
 
 MAX = {1: (ops.max_pool1d, F.max_pool1d), 2: (ops.max_pool2d, F.max_pool2d), 3: (ops.max_pool3d, F.max_pool3d)}
 AVG = {1: (ops.avg_pool1d, F.avg_pool1d), 2: (ops.avg_pool2d, F.avg_pool2d), 3: (ops.avg_pool3d, F.avg_pool3d)}
 CONFIGS_PER_CHUNK, CHUNKS = 60, 10  # 600 random configurations per family
+
+
+def laid_out(x: torch.Tensor, route: str, batched: bool = True) -> torch.Tensor:
+    """The input as a route takes it: channels-last for the compiled loops (which serve that layout only),
+    as made for the tensor route."""
+    return channels_last(x, batched) if route == "compiled" else x
 
 
 def random_pool_config(rng: random.Random, with_dilation: bool) -> dict:
@@ -61,8 +67,8 @@ def test_max_pool_matches_torch_float64(chunk, pool_route):
         if sees_only_padding(ours, cfg):
             continue
         i = checked = checked + 1
-        check_op(lambda x: ours(x, cfg["kernel"], **kw), lambda x: theirs(x, cfg["kernel"], **kw),
-                 [make_input(cfg["shape"], cfg["ties"], i)], context=f"config {cfg}")
+        x = laid_out(make_input(cfg["shape"], cfg["ties"], i), pool_route, len(cfg["shape"]) == cfg["dims"] + 2)
+        check_op(lambda x: ours(x, cfg["kernel"], **kw), lambda x: theirs(x, cfg["kernel"], **kw), [x], context=f"config {cfg}")
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
@@ -92,25 +98,26 @@ def test_adaptive_avg_pool_matches_torch_float64(chunk):
 
 def test_max_pool_all_padding_window(pool_route):
     # H = 1, padding 1, dilation 2: every window reads the two padding rows only.
-    x = torch.randn(1, 1, 1, 4, dtype=torch.float64, requires_grad=True)
+    x = laid_out(torch.randn(1, 2, 1, 4, dtype=torch.float64, requires_grad=True), pool_route)
     y = ops.max_pool2d(x, (2, 1), (3, 1), (1, 0), (2, 1))
-    assert torch.equal(y, torch.full((1, 1, 1, 4), float("-inf"), dtype=torch.float64))  # torch's values too
+    assert torch.equal(y, torch.full((1, 2, 1, 4), float("-inf"), dtype=torch.float64))  # torch's values too
     y.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))  # nothing to route to
 
 
 def test_max_pool_nan_propagates_like_torch(pool_route):
-    x = torch.tensor([[[1.0, float("nan"), 3.0, 2.0, 5.0]]], dtype=torch.float64, requires_grad=True)
-    check_op(lambda x: ops.max_pool1d(x, 2, 1), lambda x: F.max_pool1d(x, 2, 1), [x])
+    x = torch.tensor([[[1.0, float("nan"), 3.0, 2.0, 5.0], [float("nan"), 1.0, float("nan"), 4.0, 4.0]]], dtype=torch.float64)
+    check_op(lambda x: ops.max_pool1d(x, 2, 1), lambda x: F.max_pool1d(x, 2, 1), [laid_out(x, pool_route).requires_grad_()])
 
 
 def test_max_pool_ties_route_to_first_maximum(pool_route):
-    x = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]]], requires_grad=True)
+    x = laid_out(torch.ones(1, 2, 2, 2), pool_route).requires_grad_()
     ops.max_pool2d(x, 2).sum().backward()
-    assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert x.grad[0, 0].flatten().tolist() == x.grad[0, 1].flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+@pytest.mark.parametrize("layout, pool_route", [("contiguous", "tensor"), ("channels-last", "tensor"), ("channels-last", "compiled")],
+                         indirect=["pool_route"])
 def test_max_pool_gives_losers_an_exact_zero_when_the_gradient_is_inf_or_nan(layout, pool_route):
     """A winner's gradient is routed, never multiplied: inf or NaN reaches only the winner."""
     torch.manual_seed(0)
@@ -129,10 +136,11 @@ def test_max_pool_gives_losers_an_exact_zero_when_the_gradient_is_inf_or_nan(lay
     assert torch.equal(grads[0].nan_to_num(), grads[1].nan_to_num())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype, pool_route", [(torch.float32, "compiled"), (torch.float32, "tensor"), (torch.bfloat16, "tensor")],
+                         indirect=["pool_route"])
 def test_pooling_lower_precision(dtype, pool_route):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 9, 9)
+    x = laid_out(torch.randn(2, 3, 9, 9), pool_route)
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     pairs = [(ops.max_pool2d(x.to(dtype), 3, 2, 1), F.max_pool2d(x.to(dtype).float(), 3, 2, 1)),
              (ops.avg_pool2d(x.to(dtype), 3, 2, 1), F.avg_pool2d(x.to(dtype).float(), 3, 2, 1)),
@@ -143,7 +151,7 @@ def test_pooling_lower_precision(dtype, pool_route):
 
 
 def test_pool_gradcheck(pool_route):
-    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    x = laid_out(torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True), pool_route)
     assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, (3, 2), (2, 1), (1, 1), ceil_mode=True), (x,))
     assert torch.autograd.gradcheck(lambda x: ops.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,))
     assert torch.autograd.gradcheck(lambda x: ops.adaptive_avg_pool2d(x, (4, 5)), (x,))
@@ -159,8 +167,8 @@ def test_pools_whose_windows_tile_the_input_match_torch_float64(pool_route):
         kernel = tuple(rng.randint(1, 3) for _ in range(dims))
         shape = (rng.randint(1, 3), rng.randint(1, 4), *(k * rng.randint(1, 4) for k in kernel))
         x = make_input(shape, ties=rng.random() < 0.5, seed=i)
-        if dims == 2 and rng.random() < 0.5:
-            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        if pool_route == "compiled" or rng.random() < 0.5:
+            x = channels_last(x)
         for family in (MAX, AVG):  # average pooling's backward too writes without a zero fill there
             ours, theirs = family[dims]
             check_op(lambda x: ours(x, kernel), lambda x: theirs(x, kernel), [x], context=f"shape {shape} kernel {kernel}")
@@ -198,7 +206,8 @@ def _max_pool_grads(x0, g, *args):
     return grads
 
 
-@pytest.mark.parametrize("case", ["inf maxima", "half, small", "half, near the largest half"])
+@pytest.mark.parametrize("case, pool_route", [("inf maxima", "compiled"), ("inf maxima", "tensor"), ("half, small", "tensor"),
+                                              ("half, near the largest half", "tensor")], indirect=["pool_route"])
 def test_max_pool_backward_routes_like_torch_where_maxima_are_infinite_or_large(case, pool_route):
     """The backward pass lifts each found maximum by 4*bound+1; where the maxima hold inf, or
     the lift would overflow the dtype, it numbers the winners instead. Both routes against torch
@@ -212,7 +221,7 @@ def test_max_pool_backward_routes_like_torch_where_maxima_are_infinite_or_large(
     else:
         dtype = torch.float16
         x0 = x0 * (16000.0 if case.endswith("largest half") else 1.0)
-    x0 = x0.to(dtype)
+    x0 = laid_out(x0.to(dtype), pool_route)
     g = torch.randint(-4, 5, (2, 3, 5, 5), generator=gen).to(dtype)
     ours, theirs = _max_pool_grads(x0, g, 3, 2, 1)
     assert torch.equal(ours, theirs)
@@ -222,7 +231,7 @@ def test_max_pool_backward_twice_and_after_the_output_changed_in_place(pool_rout
     """The maxima the backward pass needs are its own copy: a second backward (retain_graph) and
     an in-place ReLU on the output change nothing."""
     torch.manual_seed(3)
-    x = torch.randn(2, 4, 8, 8, dtype=torch.float64).relu().requires_grad_()
+    x = laid_out(torch.randn(2, 4, 8, 8, dtype=torch.float64).relu(), pool_route).requires_grad_()
     y = ops.max_pool2d(x, 3, 1, 1)
     g = torch.randint(-4, 5, y.shape).to(y.dtype)  # integers: routed sums exact in any order
     y.backward(g, retain_graph=True)
