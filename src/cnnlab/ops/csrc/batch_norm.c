@@ -34,14 +34,5 @@ static void merge(double *mean_a, double *m2_a, int64_t n_a, const double *mean_
     }
 }
 
-#define T float
-#define NAME(base) base##_f32
-#include "batch_norm_body.h"
-#undef T
-#undef NAME
-
-#define T double
-#define NAME(base) base##_f64
-#include "batch_norm_body.h"
-#undef T
-#undef NAME
+#define BODY "batch_norm_body.h"
+#include "instantiate.h"

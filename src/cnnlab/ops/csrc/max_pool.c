@@ -26,14 +26,5 @@ typedef struct {
     int64_t n, c, in[3], out[3], k[3], s[3], p[3], d[3];
 } geometry;
 
-#define T float
-#define NAME(base) base##_f32
-#include "max_pool_body.h"
-#undef T
-#undef NAME
-
-#define T double
-#define NAME(base) base##_f64
-#include "max_pool_body.h"
-#undef T
-#undef NAME
+#define BODY "max_pool_body.h"
+#include "instantiate.h"
