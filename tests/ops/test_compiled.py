@@ -4,6 +4,7 @@ in test_pool.py (every max-pool test runs on both routes)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -189,3 +190,24 @@ def test_winner_positions_turn_back_into_kernel_offsets():
             inside &= (at >= 0) & (at < spatial[axis])
         back = compiled_pool.offsets_of(positions, spatial, kernel, stride, pads, dilation)
         assert torch.equal(back[inside], offsets[inside])
+
+
+def test_batch_norm_running_estimates_the_loops_cannot_update_in_place_are_updated_all_the_same():
+    """Running estimates the C loop cannot write where they lie (a strided view, another dtype) are updated
+    by the tensor code instead: the same values as the tensor route's, and as torch's where torch takes them."""
+    if compiled.library("batch_norm") is None:
+        pytest.skip(compiled.status("batch_norm"))
+    torch.manual_seed(4)
+    x = torch.randn(8, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    for make in (lambda v: torch.full((8,), v)[::2], lambda v: torch.full((4,), v, dtype=torch.float64)):
+        results = []
+        for route in ("compiled", "tensor"):
+            running = (make(0.5), make(2.0))
+            with compiled.disabled() if route == "tensor" else contextlib.nullcontext():
+                y = ops.batch_norm(x, *running, training=True, momentum=0.3)
+            results.append((y, *running))
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(*results))
+    running, expected = (torch.full((8,), 0.5)[::2], torch.full((8,), 2.0)[::2]), (torch.full((4,), 0.5), torch.full((4,), 2.0))
+    ops.batch_norm(x, *running, training=True, momentum=0.3)
+    F.batch_norm(x, *expected, training=True, momentum=0.3)
+    assert all(torch.allclose(a, b, rtol=1e-6) for a, b in zip(running, expected))

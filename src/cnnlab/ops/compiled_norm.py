@@ -8,9 +8,9 @@ the matrix once each:
                no one-pass cancellation check needed), then y = x * scale + shift
     backward   sum(dy) and sum(dy * (x - mean)) per channel, then dx = dy * a + x * k1 + k0
 
-with the per-channel vectors in between made by three more small loops (the coefficients, the running
-estimates, the gradient's coefficients) instead of tensor calls (the tensor route makes 22 forward and
-23 backward). Sums accumulate in double, in an order fixed by the shape, so results
+with the per-channel vectors in between (statistics, running estimates, coefficients; the gradient's
+sums and coefficients) made in the same calls: two C calls each way, against the tensor route's 22
+tensor calls forward and 23 backward. Sums accumulate in double, in an order fixed by the shape, so results
 do not depend on the thread count. A block's sums (at most 1024 rows, in cache) accumulate in the
 values' own type and the blocks' in double: summing every value in double made the statistics pass
 twice as slow (800K floats: 127 -> 64 us), and float32 results stay within torch's own float32 error
@@ -44,13 +44,10 @@ __all__ = ["CompiledBatchNorm", "kernels"]
 _FLOAT = {torch.float32: "f32", torch.float64: "f64"}
 _P, _I64, _INT, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _SIGNATURES = {  # name: (argument types, result type)
-    "batch_norm_statistics": ([_P, _I64, _I64, _P, _P, _INT], ctypes.c_int),
+    "batch_norm_prepare": ([_P, _I64, _I64, _INT, _P, _P, _D, _P, _P, _D, _P, _INT], ctypes.c_int),
     "batch_norm_normalise": ([_P, _P, _I64, _I64, _P, _P, _INT], None),
-    "batch_norm_gradient_sums": ([_P, _P, _I64, _I64, _P, _P, _P, _INT], ctypes.c_int),
+    "batch_norm_backward_prepare": ([_P, _P, _I64, _I64, _P, _INT, _INT, _P, _INT], ctypes.c_int),
     "batch_norm_input_gradient": ([_P, _P, _P, _I64, _I64, _P, _P, _P, _INT], None),
-    "batch_norm_coefficients": ([_P, _P, _P, _P, _D, _I64, _P, _P, _P], None),
-    "batch_norm_update_running": ([_P, _P, _P, _P, _I64, _D, _I64], None),
-    "batch_norm_gradient_coefficients": ([_P, _P, _P, _P, _P, _I64, _INT, _I64, _P, _P, _P, _P], None),
 }
 
 
@@ -103,26 +100,22 @@ class CompiledBatchNorm(torch.autograd.Function):
         threads, c = torch.get_num_threads(), x.shape[1]
         m = x.numel() // c
         vectors = x.new_empty(5, c)  # mean, var, invstd, scale, shift
-        mean, var, invstd, scale, shift = vectors.unbind()
-        if training:
-            _ok(f["batch_norm_statistics"](x.data_ptr(), m, c, mean.data_ptr(), var.data_ptr(), threads))
-            if _in_place(running_mean, x) and _in_place(running_var, x):
-                f["batch_norm_update_running"](_address(running_mean), _address(running_var), mean.data_ptr(), var.data_ptr(),
-                                               m, momentum, c)
-            else:
-                from .norm import _update_running
-
-                _update_running(running_mean, running_var, mean, var, m, momentum)
-        else:
-            mean.copy_(running_mean)
-            var.copy_(running_var)
+        if not training:
+            vectors[0].copy_(running_mean)
+            vectors[1].copy_(running_var)
+        in_place = training and _in_place(running_mean, x) and _in_place(running_var, x)
         w, b = _as_read(weight, x), _as_read(bias, x)
-        f["batch_norm_coefficients"](mean.data_ptr(), var.data_ptr(), _address(w), _address(b), eps, c, invstd.data_ptr(),
-                                     scale.data_ptr(), shift.data_ptr())
+        _ok(f["batch_norm_prepare"](x.data_ptr(), m, c, int(training), _address(running_mean) if in_place else None,
+                                    _address(running_var) if in_place else None, momentum, _address(w), _address(b), eps,
+                                    vectors.data_ptr(), threads))
+        if training and not in_place:  # running estimates of another dtype or layout
+            from .norm import _update_running
+
+            _update_running(running_mean, running_var, vectors[0], vectors[1], m, momentum)
         y = torch.empty_like(x)  # the same memory format: its rows lie as x's do
-        f["batch_norm_normalise"](x.data_ptr(), y.data_ptr(), m, c, scale.data_ptr(), shift.data_ptr(), threads)
+        f["batch_norm_normalise"](x.data_ptr(), y.data_ptr(), m, c, vectors[3].data_ptr(), vectors[4].data_ptr(), threads)
         ctx.f, ctx.training, ctx.eps = f, training, eps
-        ctx.stats = None if training else (mean.clone(), var.clone())  # for a differentiable backward
+        ctx.stats = None if training else (vectors[0].clone(), vectors[1].clone())  # for a differentiable backward
         ctx.save_for_backward(x, weight, bias, vectors)
         return y
 
@@ -139,14 +132,10 @@ class CompiledBatchNorm(torch.autograd.Function):
         f, threads, c = ctx.f, torch.get_num_threads(), x.shape[1]
         m = x.numel() // c
         g = grad_out if _same_rows(grad_out, x) else _like(grad_out, x)  # (M, C) rows as x's
-        sums = torch.zeros(2, c, dtype=torch.float64)  # sum(dy), sum(dy * (x - mean))
-        if ctx.training or ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            _ok(f["batch_norm_gradient_sums"](g.data_ptr(), x.data_ptr(), m, c, vectors[0].data_ptr(), sums[0].data_ptr(),
-                                              sums[1].data_ptr(), threads))
         out = x.new_empty(4, c)  # grad_weight, grad_bias, k1, k0
-        f["batch_norm_gradient_coefficients"](sums[0].data_ptr(), sums[1].data_ptr(), vectors[0].data_ptr(),
-                                              vectors[2].data_ptr(), vectors[3].data_ptr(), m, int(ctx.training), c,
-                                              *(row.data_ptr() for row in out.unbind()))
+        need_sums = ctx.training or ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        _ok(f["batch_norm_backward_prepare"](g.data_ptr(), x.data_ptr(), m, c, vectors.data_ptr(), int(ctx.training),
+                                             int(need_sums), out.data_ptr(), threads))
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             grad_x = torch.empty_like(x)  # dx = dy * scale + x * k1 + k0

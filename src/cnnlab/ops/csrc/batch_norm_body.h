@@ -1,7 +1,7 @@
 /* The batch-norm kernels for one element type T, named NAME(...): included by batch_norm.c once per type. */
 
 /* training statistics of x (m, c): mean and biased variance per channel; 0 on success, -1 if out of memory */
-int NAME(batch_norm_statistics)(const T *x, int64_t m, int64_t c, T *mean_out, T *var_out, int threads) {
+static int NAME(batch_norm_statistics)(const T *x, int64_t m, int64_t c, T *mean_out, T *var_out, int threads) {
     const int64_t rows = block_rows(c, sizeof(T)), blocks = (m + rows - 1) / rows;
     double *mean = malloc(sizeof(double) * blocks * c), *m2 = malloc(sizeof(double) * blocks * c);
     if (!mean || !m2) {
@@ -64,7 +64,7 @@ void NAME(batch_norm_normalise)(const T *x, T *y, int64_t m, int64_t c, const T 
 }
 
 /* per channel sum(dy) and sum(dy * (x - mean)), both (m, c): blocks summed in T, blocks in double; 0 on success, -1 if out of memory */
-int NAME(batch_norm_gradient_sums)(const T *dy, const T *x, int64_t m, int64_t c, const T *mean, double *sum_dy,
+static int NAME(batch_norm_gradient_sums)(const T *dy, const T *x, int64_t m, int64_t c, const T *mean, double *sum_dy,
                                    double *sum_dy_xmu, int threads) {
     const int64_t rows = block_rows(c, sizeof(T)), blocks = (m + rows - 1) / rows;
     double *part = malloc(sizeof(double) * blocks * c * 2);
@@ -119,7 +119,7 @@ void NAME(batch_norm_input_gradient)(const T *dy, const T *x, T *dx, int64_t m, 
 
 /* The per-channel vectors around the passes, in one call instead of a handful of tensor operations:
  * invstd = 1 / sqrt(var + eps), scale = invstd * weight, shift = bias - mean * scale (weight, bias may be NULL) */
-void NAME(batch_norm_coefficients)(const T *mean, const T *var, const T *weight, const T *bias, double eps, int64_t c,
+static void NAME(batch_norm_coefficients)(const T *mean, const T *var, const T *weight, const T *bias, double eps, int64_t c,
                                    T *invstd, T *scale, T *shift) {
     for (int64_t ch = 0; ch < c; ch++) {
         invstd[ch] = (T)(1.0 / sqrt((double)var[ch] + eps));
@@ -129,7 +129,7 @@ void NAME(batch_norm_coefficients)(const T *mean, const T *var, const T *weight,
 }
 
 /* running = running + momentum * (statistic - running), the variance's statistic unbiased (m / (m - 1)) */
-void NAME(batch_norm_update_running)(T *running_mean, T *running_var, const T *mean, const T *var, int64_t m,
+static void NAME(batch_norm_update_running)(T *running_mean, T *running_var, const T *mean, const T *var, int64_t m,
                                      double momentum, int64_t c) {
     const double unbias = (double)m / (double)(m - 1);
     for (int64_t ch = 0; ch < c; ch++) {
@@ -142,7 +142,7 @@ void NAME(batch_norm_update_running)(T *running_mean, T *running_var, const T *m
 /* From sum(dy) and sum(dy * (x - mean)) (double): grad_weight = sum(dy * x_hat), grad_bias = sum(dy), and the
  * input gradient's dx = dy * scale + x * k1 + k0 (training: k1 = -scale * invstd * grad_weight / m,
  * k0 = -scale * sum(dy) / m - k1 * mean; inference: k1 = k0 = 0) */
-void NAME(batch_norm_gradient_coefficients)(const double *sum_dy, const double *sum_dy_xmu, const T *mean,
+static void NAME(batch_norm_gradient_coefficients)(const double *sum_dy, const double *sum_dy_xmu, const T *mean,
                                             const T *invstd, const T *scale, int64_t m, int training, int64_t c,
                                             T *grad_weight, T *grad_bias, T *k1, T *k0) {
     for (int64_t ch = 0; ch < c; ch++) {
@@ -152,4 +152,35 @@ void NAME(batch_norm_gradient_coefficients)(const double *sum_dy, const double *
         k1[ch] = training ? -(scale[ch] * invstd[ch] * dot) / (T)m : (T)0;
         k0[ch] = training ? -(scale[ch] * total) / (T)m - k1[ch] * mean[ch] : (T)0;
     }
+}
+
+/* The forward pass's per-channel work in one call. v (5, c) holds mean, var, invstd, scale, shift: in
+ * training the statistics are computed into v[0], v[1] and the running estimates updated (either may be
+ * NULL: none, or left to the caller); in inference v[0], v[1] come filled with the running estimates.
+ * Then the coefficients. 0 on success, -1 if out of memory. */
+int NAME(batch_norm_prepare)(const T *x, int64_t m, int64_t c, int training, T *running_mean, T *running_var,
+                             double momentum, const T *weight, const T *bias, double eps, T *v, int threads) {
+    if (training) {
+        if (NAME(batch_norm_statistics)(x, m, c, v, v + c, threads)) return -1;
+        NAME(batch_norm_update_running)(running_mean, running_var, v, v + c, m, momentum, c);
+    }
+    NAME(batch_norm_coefficients)(v, v + c, weight, bias, eps, c, v + 2 * c, v + 3 * c, v + 4 * c);
+    return 0;
+}
+
+/* The backward pass's per-channel work in one call: out (4, c) = grad_weight, grad_bias, k1, k0 from dy, x
+ * and the forward's v (5, c); without need_sums (inference, no parameter gradient) the sums count as 0.
+ * 0 on success, -1 if out of memory. */
+int NAME(batch_norm_backward_prepare)(const T *dy, const T *x, int64_t m, int64_t c, const T *v, int training,
+                                      int need_sums, T *out, int threads) {
+    double *sums = calloc(2 * c, sizeof(double));  /* sum(dy), sum(dy * (x - mean)) */
+    if (!sums) return -1;
+    if (need_sums && NAME(batch_norm_gradient_sums)(dy, x, m, c, v, sums, sums + c, threads)) {
+        free(sums);
+        return -1;
+    }
+    NAME(batch_norm_gradient_coefficients)(sums, sums + c, v, v + 2 * c, v + 3 * c, m, training, c, out, out + c,
+                                           out + 2 * c, out + 3 * c);
+    free(sums);
+    return 0;
 }
