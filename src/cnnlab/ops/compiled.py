@@ -4,9 +4,9 @@ Most of cnnlab's operations are tensor code (a window matrix and one product, a 
 the tensor code is what a reader should study. A handful of loops have no fast tensor form: max
 pooling's forward pass in tensor operations is one pass per kernel offset, and its backward pass
 finds each window's first maximum by three passes per offset, where a loop reads the map once
-(forward + backward 2.0-3.4x torch's time in tensor form, 0.8-1.2x as a loop); batch norm's tensor
-form makes 22 tensor calls forward and 23 backward where torch makes one each (1.6-2.8x torch's
-time; as loops 1.0-1.07x on large layers, 1.4-1.9x on small ones, where Python's share remains). Those
+(forward + backward 2.0-3.9x torch's time in tensor form, 0.8-1.2x as a loop); batch norm's tensor
+form makes 22 tensor calls forward and 23 backward where torch makes one each (1.5-2.8x torch's
+time; as loops 0.9-1.0x on large layers, 1.2-1.6x on small ones, where Python's share remains). Those
 loops are written in C beside this file (``csrc/``), each the textbook definition, and built on
 first use with the machine's C compiler:
 

@@ -18,9 +18,10 @@ twice as slow (800K floats: 127 -> 64 us), and float32 results stay within torch
 
 Forward + backward against torch's own kernel and ``BatchNorm``'s tensor passes, channels-last, 2
 threads, the three interleaved in rotating order, medians of 40 (compiled / torch, tensor / torch):
-256x32x28x28 1.01 / 1.68, 128x16x28x28 0.99 / 1.61, 128x64x7x7 1.07 / 1.87, 32x16x14x14 1.36 / 2.06,
-32x64x7x7 1.44 / 2.29, 2x32x14x14 1.79 / 2.80, BatchNorm1d 256x256 1.53 / 2.32 (small layers: the
-Python around the loops, 40-50 us a layer forward + backward, where torch's whole layer takes 50-110).
+256x32x28x28 0.97 / 1.64, 128x16x28x28 0.92 / 1.51, 128x64x7x7 0.94 / 1.80, 32x16x14x14 1.19 / 1.97,
+32x64x7x7 1.23 / 2.31, 2x32x14x14 1.51 / 2.76, BatchNorm1d 256x256 1.29 / 2.28 (small layers: the
+Python around the loops, about 30 us a layer forward + backward, where torch's whole layer takes 50-110;
+four C calls each way instead of two measured 1.4-1.9x torch's there).
 Fewer than 8 channels on a large matrix keep the tensor route (``norm.COMPILED_MIN_CHANNELS_FOLDED``).
 
 Used for float32 and float64 CPU tensors whose rows are contiguous, in training and in eval mode;

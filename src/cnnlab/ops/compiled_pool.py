@@ -9,9 +9,9 @@ the backward pass routes each gradient to its winner), as two loops that read me
 so the winners are noted in the forward pass (4 bytes an output) instead of found again in the
 backward. Measured forward + backward against torch's own kernel and ``MaxPoolNd``'s tensor
 passes, channels-last ReLU outputs, 2 threads, the three interleaved in rotating order, medians of
-40 (compiled / torch, tensor / torch): 2x2/2 pools 256x32x28x28 0.79 / 1.96, 256x64x10x10 0.86 /
-2.18, 128x16x28x28 0.84 / 2.06, 128x32x14x14 1.02 / 2.30; 3x3/1 32x24x14x14 1.19 / 2.65; 3x3/2
-128x32x28x28 0.97 / 2.47, 32x64x16x16 1.10 / 3.37, 128x88x14x14 1.01 / 3.37.
+40 (compiled / torch, tensor / torch): 2x2/2 pools 256x32x28x28 0.78 / 1.95, 256x64x10x10 0.91 /
+2.28, 128x16x28x28 0.84 / 1.96, 128x32x14x14 1.04 / 2.30; 3x3/1 32x24x14x14 1.19 / 2.75; 3x3/2
+128x32x28x28 0.91 / 2.39, 32x64x16x16 1.15 / 3.87, 128x88x14x14 1.02 / 3.30.
 
 Used for channels-last float32 and float64 CPU tensors (2 or more channels), 1-3 spatial axes,
 whenever the library is available. Channels-first maps keep the tensor route: pooled one channel at
