@@ -10,10 +10,10 @@ the matrix once each:
 
 with the per-channel vectors in between (statistics, running estimates, coefficients; the gradient's
 sums and coefficients) made in the same calls: two C calls each way, against the tensor route's 22
-tensor calls forward and 23 backward. Sums accumulate in double, in an order fixed by the shape, so results
-do not depend on the thread count. A block's sums (at most 1024 rows, in cache) accumulate in the
-values' own type and the blocks' in double: summing every value in double made the statistics pass
-twice as slow (800K floats: 127 -> 64 us), and float32 results stay within torch's own float32 error
+tensor calls forward and 23 backward. Sums run in an order fixed by the shape, so results do not depend
+on the thread count: a block's (at most 1024 rows, in cache) in the values' own type, the blocks' merged
+in double. Summing every value in double made the statistics pass twice as slow (800K floats: 127
+against 64 us), and float32 results stay within torch's own float32 error this way
 (``test_batch_norm_float32_channels_last_within_torchs_own_error``).
 
 Forward + backward against torch's own kernel and ``BatchNorm``'s tensor passes, channels-last, 2
