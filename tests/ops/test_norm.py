@@ -187,3 +187,30 @@ def test_batch_norm_float32_channels_last_within_torchs_own_error(offset, layout
         scale = t.abs().max()
         err_ours, err_theirs = (a - t).abs().max() / scale, (b - t).abs().max() / scale
         assert err_ours <= 4 * err_theirs + 1e-6, (name, float(err_ours), float(err_theirs))
+
+
+@pytest.mark.parametrize("chunk", range(3))
+def test_batch_norm_over_many_row_blocks_matches_torch_float64(chunk, norm_route):
+    """Batches large enough to span many of the compiled loops' row blocks (at most 1024 rows each, merged
+    pairwise in order) and of the tensor route's, channels far from zero mean (up to 10**4 spreads) or
+    nearly constant included: values, gradients and running estimates against torch at 1e-10, random shapes."""
+    rng = random.Random(6100 + chunk)
+    for i in range(4):
+        c = rng.randint(1, 24)
+        n, h, w = rng.randint(2, 40), rng.randint(3, 20), rng.randint(3, 20)
+        gen = torch.Generator().manual_seed(100 * chunk + i)
+        # means up to 10**4 spreads from zero: x - mean then loses up to 4 of float64's digits in any
+        # implementation (torch's too), which leaves the 1e-10 comparison meaningful
+        spread = torch.tensor([rng.choice([1e-2, 1.0, 50.0]) for _ in range(c)], dtype=torch.float64)
+        offset = torch.tensor([rng.choice([0.0, 1.0, 1e2]) for _ in range(c)], dtype=torch.float64)
+        x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * spread.view(1, c, 1, 1) + offset.view(1, c, 1, 1)
+        x = x.contiguous(memory_format=torch.channels_last) if rng.random() < 0.8 else x.movedim(1, -1).reshape(-1, c).contiguous()
+        training = rng.random() < 0.75
+        weight, bias = (torch.randn(c, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
+        running = (torch.randn(c, generator=gen, dtype=torch.float64), torch.rand(c, generator=gen, dtype=torch.float64) + 0.5)
+        ours_stats, torch_stats = [t.clone() for t in running], [t.clone() for t in running]
+        check_op(lambda x, w, b: ops.batch_norm(x, *ours_stats, w, b, training, 0.1, 1e-5),
+                 lambda x, w, b: F.batch_norm(x, *torch_stats, w, b, training, 0.1, 1e-5),
+                 [x.requires_grad_(), weight, bias], context=f"shape {tuple(x.shape)} training={training}")
+        for ours, theirs in zip(ours_stats, torch_stats):
+            assert max_rel_error(ours, theirs) <= 1e-10
