@@ -28,7 +28,12 @@ def _route(request, monkeypatch, library: str, function):
 
 @pytest.fixture(params=["compiled", "tensor"])
 def pool_route(request, monkeypatch):
-    """Max pooling: compiled_pool.py (channels-last inputs) or pool.MaxPoolNd."""
+    """Max pooling: compiled_pool.py or pool.MaxPoolNd. On the compiled route channels-first inputs of 2 or
+    more channels take the loops too (on a channels-last copy; in use from 8 channels, the test inputs have
+    fewer), so both layouts' paths through the loops are swept."""
+    from cnnlab.ops import pool
+
+    monkeypatch.setattr(pool, "COMPILED_CHANNELS_FIRST_MIN_CHANNELS", 2)
     yield from _route(request, monkeypatch, "max_pool", compiled_pool.CompiledMaxPoolNd)
 
 

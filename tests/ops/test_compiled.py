@@ -111,16 +111,22 @@ def test_each_route_is_taken_where_it_should_be(monkeypatch):
     taken = []
     for name, cls in (("compiled", compiled_pool.CompiledMaxPoolNd), ("tensor", pool.MaxPoolNd)):
         monkeypatch.setattr(cls, "apply", _counting(cls.apply, taken, name))
-    x = torch.randn(2, 3, 8, 8)
+    x = torch.randn(2, 8, 8, 8)
     ops.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)
     ops.max_pool2d(x.double().contiguous(memory_format=torch.channels_last), 2)
     ops.max_pool1d(x[:, :, 0].transpose(1, 2).contiguous().transpose(1, 2), 2)  # (N, C, L) stored channels-last
+    ops.max_pool2d(x, 2)  # channels-first, small: on a channels-last copy
     with compiled.disabled():
         ops.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)
-    ops.max_pool2d(x, 2)  # channels-first
+    monkeypatch.setattr(pool, "COMPILED_CHANNELS_FIRST_MAX_BYTES", x.numel() * 4 - 1)
+    ops.max_pool2d(x, 2)  # channels-first, "large"
+    monkeypatch.undo()
+    monkeypatch.setattr(compiled_pool.CompiledMaxPoolNd, "apply", _counting(compiled_pool.CompiledMaxPoolNd.apply, taken, "compiled"))
+    monkeypatch.setattr(pool.MaxPoolNd, "apply", _counting(pool.MaxPoolNd.apply, taken, "tensor"))
+    ops.max_pool2d(x[:, :6].contiguous(), 2)  # channels-first, 6 channels
     ops.max_pool2d(x[:, :1].contiguous(memory_format=torch.channels_last), 2)  # one channel: a plane
     ops.max_pool2d(x.half().contiguous(memory_format=torch.channels_last), 2)
-    assert taken == ["compiled"] * 3 + ["tensor"] * 4
+    assert taken == ["compiled"] * 4 + ["tensor"] * 5
     if compiled.library("batch_norm") is None:
         pytest.skip(compiled.status("batch_norm"))
     taken.clear()

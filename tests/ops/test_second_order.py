@@ -65,7 +65,7 @@ def test_pool_second_derivatives_match_torch(pool_route):
             kw["count_include_pad"] = rng.random() < 0.5
         elif sees_only_padding(ours, cfg):
             continue
-        x = laid_out(make_input(cfg["shape"], ties=False, seed=checked), pool_route, len(cfg["shape"]) == cfg["dims"] + 2)
+        x = laid_out(make_input(cfg["shape"], ties=False, seed=checked), pool_route, len(cfg["shape"]) == cfg["dims"] + 2, checked)
         # pooling is piecewise linear: its own second derivative is zero; through a square it is not
         compare(lambda x: ours(x * x, cfg["kernel"], **kw), lambda x: theirs(x * x, cfg["kernel"], **kw), [x], checked, (kind, cfg))
         checked += 1
@@ -155,7 +155,8 @@ def test_max_pool_return_indices_equal_torchs(dims, pool_route):
         cfg = random_pool_config(rng, with_dilation=True)
         if cfg["dims"] != dims or sees_only_padding(MAX[dims][0], cfg):
             continue
-        x = laid_out(make_input(cfg["shape"], ties=cfg["ties"], seed=checked).detach(), pool_route, len(cfg["shape"]) == dims + 2)
+        x = laid_out(make_input(cfg["shape"], ties=cfg["ties"], seed=checked).detach(), pool_route, len(cfg["shape"]) == dims + 2,
+                     checked)
         out, idx = MAX[dims][0](x, cfg["kernel"], return_indices=True, **cfg["kwargs"])
         ref, ref_idx = MAX[dims][1](x, cfg["kernel"], return_indices=True, **cfg["kwargs"])
         assert torch.equal(out, ref) and torch.equal(idx, ref_idx), cfg

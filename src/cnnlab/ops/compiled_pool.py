@@ -13,11 +13,13 @@ passes, channels-last ReLU outputs, 2 threads, the three interleaved in rotating
 2.28, 128x16x28x28 0.84 / 1.96, 128x32x14x14 1.04 / 2.30; 3x3/1 32x24x14x14 1.19 / 2.75; 3x3/2
 128x32x28x28 0.91 / 2.39, 32x64x16x16 1.15 / 3.87, 128x88x14x14 1.02 / 3.30.
 
-Used for channels-last float32 and float64 CPU tensors (2 or more channels), 1-3 spatial axes,
-whenever the library is available. Channels-first maps keep the tensor route: pooled one channel at
-a time the loops spend their time on each window's bookkeeping (forward + backward against the
-tensor passes, medians of 22: 64x64x56x56 2x2/2 59.8 / 47.4 ms, 256x6x28x28 4.6 / 3.1, 64x96x54x54
-3x3/2 124 / 97). So do half precision, other devices, ``torch.compile`` and torch.func transforms. A
+Used for float32 and float64 CPU tensors with 2 or more channels, 1-3 spatial axes, whenever the
+library is available: channels-last as they lie, channels-first ones (8+ channels, up to 32 MB:
+``pool.py``) on a channels-last copy, the results and the gradient copied back to torch's layout. Pooled one channel
+at a time instead, as N*C planes, the loops spent their time on each window's bookkeeping (forward +
+backward against the tensor passes, medians of 22: 64x64x56x56 2x2/2 59.8 / 47.4 ms, 256x6x28x28 4.6
+/ 3.1, 64x96x54x54 3x3/2 124 / 97). Half precision, other devices, ``torch.compile`` and torch.func
+transforms keep the tensor route. A
 differentiable backward (``create_graph``) turns the winners into kernel offsets and differentiates
 ``pool.reference_max_pool`` as the tensor route does.
 """
@@ -96,6 +98,9 @@ class CompiledMaxPoolNd(torch.autograd.Function):
         if idx is not None:
             ctx.mark_non_differentiable(idx)
         ctx.save_for_backward(x, idx)  # idx (N, *S_out, C); x: only for a differentiable backward
+        ctx.transposed = not x.movedim(1, -1).is_contiguous()  # channels-first: copied channels-last above
+        if ctx.transposed:  # results in x's own layout, as torch's are
+            return y.movedim(-1, 1).contiguous(), None if idx is None else idx.movedim(-1, 1).contiguous()
         return unviewed(y.movedim(-1, 1)), None if idx is None else idx.movedim(-1, 1)
 
     @staticmethod
@@ -116,4 +121,5 @@ class CompiledMaxPoolNd(torch.autograd.Function):
         geometry = _geometry(n, c, tuple(spatial), tuple(out_size), kernel, stride, pads, dilation)
         backward(g.data_ptr(), idx.data_ptr(), grad_x.data_ptr(), ctypes.byref(geometry),
                  torch.get_num_threads())
-        return None, grad_x.movedim(-1, 1), None, None, None, None, None, None
+        grad_x = grad_x.movedim(-1, 1)
+        return None, grad_x.contiguous() if ctx.transposed else grad_x, None, None, None, None, None, None

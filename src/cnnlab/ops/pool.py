@@ -14,11 +14,11 @@ position that won (the first maximum in scan order, as torch does), found there 
 (``MaxPoolNd``); average pooling spreads it evenly over the window. Where windows overlap
 along a strided axis, max pooling reads the input split into its stride phases (``_sources``).
 
-Max pooling of channels-last float32/float64 CPU tensors runs as two compiled loops instead
-(``compiled_pool.py``, ``csrc/max_pool.c``: one pass each way, 2x faster than the passes below), where
-a C compiler is at hand; ``MaxPoolNd`` here is the tensor route, which channels-first maps (where the
-loops, one channel at a time, measured 1.3-1.5x slower than these passes), half precision and
-``torch.compile`` take.
+Max pooling of float32/float64 CPU tensors runs as two compiled loops instead (``compiled_pool.py``,
+``csrc/max_pool.c``: one pass each way, 2x faster than the passes below; channels-first maps of 8+
+channels up to 32 MB on a channels-last copy), where a C compiler is at hand; ``MaxPoolNd`` here is the
+tensor route, which other channels-first maps, single-channel maps, half precision and ``torch.compile``
+take.
 
 Adaptive average pooling has windows of varying size (``start = floor(i*n/o)``,
 ``end = ceil((i+1)*n/o)``), so it is written as averaging matrices, one per axis:
@@ -492,6 +492,21 @@ def _in_own_layout(pool, x: torch.Tensor, *args) -> torch.Tensor:
     return out.view(n, c, *out.shape[2:])
 
 
+# Channels-first maps of 8 or more channels, up to this many bytes, are pooled by the compiled loops on a
+# channels-last copy (the copies of x and of its gradient are two more passes); the others keep the tensor
+# passes. Forward + backward, ms, loops on the copy / tensor passes / torch, medians of 22: 8x64x112x112
+# (26 MB) 9.3 / 17.7 / 13.2, 32x8x28x28 0.31 / 0.64 / 0.48, but 64x64x56x56 (51 MB) 46.7 / 38.7 / 30.3 and
+# 64x96x54x54 (72 MB) 81 / 73 / 70, where the copies outgrow the memory glibc keeps for reuse, and
+# 256x6x28x28 3.5 / 2.9 / 2.9 (6 channels: the copies' rows too short).
+COMPILED_CHANNELS_FIRST_MAX_BYTES = 32 * 2**20
+COMPILED_CHANNELS_FIRST_MIN_CHANNELS = 8
+
+
+def _compiled_layout_pays(x: torch.Tensor) -> bool:
+    return x.movedim(1, -1).is_contiguous() or (x.shape[1] >= COMPILED_CHANNELS_FIRST_MIN_CHANNELS
+                                                and x.numel() * x.element_size() <= COMPILED_CHANNELS_FIRST_MAX_BYTES)
+
+
 def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     kernel, stride, pads, dilation, out_size = _pool_geometry(f"max_pool{dims}d", x, dims, kernel_size, stride, padding, dilation, ceil_mode)
     if transformed(x):  # torch.func / forward-mode AD: the reference form
@@ -500,7 +515,7 @@ def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return
         return reference_max_pool(x, kernel, stride, pads, dilation, out_size, None)
     track = torch.is_grad_enabled() and x.requires_grad  # no winners to note for inference
     functions = kernels(x)
-    if functions is not None and x.shape[1] > 1 and x.movedim(1, -1).is_contiguous():  # channels-last: the compiled loops
+    if functions is not None and x.shape[1] > 1 and _compiled_layout_pays(x):  # the compiled loops (compiled_pool.py)
         out, winners = CompiledMaxPoolNd.apply(functions, x, kernel, stride, pads, dilation, out_size, track or return_indices)
         return (out, winners.long()) if return_indices else out
     out = _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size, track)
