@@ -17,7 +17,8 @@ covers the source, the compiler, its flags and the CPU's instruction set, so a c
 never loaded on a machine it was not built for. Without a compiler (or where a build fails,
 or with ``CNNLAB_COMPILED=0`` in the environment) :func:`library` returns None and every op keeps
 its tensor route: the same values, more slowly. ``CC`` picks the compiler, ``CNNLAB_CACHE_DIR``
-the cache. ``status()`` says which it is and why. Each op keeps its tensor route beside the loops,
+the cache; where the cache cannot be written, a folder of this user's own in the system's temporary
+folder serves, and a library is never loaded from a folder others can write. ``status()`` says which it is and why. Each op keeps its tensor route beside the loops,
 for half precision, other devices and ``torch.compile``, and the tests sweep both against torch.
 
 OpenMP, where the compiler has it, shares the runtime torch already loaded (``libgomp.so.1``),
