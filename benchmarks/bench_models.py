@@ -110,7 +110,7 @@ def measure(name: str, size: int, batch: int, runs: int, warmup: int = 2, infere
             "scratch_ex_s": batch / s, "torch_ex_s": batch / t, "ratio": s / t}
 
 
-def _routes(tensor_only: bool) -> str:
+def routes_note(tensor_only: bool) -> str:
     """Which routes max pooling and batch norm took: their compiled loops or their tensor forms."""
     if tensor_only:
         return "max pooling and batch norm on their tensor routes (--tensor-routes)"
@@ -148,7 +148,7 @@ def main() -> None:
              f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, channels-last, "
              f"median of {args.runs} interleaved {what} after 2 warm-ups, one process, "
              f"{'freed memory kept for reuse as training runs do (train/memory.py)' if kept else 'glibc allocator defaults'}, "
-             f"{_routes(args.tensor_routes)}. "
+             f"{routes_note(args.tensor_routes)}. "
              "Ratio = scratch / torch (lower is better).", "",
              "| model | input | batch | scratch ms | torch ms | scratch ex/s | torch ex/s | ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['input']} px | {r['batch']} | {r['scratch_ms']:.1f} | {r['torch_ms']:.1f} | {r['scratch_ex_s']:,.0f} | "

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_models import routes_note
 
 from cnnlab import ops
 from cnnlab.ops import compiled
@@ -153,14 +154,6 @@ def measure(make, runs: int) -> list[float]:
     return [of, tf, of / tf, ob, tb, ob / tb]
 
 
-def _routes(tensor_only: bool) -> str:
-    """Which routes max pooling and batch norm took: their compiled loops or their tensor forms."""
-    if tensor_only:
-        return "max pooling and batch norm on their tensor routes (--tensor-routes)"
-    built = all(compiled.library(name) is not None for name in ("max_pool", "batch_norm"))
-    return "max pooling and batch norm as compiled loops" if built else f"tensor routes ({compiled.status()})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs per measurement (median reported)")
@@ -190,7 +183,7 @@ def main() -> None:
     summary = (f"\nGeometric mean of the fwd+bwd ratios: {geo:.2f}x over {len(ratios)} layers. "
                f"Median of {args.runs} runs after three warm-up runs, float32, {args.threads} threads, "
                f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"{_routes(args.tensor_routes)}.")
+               f"{routes_note(args.tensor_routes)}.")
     print(summary)
     if not args.only:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

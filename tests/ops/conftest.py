@@ -10,7 +10,7 @@ from cnnlab.ops import compiled, compiled_norm, compiled_pool
 def _route(request, monkeypatch, library: str, function):
     """Run the test on one of an op's two routes: its compiled loops (``compiled.library(library)``, whose
     autograd Function ``function`` must then run at least once: the test's inputs must be ones the loops
-    take) or its tensor passes (which half precision, channels-first layouts and torch.compile take)."""
+    take) or its tensor passes (which half precision, some channels-first layouts and torch.compile take)."""
     if request.param == "tensor":
         with compiled.disabled():
             yield request.param

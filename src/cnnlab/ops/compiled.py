@@ -104,9 +104,9 @@ def _build(name: str) -> tuple[ctypes.CDLL | None, str]:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     except OSError as e:
         return None, f"{cc} could not be run ({e}); tensor routes used"
+    machine = _cpu_fingerprint().encode()
     for flags in FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([texts, cc.encode(), version.encode(), " ".join(flags).encode(),
-                                         _cpu_fingerprint().encode()])).hexdigest()[:16]
+        key = hashlib.sha256(b"\0".join([texts, cc.encode(), version.encode(), " ".join(flags).encode(), machine])).hexdigest()[:16]
         try:
             target = _cached(f"{name}-{key}.so", [cc, *flags, "-fPIC", "-shared", str(source), "-o"])
             return ctypes.CDLL(str(target)), f"{target} ({cc} {' '.join(flags)})"
@@ -124,7 +124,8 @@ def _cached(filename: str, command: list[str]) -> Path:
     for i, folder in enumerate(folders):
         target = folder / filename
         try:
-            if target.exists() and _check_private(folder):
+            if target.exists():
+                _check_private(folder)
                 return target
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             _check_private(folder)
@@ -141,14 +142,13 @@ def _cached(filename: str, command: list[str]) -> Path:
     raise AssertionError("unreachable")
 
 
-def _check_private(folder: Path) -> bool:
-    """True, or OSError where others could have written a library there (a folder not owned by this user,
-    or writable by everyone: the shared temporary folder's risk)."""
+def _check_private(folder: Path) -> None:
+    """OSError where others could have written a library there (a folder not owned by this user, or
+    writable by everyone: the shared temporary folder's risk)."""
     if hasattr(os, "getuid"):
         st = folder.stat()
         if st.st_uid != os.getuid() or st.st_mode & 0o002:
             raise OSError(f"{folder} is writable by others; not loading libraries from it")
-    return True
 
 
 def library(name: str) -> ctypes.CDLL | None:

@@ -116,7 +116,7 @@ class CompiledBatchNorm(torch.autograd.Function):
         y = torch.empty_like(x)  # the same memory format: its rows lie as x's do
         f["batch_norm_normalise"](x.data_ptr(), y.data_ptr(), m, c, vectors[3].data_ptr(), vectors[4].data_ptr(), threads)
         ctx.f, ctx.training, ctx.eps = f, training, eps
-        ctx.stats = None if training else (vectors[0].clone(), vectors[1].clone())  # for a differentiable backward
+        ctx.stats = None if training else (vectors[0], vectors[1])  # for a differentiable backward (read only)
         ctx.save_for_backward(x, weight, bias, vectors)
         return y
 
