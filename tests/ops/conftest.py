@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnlab.ops import compiled, compiled_norm, compiled_pool
+from cnnlab.ops import compiled, compiled_conv, compiled_norm, compiled_pool
 
 
 def _route(request, monkeypatch, library: str, function):
@@ -41,3 +41,18 @@ def pool_route(request, monkeypatch):
 def norm_route(request, monkeypatch):
     """Batch norm of (M, C) rows: compiled_norm.py or norm.BatchNorm."""
     yield from _route(request, monkeypatch, "batch_norm", compiled_norm.CompiledBatchNorm)
+
+
+@pytest.fixture(params=["compiled", "tensor"])
+def conv_route(request, monkeypatch):
+    """Stride-1 convolutions of one group: compiled_conv.py, or the tensor routes (window matrix, per-tap
+    products, DFT) that every other convolution takes."""
+    yield from _route(request, monkeypatch, "direct_conv", compiled_conv.DirectConvNd)
+
+
+@pytest.fixture
+def tensor_routes():
+    """Every op on its tensor route: for tests of the window matrix, per-tap products and DFT
+    convolutions, which the compiled loops would otherwise take from them."""
+    with compiled.disabled():
+        yield

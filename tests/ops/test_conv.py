@@ -71,7 +71,7 @@ def make_inputs(cfg: dict, dtype=torch.float64, seed: int = 0):
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
-def test_conv_matches_torch_float64(chunk):
+def test_conv_matches_torch_float64(chunk, conv_route):
     rng = random.Random(1000 + chunk)
     for i in range(CONFIGS_PER_CHUNK):
         cfg = random_conv_config(rng)
@@ -80,9 +80,25 @@ def test_conv_matches_torch_float64(chunk):
                  make_inputs(cfg, seed=i), rtol=1e-10, context=f"config {cfg}")
 
 
+def direct(cfg: dict) -> bool:
+    """Whether a training step of ``cfg`` takes the compiled loops (conv._direct_loops)."""
+    from cnnlab.ops import conv
+    from cnnlab.ops.shapes import as_tuple, conv_padding
+
+    d, kw = cfg["dims"], cfg["kwargs"]
+    dilation, stride = as_tuple(kw["dilation"], d, "dilation"), as_tuple(kw["stride"], d, "stride")
+    x, w, _ = make_inputs(cfg)
+    x = x if not cfg["unbatched"] else x.unsqueeze(0)
+    return conv._direct_loops(x, w, cfg["kernel"], stride, conv_padding(kw["padding"], cfg["kernel"], dilation, stride),
+                              dilation, cfg["groups"]) is not None
+
+
 @pytest.mark.parametrize("seed", range(40))
-def test_conv_float32_within_float32_tolerance(seed):
-    cfg = random_conv_config(random.Random(seed))
+def test_conv_float32_within_float32_tolerance(seed, conv_route):
+    rng = random.Random(seed)
+    cfg = random_conv_config(rng)
+    while conv_route == "compiled" and not direct(cfg):
+        cfg = random_conv_config(rng)  # one the compiled loops take
     d, kw = cfg["dims"], cfg["kwargs"]
     check_op(lambda x, w, b: OURS[d](x, w, b, **kw), lambda x, w, b: THEIRS[d](x, w, b, **kw),
              make_inputs(cfg, torch.float32, seed), rtol=2e-5, context=f"config {cfg}")
@@ -146,6 +162,7 @@ def test_conv_output_size_formula():
         ops.conv_output_size(2, 5)
 
 
+@pytest.mark.usefixtures("tensor_routes")
 @pytest.mark.parametrize("chunk", range(4))
 def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
     """Wide, stride-1 layers on large maps take the window-free layout (ShiftedConvNd): sweep it."""
@@ -171,6 +188,7 @@ def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
     assert taken >= 10  # the sweep does exercise that layout (about half of its configurations)
 
 
+@pytest.mark.usefixtures("tensor_routes")
 def test_per_tap_products_only_in_training(monkeypatch):
     """The per-tap layout (ShiftedConvNd) was measured faster forward + backward; the forward pass alone is
     faster through the window matrix, so inference (no grad, or inputs that need none) takes that; both
@@ -191,6 +209,7 @@ def test_per_tap_products_only_in_training(monkeypatch):
     assert taken
 
 
+@pytest.mark.usefixtures("tensor_routes")
 @pytest.mark.parametrize("chunk", range(2))
 def test_pointwise_convolutions_match_torch_in_both_layouts(chunk, monkeypatch):
     """1x1 (1, 1x1x1) stride-1 unpadded layers with 8 or more input channels take PointwiseConvNd (one
@@ -231,6 +250,7 @@ def test_pointwise_convolutions_match_torch_in_both_layouts(chunk, monkeypatch):
     assert taken
 
 
+@pytest.mark.usefixtures("tensor_routes")
 @pytest.mark.parametrize("chunk", range(4))
 def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches_torch(chunk, monkeypatch):
     """Stride-1 layers with no more outputs than inputs (DenseNet's growth layers, ResNet's blocks), or up to
@@ -274,6 +294,7 @@ def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches
     assert taken >= 15 and wider >= 5  # most of the sweep takes the path under test, some with more outputs
 
 
+@pytest.mark.usefixtures("tensor_routes")
 @pytest.mark.parametrize("chunk", range(3))
 def test_window_matrix_built_block_by_block_matches_torch(chunk, monkeypatch):
     """Large layers build the window matrix a block of samples at a time (forward, and again in the
@@ -300,6 +321,7 @@ def test_window_matrix_built_block_by_block_matches_torch(chunk, monkeypatch):
     assert sum(n > 1 for n in blocks) >= 60  # forward and backward of most configurations went through several blocks
 
 
+@pytest.mark.usefixtures("tensor_routes")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels", [(64, 12), (128, 24), (36, 12)])
 def test_weight_gradient_of_wide_narrow_layers_matches_torch(dtype, channels, monkeypatch):
@@ -324,6 +346,7 @@ def test_weight_gradient_of_wide_narrow_layers_matches_torch(dtype, channels, mo
     assert by_onednn == (0 if c == 36 else 3)
 
 
+@pytest.mark.usefixtures("tensor_routes")
 def test_window_blocks_fit_the_budget_and_cover_the_batch(monkeypatch):
     from cnnlab.ops import conv
 
@@ -334,6 +357,7 @@ def test_window_blocks_fit_the_budget_and_cover_the_batch(monkeypatch):
     assert conv._sample_blocks(windows) == [(0, 10)]
 
 
+@pytest.mark.usefixtures("tensor_routes")
 def test_few_channel_convolutions_in_channels_last_match_torch_float64():
     """Fewer than 8 input channels (a network's first layer) in the training layout: with 16 or more
     outputs the result is produced channels-last directly and grad_w read from a channels-last
@@ -358,6 +382,7 @@ def test_few_channel_convolutions_in_channels_last_match_torch_float64():
             assert ours.is_contiguous(memory_format=layout) == theirs.is_contiguous(memory_format=layout)
 
 
+@pytest.mark.usefixtures("tensor_routes")
 def test_pointwise_convolutions_of_channels_last_inputs_read_the_input_in_place(monkeypatch):
     """A 1x1 stride-1 convolution of a channels-last input (PointwiseConvNd) multiplies the input's own
     memory: the forward product's operand is x's storage, not a copy. Values and gradients against torch."""
@@ -394,6 +419,7 @@ def test_input_gradient_route_follows_the_measured_shapes():
     assert not _transposed_by_convolution(512, 512, ones, ((1, 1), (1, 1)), ones, (3, 3), 32, 32)  # a tiny map
 
 
+@pytest.mark.usefixtures("tensor_routes")
 @pytest.mark.parametrize("chunk", range(3))
 def test_convolution_through_the_dft_matches_torch_float64(chunk):
     """FourierConv2d on its own, over every geometry it accepts: strides, dilations, uneven padding,
@@ -424,6 +450,7 @@ def test_convolution_through_the_dft_matches_torch_float64(chunk):
                  context=f"x {tuple(x.shape)} w {tuple(w.shape)} stride {stride} pads {pads} dilation {dilation} needs {needs}")
 
 
+@pytest.mark.usefixtures("tensor_routes")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_large_kernels_and_small_maps_take_the_dft_route(dtype, monkeypatch):
     """In training, conv2d sends stride-1 layers with 25 taps or more and at least 3 input channels, and
@@ -466,6 +493,7 @@ def test_large_kernels_and_small_maps_take_the_dft_route(dtype, monkeypatch):
         assert not conv._use_fourier(torch.zeros(1, 8, 9, 9), w, (5, 5), (1, 1), (1, 1), 1)
 
 
+@pytest.mark.usefixtures("tensor_routes")
 def test_dft_float32_error_is_no_larger_than_torchs_own():
     """In float32 the DFT route's error against the float64 truth (largest and RMS, relative to the
     largest and RMS value) stays within torch's own float32 convolution's, for the output, grad_x and

@@ -58,6 +58,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import compiled_conv
 from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
 from .fourier import FourierConv2d
 from .products import mm_nt
@@ -488,6 +489,7 @@ SHIFTED_MAX_WASTE = 2.0
 # layer's output in training and in inference agree to rounding (1e-16 relative in float64, about 1e-7
 # in float32), not bit for bit.
 FOURIER_MIN_TAPS = 25
+DIRECT_FOURIER_MAX_MAP = 16  # 5x5+ kernels on maps this small stay with the DFT in training (see _direct_loops)
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
 FOURIER_SMALL_MAP_MIN_CHANNELS = 8  # ... at least this many input channels ...
@@ -517,6 +519,24 @@ def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation
     (low, high), (tiny, tiny_batch), n = FOURIER_SMALL_MAP, FOURIER_TINY_MAP, x.shape[0]
     return ((n >= FOURIER_SMALL_MAP_MIN_BATCH and all(low <= m <= high for m in x.shape[2:]))
             or (n >= tiny_batch and min(x.shape[2:]) == tiny and max(x.shape[2:]) <= high))
+
+
+def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int):
+    """The compiled loops' functions (``compiled_conv.kernels``) where they take the layer, else None: groups 1,
+    stride 1, more than one tap, no border wider than the kernel's reach (the input gradient pads by
+    (k-1)*d - p), and not where a tensor route measured faster in training: 25+ taps on maps of at most
+    DIRECT_FOURIER_MAX_MAP px with 3+ channels (the DFT), fewer than PLANAR_MAX_CHANNELS input channels
+    (the channels-first window matrix)."""
+    if (groups != 1 or any(s != 1 for s in stride) or math.prod(kernel) == 1 or torch.compiler.is_compiling()
+            or any(max(lo, hi) > d * (k - 1) for (lo, hi), k, d in zip(pads, kernel, dilation))):
+        return None
+    if _training(x, weight):
+        if x.shape[1] < PLANAR_MAX_CHANNELS:
+            return None
+        if (FOURIER_MIN_TAPS is not None and math.prod(kernel) >= FOURIER_MIN_TAPS and max(x.shape[2:]) <= DIRECT_FOURIER_MAX_MAP
+                and _use_fourier(x, weight, kernel, stride, dilation, groups)):
+            return None
+    return compiled_conv.kernels(x)
 
 
 def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int) -> bool:
@@ -747,7 +767,10 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
         out = x.new_zeros((0, weight.shape[0], *out_size)) + 0 * link
         return out.squeeze(0) if unbatched else out
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        if _use_fourier(x, weight, kernel, stride, dilation, groups):
+        direct = _direct_loops(x, weight, kernel, stride, pads, dilation, groups)
+        if direct is not None:
+            out = compiled_conv.DirectConvNd.apply(direct, x, weight, bias, pads, dilation)
+        elif _use_fourier(x, weight, kernel, stride, dilation, groups):
             out = FourierConv2d.apply(x, weight, bias, stride, pads, dilation)
         elif _use_pointwise(x, kernel, stride, pads, groups):
             out = PointwiseConvNd.apply(x, weight, bias)
