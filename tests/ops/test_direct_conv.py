@@ -1,0 +1,159 @@
+"""The compiled direct convolution (ops/compiled_conv.py, csrc/direct_conv.c) against torch in float64:
+values and every gradient over random geometries, its float32 error, its thread independence, and which
+layers ops.conv1d/2d/3d send to it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+from cnnlab.ops import compiled, compiled_conv, conv
+
+from helpers import check_op, max_rel_error
+
+THEIRS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@pytest.fixture(autouse=True)
+def loops():
+    if compiled.library("direct_conv") is None:
+        if compiled._compiler() is not None:  # a machine with a compiler must build them
+            pytest.fail(compiled.status("direct_conv"))
+        pytest.skip(compiled.status("direct_conv"))
+
+
+def direct(x, w, b, pads, dilation):
+    return compiled_conv.DirectConvNd.apply(compiled_conv.kernels(x), x, w, b, pads, dilation)
+
+
+def random_case(rng: random.Random, dtype=torch.float64):
+    """A random stride-1 convolution the loops accept: 1-3 spatial axes, any channel counts (the output
+    channels' last vector group partly filled: 1-70 channels), dilation, borders up to the kernel's reach
+    on either side, either layout, with or without bias, and any subset of inputs asking for gradients."""
+    dims = rng.choice([1, 2, 2, 3])
+    kernel = [rng.randint(1, 3 if dims == 3 else 5) for _ in range(dims)]
+    if all(k == 1 for k in kernel):
+        kernel[0] = 2
+    dilation = tuple(rng.randint(1, 2) for _ in range(dims))
+    pads = tuple((rng.randint(0, d * (k - 1)), rng.randint(0, d * (k - 1))) for k, d in zip(kernel, dilation))
+    spatial = [max(1, d * (k - 1) + 1 - lo - hi) + rng.randint(0, 9 if dims < 3 else 4)
+               for k, d, (lo, hi) in zip(kernel, dilation, pads)]
+    n, c, o = rng.randint(1, 4), rng.choice([1, 2, 3, 5, 8, 13, 16, 17, 33]), rng.randint(1, 70)
+    x = torch.randn(n, c, *spatial, dtype=dtype)
+    if dims == 2 and rng.random() < 0.5:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(o, c, *kernel, dtype=dtype)
+    b = torch.randn(o, dtype=dtype) if rng.random() < 0.7 else None
+    for t in (x, w, b):
+        if t is not None and rng.random() < 0.8:
+            t.requires_grad_()
+    return dims, x, w, b, pads, dilation
+
+
+def theirs(dims, pads, dilation):
+    """torch's convolution with the (before, after) borders given as an explicit padding of the input."""
+    flat = [p for lo_hi in reversed(pads) for p in lo_hi]
+    return lambda x, w, b: THEIRS[dims](F.pad(x, flat), w, b, dilation=dilation)
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_direct_convolution_matches_torch_float64(chunk):
+    rng = random.Random(4000 + chunk)
+    for i in range(50):
+        dims, x, w, b, pads, dilation = random_case(rng)
+        check_op(lambda x, w, b: direct(x, w, b, pads, dilation), theirs(dims, pads, dilation), [x, w, b], rtol=1e-10,
+                 context=f"x {tuple(x.shape)} w {tuple(w.shape)} bias {b is not None} pads {pads} dilation {dilation}")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_direct_convolution_float32_within_float32_tolerance(seed):
+    dims, x, w, b, pads, dilation = random_case(random.Random(seed), torch.float32)
+    check_op(lambda x, w, b: direct(x, w, b, pads, dilation), theirs(dims, pads, dilation), [x, w, b], rtol=2e-5)
+
+
+def test_direct_convolution_on_zoo_sized_layers_matches_torch_float64():
+    """Blocks of many rows, every register layout (1, 2 and 4 vectors of output channels), several samples
+    per part of the weight gradient's sum."""
+    torch.manual_seed(0)
+    for n, c, o, size, k in [(20, 16, 32, 14, 3), (9, 64, 64, 7, 3), (3, 12, 16, 28, 5), (17, 24, 12, 9, 3)]:
+        x = torch.randn(n, c, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = torch.randn(o, c, k, k, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(o, dtype=torch.float64, requires_grad=True)
+        p = k // 2
+        check_op(lambda x, w, b: direct(x, w, b, ((p, p), (p, p)), (1, 1)),
+                 lambda x, w, b: F.conv2d(x, w, b, padding=p), [x, w, b], rtol=1e-10, context=f"{n}x{c}x{size} -> {o}")
+
+
+def test_direct_convolution_does_not_depend_on_the_thread_count():
+    """Each output is summed by one thread in a fixed order, and the weight gradient's parts are fixed by
+    the batch (not the threads) and added in order: bit-identical results for 1, 2 and 3 threads."""
+    torch.manual_seed(0)
+    x = torch.randn(13, 16, 11, 11).requires_grad_()
+    w = torch.randn(40, 16, 3, 3, requires_grad=True)
+    g = torch.randn(13, 40, 11, 11)
+    threads, results = torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            y = direct(x, w, None, ((1, 1), (1, 1)), (1, 1))
+            results.append((y, *torch.autograd.grad(y, (x, w), g)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_direct_convolution_second_derivatives_match_torch():
+    """create_graph differentiates the reference form: a gradient penalty's gradient equals torch's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def penalty_grads(fn):
+        y = fn(x, w)
+        (gx,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+        return torch.autograd.grad((gx ** 2).sum(), (x, w))
+
+    ours = penalty_grads(lambda x, w: direct(x, w, None, ((1, 1), (1, 1)), (1, 1)))
+    expected = penalty_grads(lambda x, w: F.conv2d(x, w, padding=1))
+    for a, b in zip(ours, expected):
+        assert max_rel_error(a, b) < 1e-10
+
+
+def test_layers_taking_the_direct_loops(monkeypatch):
+    """conv2d sends stride-1, one-group layers with more than one tap to the loops, in training from 8 input
+    channels (fewer: the channels-first window matrix) and except 5x5+ kernels on maps up to 16 px (the DFT);
+    in evaluation all of them. Stride 2, groups, 1x1 kernels, borders past the kernel's reach, half precision
+    and compiled.disabled() keep the tensor routes."""
+    taken = []
+    apply = compiled_conv.DirectConvNd.apply
+    monkeypatch.setattr(compiled_conv.DirectConvNd, "apply", lambda *args: taken.append(1) or apply(*args))
+
+    def routed(x_shape, w_shape, grad=True, dtype=torch.float32, **kwargs):
+        taken.clear()
+        x = torch.randn(*x_shape, dtype=dtype)
+        w = torch.randn(*w_shape, dtype=dtype, requires_grad=grad)
+        ops.conv2d(x, w, **kwargs)
+        return bool(taken)
+
+    assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1)
+    assert routed((2, 8, 28, 28), (16, 8, 3, 3), padding=1, dilation=2)
+    assert routed((2, 3, 28, 28), (16, 3, 3, 3), grad=False, padding=1)  # evaluation: any channel count
+    assert not routed((2, 3, 28, 28), (16, 3, 3, 3), padding=1)  # training, 3 channels: channels-first windows
+    assert not routed((2, 6, 14, 14), (16, 6, 5, 5))  # 5x5 on 14 px: the DFT
+    assert routed((2, 32, 28, 28), (64, 32, 5, 5), padding=2)  # 5x5 on 28 px
+    assert routed((2, 6, 14, 14), (16, 6, 5, 5), grad=False)
+    assert not routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1, stride=2)
+    assert not routed((2, 16, 14, 14), (32, 8, 3, 3), padding=1, groups=2)
+    assert not routed((2, 16, 14, 14), (32, 16, 1, 1))
+    assert not routed((2, 16, 14, 14), (32, 16, 3, 3), padding=3)  # border wider than the kernel reaches
+    assert not routed((2, 16, 14, 14), (32, 16, 3, 3), dtype=torch.float16, padding=1)
+    with compiled.disabled():
+        assert not routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1)
+    assert conv._direct_loops(torch.zeros(2, 16, 5, 5), torch.zeros(4, 16, 3, 3), (3, 3), (1, 1), ((1, 1),) * 2,
+                              (1, 1), 1) is not None
