@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
-from cnnlab.ops import compiled, compiled_conv, conv
+from cnnlab.ops import compiled, compiled_conv
 
 from helpers import check_op, max_rel_error
 
@@ -26,20 +26,23 @@ def loops():
         pytest.skip(compiled.status("direct_conv"))
 
 
-def direct(x, w, b, pads, dilation):
-    return compiled_conv.DirectConvNd.apply(compiled_conv.kernels(x), x, w, b, pads, dilation)
+def direct(x, w, b, pads, dilation, stride=None):
+    stride = stride or (1,) * (x.dim() - 2)
+    return compiled_conv.DirectConvNd.apply(compiled_conv.kernels(x), x, w, b, stride, pads, dilation)
 
 
 def random_case(rng: random.Random, dtype=torch.float64):
-    """A random stride-1 convolution the loops accept: 1-3 spatial axes, any channel counts (the output
-    channels' last vector group partly filled: 1-70 channels), dilation, borders up to the kernel's reach
-    on either side, either layout, with or without bias, and any subset of inputs asking for gradients."""
+    """A random convolution of one group: 1-3 spatial axes, stride 1-3, dilation, borders of 0-3 on either
+    side (past the kernel's reach too), any channel counts (the output channels' last vector group partly
+    filled: 1-70 channels), either layout, with or without bias, and any subset of inputs asking for
+    gradients."""
     dims = rng.choice([1, 2, 2, 3])
     kernel = [rng.randint(1, 3 if dims == 3 else 5) for _ in range(dims)]
     if all(k == 1 for k in kernel):
         kernel[0] = 2
     dilation = tuple(rng.randint(1, 2) for _ in range(dims))
-    pads = tuple((rng.randint(0, d * (k - 1)), rng.randint(0, d * (k - 1))) for k, d in zip(kernel, dilation))
+    stride = tuple(rng.choice([1, 1, 2, 3]) for _ in range(dims))
+    pads = tuple((rng.randint(0, 3), rng.randint(0, 3)) for _ in range(dims))
     spatial = [max(1, d * (k - 1) + 1 - lo - hi) + rng.randint(0, 9 if dims < 3 else 4)
                for k, d, (lo, hi) in zip(kernel, dilation, pads)]
     n, c, o = rng.randint(1, 4), rng.choice([1, 2, 3, 5, 8, 13, 16, 17, 33]), rng.randint(1, 70)
@@ -51,28 +54,30 @@ def random_case(rng: random.Random, dtype=torch.float64):
     for t in (x, w, b):
         if t is not None and rng.random() < 0.8:
             t.requires_grad_()
-    return dims, x, w, b, pads, dilation
+    return dims, x, w, b, stride, pads, dilation
 
 
-def theirs(dims, pads, dilation):
+def theirs(dims, stride, pads, dilation):
     """torch's convolution with the (before, after) borders given as an explicit padding of the input."""
     flat = [p for lo_hi in reversed(pads) for p in lo_hi]
-    return lambda x, w, b: THEIRS[dims](F.pad(x, flat), w, b, dilation=dilation)
+    return lambda x, w, b: THEIRS[dims](F.pad(x, flat), w, b, stride=stride, dilation=dilation)
 
 
 @pytest.mark.parametrize("chunk", range(4))
 def test_direct_convolution_matches_torch_float64(chunk):
     rng = random.Random(4000 + chunk)
-    for i in range(50):
-        dims, x, w, b, pads, dilation = random_case(rng)
-        check_op(lambda x, w, b: direct(x, w, b, pads, dilation), theirs(dims, pads, dilation), [x, w, b], rtol=1e-10,
-                 context=f"x {tuple(x.shape)} w {tuple(w.shape)} bias {b is not None} pads {pads} dilation {dilation}")
+    for _ in range(50):
+        dims, x, w, b, stride, pads, dilation = random_case(rng)
+        check_op(lambda x, w, b: direct(x, w, b, pads, dilation, stride), theirs(dims, stride, pads, dilation), [x, w, b],
+                 rtol=1e-10, context=f"x {tuple(x.shape)} w {tuple(w.shape)} bias {b is not None} stride {stride} "
+                                     f"pads {pads} dilation {dilation}")
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_direct_convolution_float32_within_float32_tolerance(seed):
-    dims, x, w, b, pads, dilation = random_case(random.Random(seed), torch.float32)
-    check_op(lambda x, w, b: direct(x, w, b, pads, dilation), theirs(dims, pads, dilation), [x, w, b], rtol=2e-5)
+    dims, x, w, b, stride, pads, dilation = random_case(random.Random(seed), torch.float32)
+    check_op(lambda x, w, b: direct(x, w, b, pads, dilation, stride), theirs(dims, stride, pads, dilation), [x, w, b],
+             rtol=2e-5)
 
 
 def test_direct_convolution_on_zoo_sized_layers_matches_torch_float64():
@@ -126,10 +131,9 @@ def test_direct_convolution_second_derivatives_match_torch():
 
 
 def test_layers_taking_the_direct_loops(monkeypatch):
-    """conv2d sends stride-1, one-group layers with more than one tap to the loops, in training from 8 input
-    channels (fewer: the channels-first window matrix) and except 5x5+ kernels on maps up to 16 px (the DFT);
-    in evaluation all of them. Stride 2, groups, 1x1 kernels, borders past the kernel's reach, half precision
-    and compiled.disabled() keep the tensor routes."""
+    """conv2d sends layers of one group with more than one tap and 3 or more input channels to the loops, at
+    any stride, except in training 5x5+ kernels with 64+ input channels (the DFT). One input channel, groups,
+    1x1 kernels, half precision and compiled.disabled() keep the tensor routes."""
     taken = []
     apply = compiled_conv.DirectConvNd.apply
     monkeypatch.setattr(compiled_conv.DirectConvNd, "apply", lambda *args: taken.append(1) or apply(*args))
@@ -142,18 +146,17 @@ def test_layers_taking_the_direct_loops(monkeypatch):
         return bool(taken)
 
     assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1)
+    assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1, stride=2)
     assert routed((2, 8, 28, 28), (16, 8, 3, 3), padding=1, dilation=2)
-    assert routed((2, 3, 28, 28), (16, 3, 3, 3), grad=False, padding=1)  # evaluation: any channel count
-    assert not routed((2, 3, 28, 28), (16, 3, 3, 3), padding=1)  # training, 3 channels: channels-first windows
-    assert not routed((2, 6, 14, 14), (16, 6, 5, 5))  # 5x5 on 14 px: the DFT
-    assert routed((2, 32, 28, 28), (64, 32, 5, 5), padding=2)  # 5x5 on 28 px
-    assert routed((2, 6, 14, 14), (16, 6, 5, 5), grad=False)
-    assert not routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1, stride=2)
+    assert routed((2, 3, 28, 28), (16, 3, 3, 3), padding=1)
+    assert routed((2, 6, 14, 14), (16, 6, 5, 5))
+    assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=3)  # a border past the kernel's reach
+    assert not routed((2, 64, 12, 12), (16, 64, 5, 5), padding=2)  # training, 5x5, 64 channels: the DFT
+    assert routed((2, 64, 12, 12), (16, 64, 5, 5), grad=False, padding=2)  # evaluation
+    assert not routed((2, 1, 28, 28), (16, 1, 3, 3), padding=1)  # one channel: channels-first windows
+    assert not routed((2, 1, 28, 28), (16, 1, 3, 3), grad=False, padding=1)
     assert not routed((2, 16, 14, 14), (32, 8, 3, 3), padding=1, groups=2)
     assert not routed((2, 16, 14, 14), (32, 16, 1, 1))
-    assert not routed((2, 16, 14, 14), (32, 16, 3, 3), padding=3)  # border wider than the kernel reaches
     assert not routed((2, 16, 14, 14), (32, 16, 3, 3), dtype=torch.float16, padding=1)
     with compiled.disabled():
         assert not routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1)
-    assert conv._direct_loops(torch.zeros(2, 16, 5, 5), torch.zeros(4, 16, 3, 3), (3, 3), (1, 1), ((1, 1),) * 2,
-                              (1, 1), 1) is not None

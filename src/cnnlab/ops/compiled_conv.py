@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 
 import torch
@@ -41,21 +42,21 @@ __all__ = ["DirectConvNd", "kernels"]
 
 _FLOAT = {torch.float32: "f32", torch.float64: "f64"}
 VECTOR_BYTES = 64  # the C loops' vectors (csrc/direct_conv_body.h)
-SLACK_POSITIONS = 16  # a block of output positions reads up to 14 positions past its sample's plane
+TAIL = 64  # zeros after a padded buffer (_padded)
 
 
 class ConvShape(ctypes.Structure):
     """A convolution's sizes as ``csrc/direct_conv.c`` reads them (spatial sizes padded to 3-D with leading 1s)."""
 
     _fields_ = [("n", ctypes.c_int64), ("c", ctypes.c_int64), ("o", ctypes.c_int64), ("taps", ctypes.c_int64)] + [
-        (name, ctypes.c_int64 * 3) for name in ("size_in", "size_out", "g_in", "g_lo")]
+        (name, ctypes.c_int64 * 3) for name in ("size_in", "size_out", "stride", "g_in", "g_lo")]
 
     @classmethod
-    def of(cls, n: int, c: int, o: int, taps: int, size_in, size_out, g_in=(1,), g_lo=(0,)) -> ConvShape:
+    def of(cls, n: int, c: int, o: int, taps: int, size_in, size_out, stride, g_in=(1,), g_lo=(0,)) -> ConvShape:
         def three(v, fill):
             return (ctypes.c_int64 * 3)(*([fill] * (3 - len(v)) + list(v)))
 
-        return cls(n, c, o, taps, three(size_in, 1), three(size_out, 1), three(g_in, 1), three(g_lo, 0))
+        return cls(n, c, o, taps, three(size_in, 1), three(size_out, 1), three(stride, 1), three(g_in, 1), three(g_lo, 0))
 
 
 @functools.cache
@@ -82,12 +83,10 @@ def _lanes(dtype: torch.dtype) -> int:
 
 
 def _vectors(o: int, lanes: int) -> int:
-    """Vectors of output channels per register block: 4 (6 positions a block) where the channels fill
-    them, else 2 (12 positions), else 1 (14 positions) for at most one vector's worth of channels.
-    Measured forward, 2 threads: 64 channels at 7 px 4 vectors 0.89 of 2, 32 channels at 14 px 2
-    vectors 0.90 of 1, 16 channels 1 vector 0.58 of 2."""
-    if o % (4 * lanes) == 0:
-        return 4
+    """Vectors of output channels per block of the forward loops: 2, or 1 for at most one vector's worth of
+    channels (16 float32 channels on 2 vectors: 0.75 of the speed, on 1 vector none computed for nothing).
+    Forward alone, 2 threads, blocks of 7 outputs, against torch: 2 vectors 0.65-1.07 of its time on six
+    zoo layers (16-128 channels), 4 vectors 0.69-2.08 (spilling registers), 1 vector 0.81-1.36."""
     return 1 if o <= lanes else 2
 
 
@@ -113,12 +112,13 @@ def _padded_bias(bias: torch.Tensor | None, vectors: int, lanes: int) -> torch.T
 
 def _padded(x: torch.Tensor, pads: Pads, slot: str | None = None) -> torch.Tensor:
     """``x`` (N, C, *S) copied into a zero-bordered channels-last buffer (N, *S_pad, C), followed in memory
-    by SLACK_POSITIONS positions and a vector of zeros (read past by the last blocks, never used). With
-    ``slot``, in reused scratch memory (for a buffer that is not kept past the call)."""
+    by TAIL zeros (the weight gradient's blocks of 8 input channels and 1-2 vectors of output channels read
+    up to 7 and 31 values past the last position; what those reads feed is dropped). With ``slot``, in
+    reused scratch memory (for a buffer that is not kept past the call)."""
     n, c, *spatial = x.shape
     padded = [s + lo + hi for s, (lo, hi) in zip(spatial, pads)]
     size = n * math.prod(padded) * c
-    total = size + SLACK_POSITIONS * c + VECTOR_BYTES
+    total = size + TAIL
     flat = scratch(slot, (total,), x) if slot else x.new_empty(total)
     out = flat[:size].view(n, *padded, c)
     for axis, (s, (lo, hi)) in enumerate(zip(spatial, pads)):  # the border only
@@ -132,77 +132,130 @@ def _padded(x: torch.Tensor, pads: Pads, slot: str | None = None) -> torch.Tenso
     return out
 
 
-def _offsets(kernel, dilation, padded) -> torch.Tensor:
-    """Each kernel tap's offset in a sample's flattened padded positions, scan order."""
-    from .conv import _tap_offsets
+@functools.lru_cache(maxsize=1024)
+def _flat_offsets(taps: tuple[tuple[int, ...], ...], padded: tuple[int, ...]) -> torch.Tensor:
+    """Each tap's offset (a position per axis in the padded grid) as a flat position in it."""
+    row_strides = [math.prod(padded[a + 1 :]) for a in range(len(padded))]
+    return torch.tensor([sum(t * r for t, r in zip(tap, row_strides)) for tap in taps], dtype=torch.int64)
 
-    return torch.tensor(_tap_offsets(kernel, dilation, padded), dtype=torch.int64)
+
+def _tap_positions(kernel, dilation) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(k * d for k, d in zip(tap, dilation)) for tap in itertools.product(*(range(k) for k in kernel)))
 
 
-def _correlate(forward, xp: torch.Tensor, weight: torch.Tensor, bias, out_size, kernel, dilation) -> torch.Tensor:
-    """The forward loops: xp (N, *S_pad, C) correlated with weight (O, C, *K) -> (N, *S_out, O)."""
+def _correlate(forward, xp: torch.Tensor, weight: torch.Tensor, bias, out_size, taps, stride) -> torch.Tensor:
+    """The forward loops: xp (N, *S_pad, C) correlated with weight (O, C, T) at tap positions ``taps`` (a
+    position per axis in xp's grid) and ``stride`` -> (N, *S_out, O)."""
     n, *padded, c = xp.shape
     o, lanes = weight.shape[0], _lanes(xp.dtype)
     vectors = _vectors(o, lanes)
     w = _packed(weight, vectors, lanes)
     b = _padded_bias(bias, vectors, lanes)
-    offsets = _offsets(kernel, dilation, padded)
+    offsets = _flat_offsets(taps, tuple(padded))
     y = xp.new_empty((n, *out_size, o))
-    shape = ConvShape.of(n, c, o, len(offsets), padded, out_size)
+    shape = ConvShape.of(n, c, o, len(taps), padded, out_size, stride)
     forward(xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
             offsets.data_ptr(), vectors, torch.get_num_threads())
     return y
 
 
+def _phases(kernel, stride, dilation, pads: Pads, size_in, size_out):
+    """The input gradient of a strided correlation as s_1 * ... * s_d stride-1 correlations of the output
+    gradient, one per phase of the input positions (i = s*m + phi on each axis): input i takes output
+    i' = (i + lo - k*d) / s from tap k where that divides, so phase phi is a correlation over m with the
+    taps k where (phi + lo - k*d) % s == 0, each at output offset e_k = (phi + lo - k*d) // s.
+
+    Returns (g_pads, phases): the border of the output gradient that every phase reads inside (e_k may be
+    negative, or reach past its end), and per phase (phi, size, taps, positions): its outputs' count per
+    axis, its kernel taps (flat indices into the kernel) and their positions in the bordered gradient."""
+    per_axis, g_pads = [], []
+    for k, s, d, (lo, _), n, out in zip(kernel, stride, dilation, pads, size_in, size_out):
+        axis = []
+        for phi in range(s):
+            taps = [(t, (phi + lo - t * d) // s) for t in range(k) if (phi + lo - t * d) % s == 0]
+            axis.append((phi, -(-(n - phi) // s), taps))
+        e = [e for _, _, taps in axis for _, e in taps]
+        reach = [m - 1 + e for _, m, taps in axis for _, e in taps if m > 0]
+        g_pads.append((max(0, -min(e, default=0)), max(0, max(reach, default=0) - (out - 1))))
+        per_axis.append(axis)
+    phases = []
+    for combo in itertools.product(*per_axis):
+        phi = tuple(p for p, _, _ in combo)
+        size = tuple(m for _, m, _ in combo)
+        taps, positions = [], []
+        for tap in itertools.product(*(taps for _, _, taps in combo)):
+            taps.append(sum(t * math.prod(kernel[a + 1 :]) for a, (t, _) in enumerate(tap)))
+            positions.append(tuple(e + lo for (_, e), (lo, _) in zip(tap, g_pads)))
+        phases.append((phi, size, tuple(taps), tuple(positions)))
+    return tuple(g_pads), phases
+
+
 class DirectConvNd(torch.autograd.Function):
-    """Stride-1 cross-correlation (groups 1) by the compiled loops ``functions`` (``kernels(x)``)."""
+    """Cross-correlation of one group by the compiled loops ``functions`` (``kernels(x)``), any stride."""
 
     @staticmethod
-    def forward(ctx, functions, x, weight, bias, pads: Pads, dilation):
+    def forward(ctx, functions, x, weight, bias, stride, pads: Pads, dilation):
         forward, ctx.weight_grad = functions
         kernel = tuple(weight.shape[2:])
-        xp = _padded(x, pads, slot=None if ctx.needs_input_grad[2] else "conv.direct_input")  # kept for grad_w
+        xp = _padded(x, pads, slot=None if ctx.needs_input_grad[2] else "conv.direct_input")
         padded = xp.shape[1:-1]
-        out_size = tuple(p - d * (k - 1) for p, k, d in zip(padded, kernel, dilation))
-        y = _correlate(forward, xp, weight, bias, out_size, kernel, dilation)
+        out_size = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride))
+        y = _correlate(forward, xp, weight.reshape(*weight.shape[:2], -1), bias, out_size, _tap_positions(kernel, dilation),
+                       stride)
         ctx.forward_loop = forward
-        ctx.geometry = (pads, dilation, kernel, out_size)
-        ctx.save_for_backward(x, weight, bias, xp if ctx.needs_input_grad[2] else None)
+        ctx.geometry = (stride, pads, dilation, kernel, out_size)
+        ctx.save_for_backward(x, weight, bias, xp if ctx.needs_input_grad[2] else None)  # xp: kept for grad_w
         return unviewed(y.movedim(-1, 1))  # (N, O, *S_out), channels-last; nothing saved shares it
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
-        pads, dilation, kernel, out_size = ctx.geometry
+        stride, pads, dilation, kernel, out_size = ctx.geometry
         from .conv import _like, laid_out_like_torch, reference_conv
 
         if wants_graph():
-            ones = (1,) * len(kernel)
-            grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, ones, pads, dilation, 1), (x, weight, bias),
+            grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, 1), (x, weight, bias),
                                    ctx.needs_input_grad[1:4], grad_out)
-            return (None, *grads, None, None)
-        # The output gradient bordered so that correlating it with the flipped kernel gives grad_input.
-        g_pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi) for k, d, (lo, hi) in zip(kernel, dilation, pads))
+            return (None, *grads, None, None, None)
+        g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
         gp = _padded(grad_out, g_pads, slot="conv.direct_grad")
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
-            flipped = weight.flip(tuple(range(2, weight.dim()))).transpose(0, 1)  # (C, O, *K)
-            grad_x = _correlate(ctx.forward_loop, gp, flipped, None, x.shape[2:], kernel, dilation).movedim(-1, 1)
+            grad_x = _input_grad(ctx.forward_loop, gp, weight, x.shape, stride, phases)
         if ctx.needs_input_grad[2]:
-            grad_w = _like(_weight_grad(ctx.weight_grad, xp, gp, weight, kernel, dilation, out_size, g_pads), weight)
+            grad_w = _like(_weight_grad(ctx.weight_grad, xp, gp, weight, kernel, dilation, stride, out_size, g_pads), weight)
         if ctx.needs_input_grad[3]:
             grad_b = channel_sums(grad_out)
-        return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None
+        return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None
 
 
-def _weight_grad(loop, xp, gp, weight, kernel, dilation, out_size, g_pads) -> torch.Tensor:
+def _input_grad(loop, gp: torch.Tensor, weight: torch.Tensor, x_shape, stride, phases) -> torch.Tensor:
+    """grad_x (N, C, *S), channels-last: each phase's correlation of the bordered output gradient gp, placed
+    at its positions (stride 1: one phase, which is the whole of grad_x)."""
+    n, c, *spatial = x_shape
+    ones = (1,) * len(spatial)
+    taps = weight.transpose(0, 1).reshape(c, weight.shape[0], -1)  # (C, O, T): O in, C out
+    if len(phases) == 1:
+        _, size, index, positions = phases[0]
+        return _correlate(loop, gp, taps[..., list(index)], None, size, positions, ones).movedim(-1, 1)
+    grad_x = gp.new_empty((n, *spatial, c))
+    for phi, size, index, positions in phases:
+        place = (slice(None), *(slice(p, None, s) for p, s in zip(phi, stride)))
+        if not index or 0 in size:
+            grad_x[place] = 0
+        else:
+            grad_x[place] = _correlate(loop, gp, taps[..., list(index)], None, size, positions, ones)
+    return grad_x.movedim(-1, 1)
+
+
+def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pads) -> torch.Tensor:
     n, *padded, c = xp.shape
     o, lanes = weight.shape[0], _lanes(xp.dtype)
     vectors = 1 if o <= lanes else 2
-    offsets = _offsets(kernel, dilation, padded)
+    offsets = _flat_offsets(_tap_positions(kernel, dilation), tuple(padded))
     cp, op = -(-c // 8) * 8, -(-o // (lanes * vectors)) * lanes * vectors
     gw = xp.new_empty((len(offsets), cp, op))
-    shape = ConvShape.of(n, c, o, len(offsets), padded, out_size, gp.shape[1:-1], tuple(lo for lo, _ in g_pads))
+    shape = ConvShape.of(n, c, o, len(offsets), padded, out_size, stride, gp.shape[1:-1], tuple(lo for lo, _ in g_pads))
     if loop(xp.data_ptr(), gp.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), vectors,
             torch.get_num_threads()):
         raise MemoryError(f"conv: no memory for the weight gradient's partial sums ({8 * gw.numel()} values)")

@@ -37,14 +37,19 @@ typedef struct {
     int64_t n, c, o, taps;
     int64_t in[3];    /* the padded input's spatial sizes (1-D and 2-D: leading 1s) */
     int64_t out[3];   /* the output's */
+    int64_t stride[3];
     int64_t g_in[3];  /* the weight gradient only: the padded output gradient's sizes ... */
     int64_t g_lo[3];  /* ... and where the output gradient starts inside it */
 } conv_shape;
 
-#define ROWS6(F) F(0) F(1) F(2) F(3) F(4) F(5)
-#define ROWS8(F) ROWS6(F) F(6) F(7)
-#define ROWS12(F) ROWS8(F) F(8) F(9) F(10) F(11)
-#define ROWS14(F) ROWS12(F) F(12) F(13)
+#define ROWS1(F) F(0)
+#define ROWS2(F) ROWS1(F) F(1)
+#define ROWS3(F) ROWS2(F) F(2)
+#define ROWS4(F) ROWS3(F) F(3)
+#define ROWS5(F) ROWS4(F) F(4)
+#define ROWS6(F) ROWS5(F) F(5)
+#define ROWS7(F) ROWS6(F) F(6)
+#define ROWS8(F) ROWS7(F) F(7)
 
 #define BODY "direct_conv_body.h"
 #include "instantiate.h"
