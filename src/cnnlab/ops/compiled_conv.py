@@ -34,7 +34,6 @@ import torch
 
 from . import compiled
 from .autograd import graph_backward, unviewed, wants_graph
-from .scratch import scratch
 from .shapes import Pads
 from .sums import channel_sums
 
@@ -42,7 +41,6 @@ __all__ = ["DirectConvNd", "kernels"]
 
 _FLOAT = {torch.float32: "f32", torch.float64: "f64"}
 VECTOR_BYTES = 64  # the C loops' vectors (csrc/direct_conv_body.h)
-TAIL = 64  # zeros after a padded buffer (_padded)
 
 
 class ConvShape(ctypes.Structure):
@@ -57,6 +55,12 @@ class ConvShape(ctypes.Structure):
             return (ctypes.c_int64 * 3)(*([fill] * (3 - len(v)) + list(v)))
 
         return cls(n, c, o, taps, three(size_in, 1), three(size_out, 1), three(stride, 1), three(g_in, 1), three(g_lo, 0))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(*args) -> ConvShape:
+    """``ConvShape.of(*args)``, made once per geometry (the C loops only read it)."""
+    return ConvShape.of(*args)
 
 
 @functools.cache
@@ -95,6 +99,8 @@ def _packed(weight: torch.Tensor, vectors: int, lanes: int) -> torch.Tensor:
     o, c = weight.shape[:2]
     group = lanes * vectors
     groups = -(-o // group)
+    if o % group == 0:  # one copy
+        return weight.reshape(groups, group, c, -1).permute(0, 3, 2, 1).contiguous()
     taps = weight.reshape(o, c, -1).permute(2, 1, 0)  # (T, C, O)
     packed = weight.new_zeros((taps.shape[0], c, groups * group))
     packed[..., :o] = taps
@@ -102,34 +108,19 @@ def _packed(weight: torch.Tensor, vectors: int, lanes: int) -> torch.Tensor:
 
 
 def _padded_bias(bias: torch.Tensor | None, vectors: int, lanes: int) -> torch.Tensor | None:
-    if bias is None:
-        return None
     group = lanes * vectors
+    if bias is None or (bias.shape[0] % group == 0 and bias.is_contiguous()):
+        return bias
     out = bias.new_zeros(-(-bias.shape[0] // group) * group)
     out[: bias.shape[0]] = bias
     return out
 
 
-def _padded(x: torch.Tensor, pads: Pads, slot: str | None = None) -> torch.Tensor:
-    """``x`` (N, C, *S) copied into a zero-bordered channels-last buffer (N, *S_pad, C), followed in memory
-    by TAIL zeros (the weight gradient's blocks of 8 input channels and 1-2 vectors of output channels read
-    up to 7 and 31 values past the last position; what those reads feed is dropped). With ``slot``, in
-    reused scratch memory (for a buffer that is not kept past the call)."""
-    n, c, *spatial = x.shape
-    padded = [s + lo + hi for s, (lo, hi) in zip(spatial, pads)]
-    size = n * math.prod(padded) * c
-    total = size + TAIL
-    flat = scratch(slot, (total,), x) if slot else x.new_empty(total)
-    out = flat[:size].view(n, *padded, c)
-    for axis, (s, (lo, hi)) in enumerate(zip(spatial, pads)):  # the border only
-        lead = (slice(None),) * (1 + axis)
-        if lo:
-            out[(*lead, slice(0, lo))] = 0
-        if hi:
-            out[(*lead, slice(lo + s, None))] = 0
-    flat[size:].zero_()
-    out[(slice(None), *(slice(lo, lo + s) for s, (lo, _) in zip(spatial, pads)))] = x.movedim(1, -1)
-    return out
+def _padded(x: torch.Tensor, pads: Pads) -> torch.Tensor:
+    """``x`` (N, C, *S) copied into a zero-bordered, contiguous channels-last buffer (N, *S_pad, C)."""
+    flat = [p for lo_hi in reversed(pads) for p in lo_hi]
+    xp = torch.constant_pad_nd(x.movedim(1, -1), [0, 0, *flat])
+    return xp if xp.is_contiguous() else xp.contiguous()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -139,6 +130,7 @@ def _flat_offsets(taps: tuple[tuple[int, ...], ...], padded: tuple[int, ...]) ->
     return torch.tensor([sum(t * r for t, r in zip(tap, row_strides)) for tap in taps], dtype=torch.int64)
 
 
+@functools.lru_cache(maxsize=1024)
 def _tap_positions(kernel, dilation) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(k * d for k, d in zip(tap, dilation)) for tap in itertools.product(*(range(k) for k in kernel)))
 
@@ -153,12 +145,13 @@ def _correlate(forward, xp: torch.Tensor, weight: torch.Tensor, bias, out_size, 
     b = _padded_bias(bias, vectors, lanes)
     offsets = _flat_offsets(taps, tuple(padded))
     y = xp.new_empty((n, *out_size, o))
-    shape = ConvShape.of(n, c, o, len(taps), padded, out_size, stride)
+    shape = _shape(n, c, o, len(taps), tuple(padded), tuple(out_size), tuple(stride))
     forward(xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
             offsets.data_ptr(), vectors, torch.get_num_threads())
     return y
 
 
+@functools.lru_cache(maxsize=1024)
 def _phases(kernel, stride, dilation, pads: Pads, size_in, size_out):
     """The input gradient of a strided correlation as s_1 * ... * s_d stride-1 correlations of the output
     gradient, one per phase of the input positions (i = s*m + phi on each axis): input i takes output
@@ -197,7 +190,7 @@ class DirectConvNd(torch.autograd.Function):
     def forward(ctx, functions, x, weight, bias, stride, pads: Pads, dilation):
         forward, ctx.weight_grad = functions
         kernel = tuple(weight.shape[2:])
-        xp = _padded(x, pads, slot=None if ctx.needs_input_grad[2] else "conv.direct_input")
+        xp = _padded(x, pads)
         padded = xp.shape[1:-1]
         out_size = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride))
         y = _correlate(forward, xp, weight.reshape(*weight.shape[:2], -1), bias, out_size, _tap_positions(kernel, dilation),
@@ -218,7 +211,7 @@ class DirectConvNd(torch.autograd.Function):
                                    ctx.needs_input_grad[1:4], grad_out)
             return (None, *grads, None, None, None)
         g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
-        gp = _padded(grad_out, g_pads, slot="conv.direct_grad")
+        gp = _padded(grad_out, g_pads)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             grad_x = _input_grad(ctx.forward_loop, gp, weight, x.shape, stride, phases)
@@ -253,10 +246,11 @@ def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pad
     o, lanes = weight.shape[0], _lanes(xp.dtype)
     vectors = 1 if o <= lanes else 2
     offsets = _flat_offsets(_tap_positions(kernel, dilation), tuple(padded))
-    cp, op = -(-c // 8) * 8, -(-o // (lanes * vectors)) * lanes * vectors
-    gw = xp.new_empty((len(offsets), cp, op))
-    shape = ConvShape.of(n, c, o, len(offsets), padded, out_size, stride, gp.shape[1:-1], tuple(lo for lo, _ in g_pads))
+    op = -(-o // (lanes * vectors)) * lanes * vectors
+    gw = xp.new_empty((len(offsets), c, op))
+    shape = _shape(n, c, o, len(offsets), tuple(padded), tuple(out_size), tuple(stride), tuple(gp.shape[1:-1]),
+                   tuple(lo for lo, _ in g_pads))
     if loop(xp.data_ptr(), gp.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), vectors,
             torch.get_num_threads()):
         raise MemoryError(f"conv: no memory for the weight gradient's partial sums ({8 * gw.numel()} values)")
-    return gw[:, :c, :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)
+    return gw[..., :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)

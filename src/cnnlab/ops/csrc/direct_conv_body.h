@@ -69,8 +69,10 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
         }
 }
 
-/* One sample n's share of the weight gradient, added into gw (taps, C rounded up to 8, O rounded up to L*V),
- * 8 input channels by V output vectors at a time: gw[t, c, o] += xp[q + off[t], c] * gy[q, o]. */
+/* One sample n's share of the weight gradient, added into gw (taps, C, O rounded up to L*V), R (1-8)
+ * input channels by V output vectors at a time: gw[t, c, o] += xp[q + off[t], c] * gy[q, o]. Reads stay
+ * inside both buffers: the last group of output channels, if only `lanes` wide, is copied to a zeroed
+ * vector first. */
 #define WACC1(r) VEC a##r##0 = *(VEC *)(gw_r + (r) * op);
 #define WACC2(r) VEC a##r##0 = *(VEC *)(gw_r + (r) * op), a##r##1 = *(VEC *)(gw_r + (r) * op + L);
 #define WFMA1(r) { const T v = x[ow * step + (r)]; a##r##0 += v * g[0]; }
@@ -78,37 +80,57 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
 #define WPUT1(r) *(VEC *)(gw_r + (r) * op) = a##r##0;
 #define WPUT2(r) *(VEC *)(gw_r + (r) * op) = a##r##0; *(VEC *)(gw_r + (r) * op + L) = a##r##1;
 
-#define WEIGHT_BLOCK(V)                                                                                       \
-static void NAME(weight_block_##V)(const T *xp, const T *gp, T *gw, const conv_shape *s, int64_t x_off,     \
-                                   int64_t n, int64_t c0, int64_t o0, int64_t op) {            \
-    const int64_t c = s->c, o = s->o, step = s->stride[2] * c;                                               \
+#define WEIGHT_BLOCK(R, V)                                                                                    \
+static void NAME(weight_block_##R##x##V)(const T *xp, const T *gp, T *gw, const conv_shape *s, int64_t x_off, \
+                                         int64_t n, int64_t c0, int64_t o0, int64_t op) {                    \
+    const int64_t c = s->c, o = s->o, step = s->stride[2] * c, lanes = o - o0 < L * V ? o - o0 : L * V;      \
     const int64_t plane_in = s->in[0] * s->in[1] * s->in[2], plane_g = s->g_in[0] * s->g_in[1] * s->g_in[2]; \
     T *gw_r = gw + c0 * op + o0;                                                                             \
-    ROWS8(WACC##V)                                                                                           \
+    ROWS##R(WACC##V)                                                                                         \
     for (int64_t od = 0; od < s->out[0]; od++)                                                               \
-            for (int64_t oh = 0; oh < s->out[1]; oh++) {                                                     \
-                const T *x = xp + (n * plane_in + (od * s->stride[0] * s->in[1] + oh * s->stride[1]) * s->in[2] + x_off) * c + c0; \
-                const T *gy = gp + (n * plane_g + ((od + s->g_lo[0]) * s->g_in[1] + oh + s->g_lo[1]) * s->g_in[2] \
-                                    + s->g_lo[2]) * o + o0;                                                  \
-                for (int64_t ow = 0; ow < s->out[2]; ow++) {                                                 \
-                    VEC g[V];                                                                                \
+        for (int64_t oh = 0; oh < s->out[1]; oh++) {                                                         \
+            const T *x = xp + (n * plane_in + (od * s->stride[0] * s->in[1] + oh * s->stride[1]) * s->in[2]  \
+                               + x_off) * c + c0;                                                            \
+            const T *gy = gp + (n * plane_g + ((od + s->g_lo[0]) * s->g_in[1] + oh + s->g_lo[1]) * s->g_in[2] \
+                                + s->g_lo[2]) * o + o0;                                                      \
+            for (int64_t ow = 0; ow < s->out[2]; ow++) {                                                     \
+                VEC g[V];                                                                                    \
+                if (lanes == L * V) {                                                                        \
                     for (int v = 0; v < V; v++)                                                              \
                         g[v] = *(const VEC *)(gy + ow * o + L * v);                                          \
-                    ROWS8(WFMA##V)                                                                           \
+                } else {                                                                                     \
+                    T part[L * V];                                                                           \
+                    memset(part, 0, sizeof part);                                                            \
+                    memcpy(part, gy + ow * o, lanes * sizeof(T));                                            \
+                    for (int v = 0; v < V; v++)                                                              \
+                        g[v] = *(const VEC *)(part + L * v);                                                 \
                 }                                                                                            \
+                ROWS##R(WFMA##V)                                                                             \
             }                                                                                                \
-    ROWS8(WPUT##V)                                                                                           \
+        }                                                                                                    \
+    ROWS##R(WPUT##V)                                                                                         \
 }
 
-WEIGHT_BLOCK(1)
-WEIGHT_BLOCK(2)
+#define WEIGHT_BLOCKS(V) WEIGHT_BLOCK(1, V) WEIGHT_BLOCK(2, V) WEIGHT_BLOCK(3, V) WEIGHT_BLOCK(4, V) \
+                         WEIGHT_BLOCK(5, V) WEIGHT_BLOCK(6, V) WEIGHT_BLOCK(7, V) WEIGHT_BLOCK(8, V)
+WEIGHT_BLOCKS(1)
+WEIGHT_BLOCKS(2)
 
-/* gw (taps, C rounded up to 8, O rounded up to L*vectors) = sum over samples and valid positions of
- * xp[q + off[t]] (x) gy[q]; gp is the padded output gradient (s->g_in, starting at s->g_lo). */
+typedef void (*NAME(weight_block_fn))(const T *, const T *, T *, const conv_shape *, int64_t, int64_t, int64_t, int64_t, int64_t);
+static const NAME(weight_block_fn) NAME(weight_blocks)[2][9] = {
+    {NULL, NAME(weight_block_1x1), NAME(weight_block_2x1), NAME(weight_block_3x1), NAME(weight_block_4x1),
+     NAME(weight_block_5x1), NAME(weight_block_6x1), NAME(weight_block_7x1), NAME(weight_block_8x1)},
+    {NULL, NAME(weight_block_1x2), NAME(weight_block_2x2), NAME(weight_block_3x2), NAME(weight_block_4x2),
+     NAME(weight_block_5x2), NAME(weight_block_6x2), NAME(weight_block_7x2), NAME(weight_block_8x2)},
+};
+
+/* gw (taps, C, O rounded up to L*vectors) = sum over samples and valid positions of xp[q + off[t]] (x) gy[q];
+ * gp is the padded output gradient (s->g_in, starting at s->g_lo). Returns -1 where memory for the parts'
+ * sums cannot be had (gw untouched), else 0. */
 int NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s, const int64_t *off,
-                            int vectors, int threads) {
-    const int64_t cp = (s->c + 7) / 8 * 8, op = (s->o + L * vectors - 1) / (L * vectors) * (L * vectors);
-    const int64_t size = s->taps * cp * op, parts = s->n < 8 ? s->n : 8;
+                           int vectors, int threads) {
+    const int64_t op = (s->o + L * vectors - 1) / (L * vectors) * (L * vectors);
+    const int64_t size = s->taps * s->c * op, parts = s->n < 8 ? s->n : 8;
     T *partial = calloc(parts * size, sizeof(T));
     if (!partial)
         return -1;
@@ -118,13 +140,10 @@ int NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s,
         T *mine = partial + p * size;
         for (int64_t n = n0; n < n1; n++)  /* a sample at a time: its values stay in cache for every tap */
             for (int64_t t = 0; t < s->taps; t++)
-                for (int64_t c0 = 0; c0 < cp; c0 += 8)
-                    for (int64_t o0 = 0; o0 < op; o0 += L * vectors) {
-                        if (vectors == 1)
-                            NAME(weight_block_1)(xp, gp, mine + t * cp * op, s, off[t], n, c0, o0, op);
-                        else
-                            NAME(weight_block_2)(xp, gp, mine + t * cp * op, s, off[t], n, c0, o0, op);
-                    }
+                for (int64_t c0 = 0; c0 < s->c; c0 += 8)
+                    for (int64_t o0 = 0; o0 < op; o0 += L * vectors)
+                        NAME(weight_blocks)[vectors - 1][s->c - c0 < 8 ? s->c - c0 : 8](
+                            xp, gp, mine + t * s->c * op, s, off[t], n, c0, o0, op);
     }
     memcpy(gw, partial, size * sizeof(T));
     for (int64_t p = 1; p < parts; p++)
