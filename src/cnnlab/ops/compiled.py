@@ -6,9 +6,12 @@ pooling's forward pass in tensor operations is one pass per kernel offset, and i
 finds each window's first maximum by three passes per offset, where a loop reads the map once
 (forward + backward 2.0-3.9x torch's time in tensor form, 0.8-1.2x as a loop); batch norm's tensor
 form makes 22 tensor calls forward and 23 backward where torch makes one each (1.5-2.8x torch's
-time; as loops 0.9-1.0x on large layers, 1.2-1.6x on small ones, where Python's share remains). Those
-loops are written in C beside this file (``csrc/``), each the textbook definition, and built on
-first use with the machine's C compiler:
+time; as loops 0.9-1.0x on large layers, 1.2-1.6x on small ones, where Python's share remains); and
+a convolution's tensor forms copy the input into a window matrix (or transforms) before their
+product and reach 1.5-3x torch's time on narrow layers, where its direct sum, with a block of
+outputs held in registers, reads the input in place (``csrc/direct_conv.c``: 0.95-1.4x torch's
+oneDNN forward + backward). Those loops are written in C beside this file (``csrc/``), each the
+textbook definition, and built on first use with the machine's C compiler:
 
     cc -O3 -march=native -fopenmp -shared  csrc/<name>.c  ->  ~/.cache/cnnlab/compiled/<name>-<hash>.so
 

@@ -18,6 +18,14 @@ The backward pass is derived by hand (``ConvNd``): with ``G = grad_out`` as (M, 
 The layout is chosen by shape, because no single one is fastest everywhere (measured in
 benchmarks/bench_ops.py):
 
+    - one group, more than one tap, 3 or more input channels, any stride, float32/float64 on the CPU
+      where the machine has a C compiler: no window matrix but the direct sum, as compiled loops that
+      keep a block of outputs in registers (``compiled_conv.DirectConvNd``, ``_direct_loops``; the
+      input gradient is the same loops on the output gradient, one stride-1 correlation per phase of
+      the input positions). In training, 5x5 or larger kernels with 32 or more input channels keep the
+      DFT below, where it measured faster. The tensor routes below serve everything else (and every
+      layer where the loops cannot be built, with ``CNNLAB_COMPILED=0``, in half precision, under
+      ``torch.compile`` and torch.func);
     - in training, 2-D, stride 1, 25 taps or more (5x5 kernels and larger) with at least 3 input
       channels, or 3x3 kernels on 5-16 px maps with at least 8 channels and 32 samples (4 px maps:
       64 samples): no windows at all but the convolution theorem, with the transforms as matrix

@@ -1,30 +1,25 @@
-/* Stride-1 cross-correlation in 1-3 spatial dimensions, channels-last: forward, and the weight
+/* Cross-correlation in 1-3 spatial dimensions, channels-last, any stride: forward, and the weight
  * gradient; the input gradient is the forward loop run on the output gradient (ops/compiled_conv.py).
  *
  * The textbook sum (D2L 7.4) over a padded input xp (N, *S_pad, C), flattened per sample so that
  * every kernel tap t is a fixed offset off[t] in positions:
  *
- *     y[q, o] = bias[o] + sum over taps t and channels c of  xp[q + off[t], c] * w[t, c, o]
+ *     y[q, o] = bias[o] + sum over taps t and channels c of  xp[s*q + off[t], c] * w[t, c, o]
  *
- * for each position q of the padded grid whose window fits (the others, the last k-1 columns and
- * rows of each padded plane, are computed alongside and never stored). The loops keep a block of
- * R output positions by V vectors of output channels in registers (R*V accumulators), and for each
- * tap and input channel load V weight vectors once and broadcast R input values: R*V fused
- * multiply-adds per R+V loads, the register blocking every fast convolution uses. Written with
- * GCC's vector extension (64-byte vectors: 16 floats or 8 doubles), so the same source compiles to
- * AVX-512, AVX2 or SSE (two or four instructions a vector) as the CPU has.
+ * The loops keep a block of up to 7 outputs of an output row by V vectors of output channels in
+ * registers (7*V accumulators), and for each tap and input channel load V weight vectors once and
+ * broadcast 7 input values: 7*V fused multiply-adds per 7+V loads, the register blocking every fast
+ * convolution uses. Written with GCC's vector extension (64-byte vectors: 16 floats or 8 doubles), so
+ * the same source compiles to AVX-512, AVX2 or SSE (two or four instructions a vector) as the CPU has.
  *
- * The weight gradient sums the other way: for each tap, a block of 8 input channels by V vectors
- * of output channels, over every valid position q:   gw[t, c, o] += xp[q + off[t], c] * gy[q, o].
+ * The weight gradient sums the other way: for each tap, a block of up to 8 input channels by V
+ * vectors of output channels, over every output position: gw[t, c, o] += xp[s*q + off[t], c] * gy[q, o].
  * Samples are split into a fixed number of parts (at most 8, however many threads run), each part
  * summed into its own buffer and the parts added in order: the result does not depend on the thread
  * count.
  *
- * Buffers are laid out by the caller (compiled_conv.py): w packed as (O/(L*V) groups, taps, C,
- * L*V) with zeros past O, bias padded alike; xp and the padded gy carry SLACK extra elements at
- * the end, because a last block reads up to R positions (and a channel block up to 8 channels)
- * past its plane; what such reads feed is never stored (forward) or lands in the padding rows
- * and lanes of gw, which the caller drops.
+ * w comes packed by the caller as (O/(L*V) groups, taps, C, L*V) with zeros past O, and the bias padded
+ * alike; every block reads only inside the buffers it is given.
  */
 #include <stdint.h>
 #include <stdlib.h>
