@@ -69,9 +69,9 @@ def _shape(*args) -> ConvShape:
 def _typed(lib: ctypes.CDLL, suffix: str):
     forward, weight_grad = lib[f"conv_forward_{suffix}"], lib[f"conv_weight_grad_{suffix}"]
     p, shape = ctypes.c_void_p, ctypes.POINTER(ConvShape)
-    forward.argtypes = [p, p, p, p, shape, p, ctypes.c_int, ctypes.c_int]
+    forward.argtypes = [p, p, p, p, shape, p, ctypes.c_int]
     forward.restype = None
-    weight_grad.argtypes = [p, p, p, shape, p, ctypes.c_int, ctypes.c_int]
+    weight_grad.argtypes = [p, p, p, shape, p, ctypes.c_int]
     weight_grad.restype = ctypes.c_int
     return forward, weight_grad
 
@@ -88,32 +88,33 @@ def _lanes(dtype: torch.dtype) -> int:
     return VECTOR_BYTES // (4 if dtype == torch.float32 else 8)
 
 
-def _vectors(o: int, lanes: int) -> int:
-    """Vectors of output channels per block of the forward loops: 2, or 1 for at most one vector's worth of
-    channels (16 float32 channels on 2 vectors: 0.75 of the speed, on 1 vector none computed for nothing).
-    Forward alone, 2 threads, blocks of 7 outputs, against torch: 2 vectors 0.65-1.07 of its time on six
-    zoo layers (16-128 channels), 4 vectors 0.69-2.08 (spilling registers), 1 vector 0.81-1.36."""
-    return 1 if o <= lanes else 2
+def _widths(o: int, lanes: int) -> list[int]:
+    """Output channels per group of the loops: 2 vectors' worth (the register blocks of 7 outputs by 2
+    vectors measured fastest), the last group one vector where no more remain (``csrc/direct_conv_body.h``)."""
+    widths = [2 * lanes] * ((o - 1) // (2 * lanes))
+    return widths + [2 * lanes if o - sum(widths) > lanes else lanes]
 
 
-def _packed(weight: torch.Tensor, vectors: int, lanes: int) -> torch.Tensor:
-    """(O, C, *K) -> (groups, taps, C, lanes*vectors), each group of output channels contiguous, zeros past O."""
-    o, c = weight.shape[:2]
-    group = lanes * vectors
-    groups = -(-o // group)
-    if o % group == 0:  # one copy
-        return weight.reshape(groups, group, c, -1).permute(0, 3, 2, 1).contiguous()
-    taps = weight.reshape(o, c, -1).permute(2, 1, 0)  # (T, C, O)
-    packed = weight.new_zeros((taps.shape[0], c, groups * group))
-    packed[..., :o] = taps
-    return packed.view(taps.shape[0], c, groups, group).permute(2, 0, 1, 3).contiguous()
+def _packed(weight: torch.Tensor, lanes: int) -> torch.Tensor:
+    """(O, C, T) -> each group of output channels (``_widths``) as (T, C, width), one after the other, zeros past O."""
+    o, c, t = weight.shape
+    widths = _widths(o, lanes)
+    if len(set(widths)) == 1 and o % widths[0] == 0:  # one copy
+        return weight.reshape(len(widths), widths[0], c, t).permute(0, 3, 2, 1).contiguous()
+    padded = weight.new_zeros((sum(widths), c, t))
+    padded[:o] = weight
+    groups, start = [], 0
+    for width in widths:
+        groups.append(padded[start : start + width].permute(2, 1, 0).reshape(-1))
+        start += width
+    return torch.cat(groups)
 
 
-def _padded_bias(bias: torch.Tensor | None, vectors: int, lanes: int) -> torch.Tensor | None:
-    group = lanes * vectors
-    if bias is None or (bias.shape[0] % group == 0 and bias.is_contiguous()):
+def _padded_bias(bias: torch.Tensor | None, lanes: int) -> torch.Tensor | None:
+    width = sum(_widths(bias.shape[0], lanes)) if bias is not None else 0
+    if bias is None or (bias.shape[0] == width and bias.is_contiguous()):
         return bias
-    out = bias.new_zeros(-(-bias.shape[0] // group) * group)
+    out = bias.new_zeros(width)
     out[: bias.shape[0]] = bias
     return out
 
@@ -142,14 +143,13 @@ def _correlate(forward, xp: torch.Tensor, weight: torch.Tensor, bias, out_size, 
     position per axis in xp's grid) and ``stride`` -> (N, *S_out, O)."""
     n, *padded, c = xp.shape
     o, lanes = weight.shape[0], _lanes(xp.dtype)
-    vectors = _vectors(o, lanes)
-    w = _packed(weight, vectors, lanes)
-    b = _padded_bias(bias, vectors, lanes)
+    w = _packed(weight, lanes)
+    b = _padded_bias(bias, lanes)
     offsets = _flat_offsets(taps, tuple(padded))
     y = xp.new_empty((n, *out_size, o))
     shape = _shape(n, c, o, len(taps), tuple(padded), tuple(out_size), tuple(stride))
     forward(xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
-            offsets.data_ptr(), vectors, torch.get_num_threads())
+            offsets.data_ptr(), torch.get_num_threads())
     return y
 
 
@@ -246,14 +246,11 @@ def _input_grad(loop, gp: torch.Tensor, weight: torch.Tensor, x_shape, stride, p
 
 def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pads) -> torch.Tensor:
     n, *padded, c = xp.shape
-    o, lanes = weight.shape[0], _lanes(xp.dtype)
-    vectors = 1 if o <= lanes else 2
+    o = weight.shape[0]
     offsets = _flat_offsets(_tap_positions(kernel, dilation), tuple(padded))
-    op = -(-o // (lanes * vectors)) * lanes * vectors
-    gw = xp.new_empty((len(offsets), c, op))
+    gw = xp.new_empty((len(offsets), c, sum(_widths(o, _lanes(xp.dtype)))))
     shape = _shape(n, c, o, len(offsets), tuple(padded), tuple(out_size), tuple(stride), tuple(gp.shape[1:-1]),
                    tuple(lo for lo, _ in g_pads))
-    if loop(xp.data_ptr(), gp.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), vectors,
-            torch.get_num_threads()):
+    if loop(xp.data_ptr(), gp.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), torch.get_num_threads()):
         raise MemoryError(f"conv: no memory for the weight gradient's partial sums ({8 * gw.numel()} values)")
     return gw[..., :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)

@@ -4,28 +4,30 @@ typedef T NAME(vec) __attribute__((vector_size(64), aligned(sizeof(T))));
 #define VEC NAME(vec)
 #define L ((int64_t)(64 / sizeof(T)))  /* lanes in a vector */
 
-/* One block: R consecutive outputs of an output row, whose windows start at x0, x0 + step, ... (tap t
- * off[t] * C further), by the output channels o0..o0+L*V-1 (the last group may hold fewer: `lanes` of
- * them are stored, at y). The accumulators are named variables (a<row><vector>), not an array, so that
- * they live in registers. */
+/* One block: R outputs (consecutive in y, at y), output r's window starting at xs[r] (tap t off[t] * C
+ * further), by the output channels o0..o0+L*V-1 of a group whose packed weights start at w (`lanes` of
+ * them stored: the last group may hold fewer). The accumulators are named variables (a<row><vector>),
+ * not an array, so that they live in registers; so are the R input pointers. */
 #define ACC1(r) VEC a##r##0 = b[0];
 #define ACC2(r) VEC a##r##0 = b[0], a##r##1 = b[1];
-#define FMA1(r) { const T v = x[(r) * step]; a##r##0 += v * wv[0]; }
-#define FMA2(r) { const T v = x[(r) * step]; a##r##0 += v * wv[0]; a##r##1 += v * wv[1]; }
+#define TAP(r) const T *x##r = xs[r] + off[t] * c;
+#define FMA1(r) { const T v = x##r[ci]; a##r##0 += v * wv[0]; }
+#define FMA2(r) { const T v = x##r[ci]; a##r##0 += v * wv[0]; a##r##1 += v * wv[1]; }
 #define PUT1(r) { const VEC out[1] = {a##r##0}; memcpy(y + (r) * s->o + o0, out, lanes * sizeof(T)); }
 #define PUT2(r) { const VEC out[2] = {a##r##0, a##r##1}; memcpy(y + (r) * s->o + o0, out, lanes * sizeof(T)); }
 
 #define FORWARD_BLOCK(R, V)                                                                                 \
-static void NAME(block_##R##x##V)(const T *x0, int64_t step, const T *w, const T *bias, const conv_shape *s, \
-                                  const int64_t *off, T *y, int64_t o0) {                                  \
-    const int64_t c = s->c, lanes = s->o - o0 < L * V ? s->o - o0 : L * V;                                 \
+static void NAME(block_##R##x##V)(const T *const *xs, const T *w, const T *bias, const conv_shape *s,      \
+                                  const int64_t *off, T *y, int64_t o0, int64_t lanes) {                   \
+    const int64_t c = s->c;                                                                                \
     VEC b[V];                                                                                              \
     for (int v = 0; v < V; v++)                                                                            \
         b[v] = bias ? *(const VEC *)(bias + o0 + L * v) : (VEC){0};                                        \
     ROWS##R(ACC##V)                                                                                        \
     for (int64_t t = 0; t < s->taps; t++) {                                                                \
-        const T *x = x0 + off[t] * c, *wt = w + t * c * L * V;                                             \
-        for (int64_t ci = 0; ci < c; ci++, x++, wt += L * V) {                                             \
+        ROWS##R(TAP)                                                                                       \
+        const T *wt = w + t * c * L * V;                                                                   \
+        for (int64_t ci = 0; ci < c; ci++, wt += L * V) {                                                  \
             VEC wv[V];                                                                                     \
             for (int v = 0; v < V; v++)                                                                    \
                 wv[v] = *(const VEC *)(wt + L * v);                                                        \
@@ -35,41 +37,49 @@ static void NAME(block_##R##x##V)(const T *x0, int64_t step, const T *w, const T
     ROWS##R(PUT##V)                                                                                        \
 }
 
-/* Blocks of 7 outputs by 1 or 2 vectors (7-14 accumulators), and of 1-6 for the end of a row, so that no
- * output is computed and thrown away. 7 x 2 measured fastest of 1-14 outputs by 1, 2 or 4 vectors on six
- * zoo layers (forward, 2 threads; 0.65-1.07 of torch's time, blocks of 12 x 2 1.09-1.82). */
+/* Blocks of 7 outputs by 1 or 2 vectors (7-14 accumulators), and of 1-6 for the batch's last outputs.
+ * 7 x 2 measured fastest of 1-14 outputs by 1, 2 or 4 vectors on six zoo layers (forward, 2 threads;
+ * 0.65-1.07 of torch's time, blocks of 12 x 2 1.09-1.82). */
 #define BLOCKS(V) FORWARD_BLOCK(1, V) FORWARD_BLOCK(2, V) FORWARD_BLOCK(3, V) FORWARD_BLOCK(4, V) \
                   FORWARD_BLOCK(5, V) FORWARD_BLOCK(6, V) FORWARD_BLOCK(7, V)
 BLOCKS(1)
 BLOCKS(2)
 
-typedef void (*NAME(block_fn))(const T *, int64_t, const T *, const T *, const conv_shape *, const int64_t *, T *, int64_t);
+typedef void (*NAME(block_fn))(const T *const *, const T *, const T *, const conv_shape *, const int64_t *, T *,
+                               int64_t, int64_t);
 static const NAME(block_fn) NAME(blocks)[2][8] = {
     {NULL, NAME(block_1x1), NAME(block_2x1), NAME(block_3x1), NAME(block_4x1), NAME(block_5x1), NAME(block_6x1), NAME(block_7x1)},
     {NULL, NAME(block_1x2), NAME(block_2x2), NAME(block_3x2), NAME(block_4x2), NAME(block_5x2), NAME(block_6x2), NAME(block_7x2)},
 };
 
-/* y (N, *S_out, O) = the cross-correlation of xp (N, *S_pad, C) with w packed for `vectors` (1 or 2)
- * vectors per group of output channels, at the strides s->stride, a block of up to 7 outputs of a row at a time. */
+/* y (N, *S_out, O) = the cross-correlation of xp (N, *S_pad, C) with w, at the strides s->stride, 7
+ * outputs at a time (consecutive in y: along a row, and on into the next row, plane and sample).
+ * Output channels go in groups of 2*L, the last of L where no more remain (w packed group after group as
+ * (taps, C, width), zeros past O; the bias padded alike). */
 void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv_shape *s, const int64_t *off,
-                        int vectors, int threads) {
-    const int64_t group = L * vectors, groups = (s->o + group - 1) / group, c = s->c;
-    const int64_t plane_in = s->in[0] * s->in[1] * s->in[2];
-    const int64_t lines = s->n * s->out[0] * s->out[1], per_line = (s->out[2] + 6) / 7;
-    #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
-    for (int64_t line = 0; line < lines; line++)
-        for (int64_t b = 0; b < per_line; b++) {
-            const int64_t n = line / (s->out[0] * s->out[1]), od = line / s->out[1] % s->out[0], oh = line % s->out[1];
-            const int64_t first = b * 7, count = s->out[2] - first < 7 ? s->out[2] - first : 7;
-            const T *x0 = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
-                                + first * s->stride[2]) * c;
-            for (int64_t g = 0; g < groups; g++)
-                NAME(blocks)[vectors - 1][count](x0, s->stride[2] * c, w + g * s->taps * c * group, bias, s, off,
-                                                 y + (line * s->out[2] + first) * s->o, g * group);
+                        int threads) {
+    const int64_t c = s->c, plane_in = s->in[0] * s->in[1] * s->in[2];
+    const int64_t outputs = s->n * s->out[0] * s->out[1] * s->out[2], blocks = (outputs + 6) / 7;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t first = b * 7, count = outputs - first < 7 ? outputs - first : 7;
+        const T *xs[7];
+        for (int64_t r = 0; r < count; r++) {  /* output (n, od, oh, ow) reads from its window's first position */
+            int64_t q = first + r;
+            const int64_t ow = q % s->out[2], oh = (q /= s->out[2]) % s->out[1], od = (q /= s->out[1]) % s->out[0];
+            const int64_t n = q / s->out[0];
+            xs[r] = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
+                          + ow * s->stride[2]) * c;
         }
+        for (int64_t o0 = 0; o0 < s->o; o0 += 2 * L) {
+            const int vectors = s->o - o0 > L ? 2 : 1;
+            const int64_t lanes = s->o - o0 < L * vectors ? s->o - o0 : L * vectors;
+            NAME(blocks)[vectors - 1][count](xs, w + o0 * s->taps * c, bias, s, off, y + first * s->o, o0, lanes);
+        }
+    }
 }
 
-/* One sample n's share of the weight gradient, added into gw (taps, C, O rounded up to L*V), R (1-8)
+/* One sample n's share of the weight gradient, added into gw (taps, C, op), R (1-8)
  * input channels by V output vectors at a time: gw[t, c, o] += xp[q + off[t], c] * gy[q, o]. Reads stay
  * inside both buffers: the last group of output channels, if only `lanes` wide, is copied to a zeroed
  * vector first. */
@@ -82,11 +92,12 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
 
 #define WEIGHT_BLOCK(R, V)                                                                                    \
 static void NAME(weight_block_##R##x##V)(const T *xp, const T *gp, T *gw, const conv_shape *s, int64_t x_off, \
-                                         int64_t n, int64_t c0, int64_t o0, int64_t op) {                    \
+                                         int64_t n0, int64_t n1, int64_t c0, int64_t o0, int64_t op) {       \
     const int64_t c = s->c, o = s->o, step = s->stride[2] * c, lanes = o - o0 < L * V ? o - o0 : L * V;      \
     const int64_t plane_in = s->in[0] * s->in[1] * s->in[2], plane_g = s->g_in[0] * s->g_in[1] * s->g_in[2]; \
     T *gw_r = gw + c0 * op + o0;                                                                             \
     ROWS##R(WACC##V)                                                                                         \
+    for (int64_t n = n0; n < n1; n++)                                                                        \
     for (int64_t od = 0; od < s->out[0]; od++)                                                               \
         for (int64_t oh = 0; oh < s->out[1]; oh++) {                                                         \
             const T *x = xp + (n * plane_in + (od * s->stride[0] * s->in[1] + oh * s->stride[1]) * s->in[2]  \
@@ -116,7 +127,8 @@ static void NAME(weight_block_##R##x##V)(const T *xp, const T *gp, T *gw, const 
 WEIGHT_BLOCKS(1)
 WEIGHT_BLOCKS(2)
 
-typedef void (*NAME(weight_block_fn))(const T *, const T *, T *, const conv_shape *, int64_t, int64_t, int64_t, int64_t, int64_t);
+typedef void (*NAME(weight_block_fn))(const T *, const T *, T *, const conv_shape *, int64_t, int64_t, int64_t, int64_t,
+                                      int64_t, int64_t);
 static const NAME(weight_block_fn) NAME(weight_blocks)[2][9] = {
     {NULL, NAME(weight_block_1x1), NAME(weight_block_2x1), NAME(weight_block_3x1), NAME(weight_block_4x1),
      NAME(weight_block_5x1), NAME(weight_block_6x1), NAME(weight_block_7x1), NAME(weight_block_8x1)},
@@ -124,13 +136,20 @@ static const NAME(weight_block_fn) NAME(weight_blocks)[2][9] = {
      NAME(weight_block_5x2), NAME(weight_block_6x2), NAME(weight_block_7x2), NAME(weight_block_8x2)},
 };
 
-/* gw (taps, C, O rounded up to L*vectors) = sum over samples and valid positions of xp[q + off[t]] (x) gy[q];
+/* The width of the weight gradient's rows: O in groups of 2*L channels, the last of L where no more remain. */
+static int64_t NAME(padded_width)(int64_t o) {
+    const int64_t last = (o - 1) / (2 * L) * (2 * L);
+    return last + (o - last > L ? 2 * L : L);
+}
+
+/* gw (taps, C, padded_width(O)) = sum over samples and valid positions of xp[q + off[t]] (x) gy[q];
  * gp is the padded output gradient (s->g_in, starting at s->g_lo). Returns -1 where memory for the parts'
  * sums cannot be had (gw untouched), else 0. */
-int NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s, const int64_t *off,
-                           int vectors, int threads) {
-    const int64_t op = (s->o + L * vectors - 1) / (L * vectors) * (L * vectors);
+int NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s, const int64_t *off, int threads) {
+    const int64_t op = NAME(padded_width)(s->o);
     const int64_t size = s->taps * s->c * op, parts = s->n < 8 ? s->n : 8;
+    const int64_t positions = s->out[0] * s->out[1] * s->out[2];
+    const int64_t batch = positions >= 256 ? 1 : (256 + positions - 1) / positions;  /* samples summed per block */
     T *partial = calloc(parts * size, sizeof(T));
     if (!partial)
         return -1;
@@ -138,12 +157,12 @@ int NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s,
     for (int64_t p = 0; p < parts; p++) {
         const int64_t n0 = s->n * p / parts, n1 = s->n * (p + 1) / parts;
         T *mine = partial + p * size;
-        for (int64_t n = n0; n < n1; n++)  /* a sample at a time: its values stay in cache for every tap */
+        for (int64_t n = n0; n < n1; n += batch)  /* a few samples at a time: their values stay in cache for every tap */
             for (int64_t t = 0; t < s->taps; t++)
                 for (int64_t c0 = 0; c0 < s->c; c0 += 8)
-                    for (int64_t o0 = 0; o0 < op; o0 += L * vectors)
-                        NAME(weight_blocks)[vectors - 1][s->c - c0 < 8 ? s->c - c0 : 8](
-                            xp, gp, mine + t * s->c * op, s, off[t], n, c0, o0, op);
+                    for (int64_t o0 = 0; o0 < s->o; o0 += 2 * L)
+                        NAME(weight_blocks)[s->o - o0 > L ? 1 : 0][s->c - c0 < 8 ? s->c - c0 : 8](
+                            xp, gp, mine + t * s->c * op, s, off[t], n, n + batch < n1 ? n + batch : n1, c0, o0, op);
     }
     memcpy(gw, partial, size * sizeof(T));
     for (int64_t p = 1; p < parts; p++)
