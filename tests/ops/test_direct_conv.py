@@ -131,9 +131,9 @@ def test_direct_convolution_second_derivatives_match_torch():
 
 
 def test_layers_taking_the_direct_loops(monkeypatch):
-    """conv2d sends layers of one group with more than one tap and 3 or more input channels to the loops, at
-    any stride, except in training 5x5+ kernels with 64+ input channels (the DFT). One input channel, groups,
-    1x1 kernels, half precision and compiled.disabled() keep the tensor routes."""
+    """conv2d sends layers of one group with more than one tap, 3 or more input channels and 100 or more outputs
+    per stride step to the loops, except in training 5x5+ kernels with 32+ input channels (the DFT). One input
+    channel, groups, 1x1 kernels, few outputs, half precision and compiled.disabled() keep the tensor routes."""
     taken = []
     apply = compiled_conv.DirectConvNd.apply
     monkeypatch.setattr(compiled_conv.DirectConvNd, "apply", lambda *args: taken.append(1) or apply(*args))
@@ -146,12 +146,15 @@ def test_layers_taking_the_direct_loops(monkeypatch):
         return bool(taken)
 
     assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1)
-    assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=1, stride=2)
+    assert routed((9, 16, 14, 14), (32, 16, 3, 3), padding=1, stride=2)  # 441 outputs, 4 per stride step
+    assert not routed((8, 16, 14, 14), (32, 16, 3, 3), padding=1, stride=2)  # 392
+    assert routed((25, 16, 2, 2), (32, 16, 3, 3), padding=1)  # 100 outputs
+    assert not routed((24, 16, 2, 2), (32, 16, 3, 3), padding=1)
     assert routed((2, 8, 28, 28), (16, 8, 3, 3), padding=1, dilation=2)
     assert routed((2, 3, 28, 28), (16, 3, 3, 3), padding=1)
     assert routed((2, 6, 14, 14), (16, 6, 5, 5))
     assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=3)  # a border past the kernel's reach
-    assert not routed((2, 64, 12, 12), (16, 64, 5, 5), padding=2)  # training, 5x5, 64 channels: the DFT
+    assert not routed((2, 32, 12, 12), (16, 32, 5, 5), padding=2)  # training, 5x5, 32 channels: the DFT
     assert routed((2, 64, 12, 12), (16, 64, 5, 5), grad=False, padding=2)  # evaluation
     assert not routed((2, 1, 28, 28), (16, 1, 3, 3), padding=1)  # one channel: channels-first windows
     assert not routed((2, 1, 28, 28), (16, 1, 3, 3), grad=False, padding=1)

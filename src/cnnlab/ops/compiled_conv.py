@@ -10,8 +10,8 @@ channels, so the input is read in place and never copied per tap:
     grad_input   for each phase of the input positions (i = s*m + phi per axis; one phase at stride
                  1), a stride-1 correlation of the bordered output gradient with the taps that reach
                  that phase (``_phases``), by the same loops
-    grad_weight  gW[t, c, o] = sum_q  xp[s*q + off_t, c] * gy[q, o]   (a sum over positions, samples
-                 split into at most 8 parts added in order: the same bits for any thread count)
+    grad_weight  gW[t, c, o] = sum_q  xp[s*q + off_t, c] * gy[q, o]   (a sum over positions, each tile
+                 of gW summed by one thread in sample order: the same bits for any thread count)
     grad_bias    gy summed over positions (``sums.channel_sums``)
 
 Measured against torch's own (oneDNN) convolution, forward + backward, channels-last, 2 threads,
@@ -49,14 +49,14 @@ class ConvShape(ctypes.Structure):
     """A convolution's sizes as ``csrc/direct_conv.c`` reads them (spatial sizes padded to 3-D with leading 1s)."""
 
     _fields_ = [("n", ctypes.c_int64), ("c", ctypes.c_int64), ("o", ctypes.c_int64), ("taps", ctypes.c_int64)] + [
-        (name, ctypes.c_int64 * 3) for name in ("size_in", "size_out", "stride", "g_in", "g_lo")]
+        (name, ctypes.c_int64 * 3) for name in ("size_in", "size_out", "stride", "g_in", "g_lo")] + [("g_size", ctypes.c_int64)]
 
     @classmethod
-    def of(cls, n: int, c: int, o: int, taps: int, size_in, size_out, stride, g_in=(1,), g_lo=(0,)) -> ConvShape:
+    def of(cls, n: int, c: int, o: int, taps: int, size_in, size_out, stride, g_in=(1,), g_lo=(0,), g_size=0) -> ConvShape:
         def three(v, fill):
             return (ctypes.c_int64 * 3)(*([fill] * (3 - len(v)) + list(v)))
 
-        return cls(n, c, o, taps, three(size_in, 1), three(size_out, 1), three(stride, 1), three(g_in, 1), three(g_lo, 0))
+        return cls(n, c, o, taps, three(size_in, 1), three(size_out, 1), three(stride, 1), three(g_in, 1), three(g_lo, 0), g_size)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -72,7 +72,7 @@ def _typed(lib: ctypes.CDLL, suffix: str):
     forward.argtypes = [p, p, p, p, shape, p, ctypes.c_int]
     forward.restype = None
     weight_grad.argtypes = [p, p, p, shape, p, ctypes.c_int]
-    weight_grad.restype = ctypes.c_int
+    weight_grad.restype = None
     return forward, weight_grad
 
 
@@ -230,10 +230,10 @@ def _input_grad(loop, gp: torch.Tensor, weight: torch.Tensor, x_shape, stride, p
     at its positions (stride 1: one phase, which is the whole of grad_x)."""
     n, c, *spatial = x_shape
     ones = (1,) * len(spatial)
-    taps = weight.transpose(0, 1).reshape(c, weight.shape[0], -1)  # (C, O, T): O in, C out
-    if len(phases) == 1:
+    taps = weight.transpose(0, 1).reshape(c, weight.shape[0], -1)  # (C, O, T): O in, C out; a view
+    if len(phases) == 1:  # stride 1: every tap, in order
         _, size, index, positions = phases[0]
-        return _correlate(loop, gp, taps[..., list(index)], None, size, positions, ones).movedim(-1, 1)
+        return _correlate(loop, gp, taps, None, size, positions, ones).movedim(-1, 1)
     grad_x = gp.new_empty((n, *spatial, c))
     for phi, size, index, positions in phases:
         place = (slice(None), *(slice(p, None, s) for p, s in zip(phi, stride)))
@@ -248,9 +248,8 @@ def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pad
     n, *padded, c = xp.shape
     o = weight.shape[0]
     offsets = _flat_offsets(_tap_positions(kernel, dilation), tuple(padded))
-    gw = xp.new_empty((len(offsets), c, sum(_widths(o, _lanes(xp.dtype)))))
+    gw = xp.new_zeros((len(offsets), c, sum(_widths(o, _lanes(xp.dtype)))))
     shape = _shape(n, c, o, len(offsets), tuple(padded), tuple(out_size), tuple(stride), tuple(gp.shape[1:-1]),
-                   tuple(lo for lo, _ in g_pads))
-    if loop(xp.data_ptr(), gp.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), torch.get_num_threads()):
-        raise MemoryError(f"conv: no memory for the weight gradient's partial sums ({8 * gw.numel()} values)")
+                   tuple(lo for lo, _ in g_pads), gp.numel())
+    loop(xp.data_ptr(), gp.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), torch.get_num_threads())
     return gw[..., :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)

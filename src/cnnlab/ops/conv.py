@@ -498,6 +498,7 @@ SHIFTED_MAX_WASTE = 2.0
 # in float32), not bit for bit.
 FOURIER_MIN_TAPS = 25
 DIRECT_MIN_CHANNELS = 3  # the compiled loops (_direct_loops) from this many input channels ...
+DIRECT_MIN_OUTPUTS = 100  # ... and this many outputs (samples x positions) per stride step ...
 DIRECT_FOURIER_MIN_CHANNELS = 32  # ... and 5x5+ kernels with this many stay with the DFT in training
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
@@ -540,8 +541,15 @@ def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: P
     batch 128, 9.8 against 25.9 ms; 32->32 at 14 px 0.51; 64->64 and 128->128 at 7 px 0.73-0.80; stride 2
     0.53-0.71); 5x5 layers with 6-32 input channels 0.53-0.86 (the DFT's), the book AlexNet's 96->256 1.71
     (the DFT stays there); first layers, no input gradient: 3 channels 0.65, one channel 1.38-1.68 (the
-    channels-first window matrix stays)."""
+    channels-first window matrix stays). Layers with few outputs for their weights (fewer than
+    DIRECT_MIN_OUTPUTS samples x positions per stride step: ResNet-18's last stages at batch 32, 512->512 on
+    1 px maps and 256->512 at stride 2 on 2 px) stay with the window matrix too: the loops repack the weights
+    every pass (once per phase at stride 2) and measured 1.9 and 3.7x its time there, 128->256 at stride 2
+    on 4 px maps 1.4x (256->256 on 2 px maps at stride 1, 128 outputs: 0.75)."""
     if (groups != 1 or math.prod(kernel) == 1 or x.shape[1] < DIRECT_MIN_CHANNELS or torch.compiler.is_compiling()):
+        return None
+    out = [(n + lo + hi - d * (k - 1) - 1) // s + 1 for n, (lo, hi), k, d, s in zip(x.shape[2:], pads, kernel, dilation, stride)]
+    if x.shape[0] * math.prod(out) < DIRECT_MIN_OUTPUTS * math.prod(stride):  # the weights' packing would dominate
         return None
     if (_training(x, weight) and FOURIER_MIN_TAPS is not None and math.prod(kernel) >= FOURIER_MIN_TAPS
             and x.shape[1] >= DIRECT_FOURIER_MIN_CHANNELS and _use_fourier(x, weight, kernel, stride, dilation, groups)):

@@ -14,19 +14,14 @@
  *
  * The weight gradient sums the other way: for each tap, a block of up to 8 input channels by V
  * vectors of output channels, over every output position: gw[t, c, o] += xp[s*q + off[t], c] * gy[q, o].
- * Samples are split into a fixed number of parts (at most 8, however many threads run), each part
- * summed into its own buffer and the parts added in order: the result does not depend on the thread
- * count.
+ * Each tile of the result belongs to one thread and takes the samples in order: the result does not
+ * depend on the thread count.
  *
  * w comes packed by the caller as (O/(L*V) groups, taps, C, L*V) with zeros past O, and the bias padded
  * alike; every block reads only inside the buffers it is given.
  */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 typedef struct {
     int64_t n, c, o, taps;
@@ -34,7 +29,8 @@ typedef struct {
     int64_t out[3];   /* the output's */
     int64_t stride[3];
     int64_t g_in[3];  /* the weight gradient only: the padded output gradient's sizes ... */
-    int64_t g_lo[3];  /* ... and where the output gradient starts inside it */
+    int64_t g_lo[3];  /* ... and where the output gradient starts inside it, */
+    int64_t g_size;   /* ... and its number of values */
 } conv_shape;
 
 #define ROWS1(F) F(0)
@@ -45,6 +41,9 @@ typedef struct {
 #define ROWS6(F) ROWS5(F) F(5)
 #define ROWS7(F) ROWS6(F) F(6)
 #define ROWS8(F) ROWS7(F) F(7)
+
+#define CHUNK 32  /* blocks of 7 outputs that share one group's weights in cache (conv_forward) */
+#define CHUNK_POSITIONS 512  /* output positions whose values the weight gradient's tiles share in cache */
 
 #define BODY "direct_conv_body.h"
 #include "instantiate.h"

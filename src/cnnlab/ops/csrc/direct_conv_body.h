@@ -60,23 +60,27 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
                         int threads) {
     const int64_t c = s->c, plane_in = s->in[0] * s->in[1] * s->in[2];
     const int64_t outputs = s->n * s->out[0] * s->out[1] * s->out[2], blocks = (outputs + 6) / 7;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
-        const int64_t first = b * 7, count = outputs - first < 7 ? outputs - first : 7;
-        const T *xs[7];
-        for (int64_t r = 0; r < count; r++) {  /* output (n, od, oh, ow) reads from its window's first position */
-            int64_t q = first + r;
-            const int64_t ow = q % s->out[2], oh = (q /= s->out[2]) % s->out[1], od = (q /= s->out[1]) % s->out[0];
-            const int64_t n = q / s->out[0];
-            xs[r] = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
-                          + ow * s->stride[2]) * c;
-        }
-        for (int64_t o0 = 0; o0 < s->o; o0 += 2 * L) {
-            const int vectors = s->o - o0 > L ? 2 : 1;
+    const int64_t chunks = (blocks + CHUNK - 1) / CHUNK, groups = (s->o + 2 * L - 1) / (2 * L);
+    /* A chunk of blocks for one group of output channels at a time, so that the group's weights (taps * C *
+     * 2L values: 590 KB for 512 float32 channels) are read from cache by every block of the chunk. */
+    #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int64_t chunk = 0; chunk < chunks; chunk++)
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t o0 = g * 2 * L, vectors = s->o - o0 > L ? 2 : 1;
             const int64_t lanes = s->o - o0 < L * vectors ? s->o - o0 : L * vectors;
-            NAME(blocks)[vectors - 1][count](xs, w + o0 * s->taps * c, bias, s, off, y + first * s->o, o0, lanes);
+            for (int64_t b = chunk * CHUNK; b < blocks && b < (chunk + 1) * CHUNK; b++) {
+                const int64_t first = b * 7, count = outputs - first < 7 ? outputs - first : 7;
+                const T *xs[7];
+                for (int64_t r = 0; r < count; r++) {  /* output (n, od, oh, ow) reads from its window's first position */
+                    int64_t q = first + r;
+                    const int64_t ow = q % s->out[2], oh = (q /= s->out[2]) % s->out[1], od = (q /= s->out[1]) % s->out[0];
+                    const int64_t n = q / s->out[0];
+                    xs[r] = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
+                                  + ow * s->stride[2]) * c;
+                }
+                NAME(blocks)[vectors - 1][count](xs, w + o0 * s->taps * c, bias, s, off, y + first * s->o, o0, lanes);
+            }
         }
-    }
 }
 
 /* One sample n's share of the weight gradient, added into gw (taps, C, op), R (1-8)
@@ -106,7 +110,7 @@ static void NAME(weight_block_##R##x##V)(const T *xp, const T *gp, T *gw, const 
                                 + s->g_lo[2]) * o + o0;                                                      \
             for (int64_t ow = 0; ow < s->out[2]; ow++) {                                                     \
                 VEC g[V];                                                                                    \
-                if (lanes == L * V) {                                                                        \
+                if (lanes == L * V || gy + ow * o + L * V <= gp + s->g_size) {  /* past O: the next position's */ \
                     for (int v = 0; v < V; v++)                                                              \
                         g[v] = *(const VEC *)(gy + ow * o + L * v);                                          \
                 } else {                                                                                     \
@@ -142,34 +146,26 @@ static int64_t NAME(padded_width)(int64_t o) {
     return last + (o - last > L ? 2 * L : L);
 }
 
-/* gw (taps, C, padded_width(O)) = sum over samples and valid positions of xp[q + off[t]] (x) gy[q];
- * gp is the padded output gradient (s->g_in, starting at s->g_lo). Returns -1 where memory for the parts'
- * sums cannot be had (gw untouched), else 0. */
-int NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s, const int64_t *off, int threads) {
-    const int64_t op = NAME(padded_width)(s->o);
-    const int64_t size = s->taps * s->c * op, parts = s->n < 8 ? s->n : 8;
-    const int64_t positions = s->out[0] * s->out[1] * s->out[2];
-    const int64_t batch = positions >= 256 ? 1 : (256 + positions - 1) / positions;  /* samples summed per block */
-    T *partial = calloc(parts * size, sizeof(T));
-    if (!partial)
-        return -1;
-    #pragma omp parallel for num_threads(threads) schedule(dynamic)
-    for (int64_t p = 0; p < parts; p++) {
-        const int64_t n0 = s->n * p / parts, n1 = s->n * (p + 1) / parts;
-        T *mine = partial + p * size;
-        for (int64_t n = n0; n < n1; n += batch)  /* a few samples at a time: their values stay in cache for every tap */
-            for (int64_t t = 0; t < s->taps; t++)
-                for (int64_t c0 = 0; c0 < s->c; c0 += 8)
-                    for (int64_t o0 = 0; o0 < s->o; o0 += 2 * L)
-                        NAME(weight_blocks)[s->o - o0 > L ? 1 : 0][s->c - c0 < 8 ? s->c - c0 : 8](
-                            xp, gp, mine + t * s->c * op, s, off[t], n, n + batch < n1 ? n + batch : n1, c0, o0, op);
+/* gw (taps, C, padded_width(O)), zeros on entry, += the sum over samples and valid positions of
+ * xp[q + off[t]] (x) gy[q]; gp is the padded output gradient (s->g_in, starting at s->g_lo). Each tile of
+ * gw (a tap, up to 8 input channels, a group of output channels) belongs to one thread, which adds the
+ * samples to it a chunk at a time, in order: no partial sums to merge, and the same bits for any thread
+ * count. The chunks (about CHUNK_POSITIONS output positions each) keep the samples in cache while every
+ * tile reads them. */
+void NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s, const int64_t *off, int threads) {
+    const int64_t op = NAME(padded_width)(s->o), positions = s->out[0] * s->out[1] * s->out[2];
+    const int64_t per_chunk = positions >= CHUNK_POSITIONS ? 1 : CHUNK_POSITIONS / positions;
+    const int64_t cb = (s->c + 7) / 8, groups = (s->o + 2 * L - 1) / (2 * L), tiles = s->taps * cb * groups;
+    #pragma omp parallel num_threads(threads)
+    for (int64_t n = 0; n < s->n; n += per_chunk) {
+        const int64_t n1 = n + per_chunk < s->n ? n + per_chunk : s->n;
+        #pragma omp for schedule(static) nowait
+        for (int64_t tile = 0; tile < tiles; tile++) {  /* the same tiles go to the same thread for every chunk */
+            const int64_t t = tile / (cb * groups), c0 = tile / groups % cb * 8, o0 = tile % groups * 2 * L;
+            NAME(weight_blocks)[s->o - o0 > L ? 1 : 0][s->c - c0 < 8 ? s->c - c0 : 8](
+                xp, gp, gw + t * s->c * op, s, off[t], n, n1, c0, o0, op);
+        }
     }
-    memcpy(gw, partial, size * sizeof(T));
-    for (int64_t p = 1; p < parts; p++)
-        for (int64_t i = 0; i < size; i++)
-            gw[i] += partial[p * size + i];
-    free(partial);
-    return 0;
 }
 
 #undef VEC
