@@ -94,8 +94,8 @@ def test_direct_convolution_on_zoo_sized_layers_matches_torch_float64():
 
 
 def test_direct_convolution_does_not_depend_on_the_thread_count():
-    """Each output is summed by one thread in a fixed order, and the weight gradient's parts are fixed by
-    the batch (not the threads) and added in order: bit-identical results for 1, 2 and 3 threads."""
+    """Each output, and each tile of the weight gradient, is summed by one thread in a fixed order (samples
+    in order, a chunk at a time): bit-identical results for 1, 2 and 3 threads."""
     torch.manual_seed(0)
     x = torch.randn(13, 16, 11, 11).requires_grad_()
     w = torch.randn(40, 16, 3, 3, requires_grad=True)

@@ -96,14 +96,14 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
 
 #define WEIGHT_BLOCK(R, V)                                                                                    \
 static void NAME(weight_block_##R##x##V)(const T *xp, const T *gp, T *gw, const conv_shape *s, int64_t x_off, \
-                                         int64_t n0, int64_t n1, int64_t c0, int64_t o0, int64_t op) {       \
+                                         int64_t l0, int64_t l1, int64_t c0, int64_t o0, int64_t op) {       \
     const int64_t c = s->c, o = s->o, step = s->stride[2] * c, lanes = o - o0 < L * V ? o - o0 : L * V;      \
     const int64_t plane_in = s->in[0] * s->in[1] * s->in[2], plane_g = s->g_in[0] * s->g_in[1] * s->g_in[2]; \
     T *gw_r = gw + c0 * op + o0;                                                                             \
     ROWS##R(WACC##V)                                                                                         \
-    for (int64_t n = n0; n < n1; n++)                                                                        \
-    for (int64_t od = 0; od < s->out[0]; od++)                                                               \
-        for (int64_t oh = 0; oh < s->out[1]; oh++) {                                                         \
+    for (int64_t line = l0; line < l1; line++) {  /* an output row: (n, od, oh) */                          \
+            const int64_t n = line / (s->out[0] * s->out[1]), od = line / s->out[1] % s->out[0];              \
+            const int64_t oh = line % s->out[1];                                                             \
             const T *x = xp + (n * plane_in + (od * s->stride[0] * s->in[1] + oh * s->stride[1]) * s->in[2]  \
                                + x_off) * c + c0;                                                            \
             const T *gy = gp + (n * plane_g + ((od + s->g_lo[0]) * s->g_in[1] + oh + s->g_lo[1]) * s->g_in[2] \
@@ -149,21 +149,21 @@ static int64_t NAME(padded_width)(int64_t o) {
 /* gw (taps, C, padded_width(O)), zeros on entry, += the sum over samples and valid positions of
  * xp[q + off[t]] (x) gy[q]; gp is the padded output gradient (s->g_in, starting at s->g_lo). Each tile of
  * gw (a tap, up to 8 input channels, a group of output channels) belongs to one thread, which adds the
- * samples to it a chunk at a time, in order: no partial sums to merge, and the same bits for any thread
- * count. The chunks (about CHUNK_POSITIONS output positions each) keep the samples in cache while every
- * tile reads them. */
+ * output rows to it a chunk at a time, in order: no partial sums to merge, and the same bits for any thread
+ * count. The chunks (output rows, about CHUNK_POSITIONS positions) keep their values in cache while
+ * every tile reads them. */
 void NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s, const int64_t *off, int threads) {
-    const int64_t op = NAME(padded_width)(s->o), positions = s->out[0] * s->out[1] * s->out[2];
-    const int64_t per_chunk = positions >= CHUNK_POSITIONS ? 1 : CHUNK_POSITIONS / positions;
+    const int64_t op = NAME(padded_width)(s->o), lines = s->n * s->out[0] * s->out[1];
+    const int64_t per_chunk = s->out[2] >= CHUNK_POSITIONS ? 1 : CHUNK_POSITIONS / s->out[2];  /* output rows */
     const int64_t cb = (s->c + 7) / 8, groups = (s->o + 2 * L - 1) / (2 * L), tiles = s->taps * cb * groups;
     #pragma omp parallel num_threads(threads)
-    for (int64_t n = 0; n < s->n; n += per_chunk) {
-        const int64_t n1 = n + per_chunk < s->n ? n + per_chunk : s->n;
+    for (int64_t l = 0; l < lines; l += per_chunk) {
+        const int64_t l1 = l + per_chunk < lines ? l + per_chunk : lines;
         #pragma omp for schedule(static) nowait
         for (int64_t tile = 0; tile < tiles; tile++) {  /* the same tiles go to the same thread for every chunk */
             const int64_t t = tile / (cb * groups), c0 = tile / groups % cb * 8, o0 = tile % groups * 2 * L;
             NAME(weight_blocks)[s->o - o0 > L ? 1 : 0][s->c - c0 < 8 ? s->c - c0 : 8](
-                xp, gp, gw + t * s->c * op, s, off[t], n, n1, c0, o0, op);
+                xp, gp, gw + t * s->c * op, s, off[t], l, l1, c0, o0, op);
         }
     }
 }
