@@ -111,11 +111,13 @@ def measure(name: str, size: int, batch: int, runs: int, warmup: int = 2, infere
 
 
 def routes_note(tensor_only: bool) -> str:
-    """Which routes max pooling and batch norm took: their compiled loops or their tensor forms."""
+    """Which routes convolution, max pooling and batch norm took: their compiled loops or their tensor forms."""
     if tensor_only:
-        return "max pooling and batch norm on their tensor routes (--tensor-routes)"
-    built = all(compiled.library(name) is not None for name in ("max_pool", "batch_norm"))
-    return "max pooling and batch norm as compiled loops" if built else f"tensor routes ({compiled.status()})"
+        return "convolution, max pooling and batch norm on their tensor routes (--tensor-routes)"
+    names = ("direct_conv", "max_pool", "batch_norm")
+    built = all(compiled.library(name) is not None for name in names)
+    return ("convolution (where conv._direct_loops takes it), max pooling and batch norm as compiled loops" if built
+            else "tensor routes (" + "; ".join(compiled.status(name) for name in names) + ")")
 
 
 def main() -> None:
