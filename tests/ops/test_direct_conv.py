@@ -81,10 +81,12 @@ def test_direct_convolution_float32_within_float32_tolerance(seed):
 
 
 def test_direct_convolution_on_zoo_sized_layers_matches_torch_float64():
-    """Blocks of many rows, every register layout (1, 2 and 4 vectors of output channels), several samples
-    per part of the weight gradient's sum."""
+    """Many blocks and chunks, every register layout (groups of 2 and 1 vectors of output channels, partial
+    groups), and the dot-product form (at most 8 output channels from whole vectors of input channels: the
+    input gradient of 6->16, the forward pass of 16->4)."""
     torch.manual_seed(0)
-    for n, c, o, size, k in [(20, 16, 32, 14, 3), (9, 64, 64, 7, 3), (3, 12, 16, 28, 5), (17, 24, 12, 9, 3)]:
+    for n, c, o, size, k in [(20, 16, 32, 14, 3), (9, 64, 64, 7, 3), (3, 12, 16, 28, 5), (17, 24, 12, 9, 3),
+                             (5, 6, 16, 14, 5), (7, 16, 4, 9, 3), (3, 32, 8, 6, 3)]:
         x = torch.randn(n, c, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
         w = torch.randn(o, c, k, k, dtype=torch.float64, requires_grad=True)
         b = torch.randn(o, dtype=torch.float64, requires_grad=True)

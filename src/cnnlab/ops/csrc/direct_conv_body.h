@@ -83,6 +83,72 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
         }
 }
 
+/* The same correlation for layers with at most 8 output channels and input channels in whole vectors
+ * (an input gradient into a narrow layer: LeNet's 16 -> 6): each output channel a dot product over the
+ * input channels, a vector of them at a time, so that no lane is spent on channels that do not exist.
+ * Two outputs by J output channels per block (2J accumulators), their lanes added at the end. w packed
+ * as (taps, O, C). */
+static inline T NAME(lanes_sum)(VEC v) {
+    T lanes[L], sum = 0;
+    memcpy(lanes, &v, sizeof lanes);
+    for (int64_t i = 0; i < L; i++)
+        sum += lanes[i];
+    return sum;
+}
+
+#define DACC(j) VEC a0##j = {0}, a1##j = {0};
+#define DFMA(j) { const VEC wj = *(const VEC *)(wt + (j) * c + v); a0##j += x0 * wj; a1##j += x1 * wj; }
+#define DPUT(j) y[j] = NAME(lanes_sum)(a0##j) + (bias ? bias[j] : 0);                                    \
+                if (count > 1) y[s->o + (j)] = NAME(lanes_sum)(a1##j) + (bias ? bias[j] : 0);
+#define JS1(F) F(0)
+#define JS2(F) JS1(F) F(1)
+#define JS3(F) JS2(F) F(2)
+#define JS4(F) JS3(F) F(3)
+#define JS5(F) JS4(F) F(4)
+#define JS6(F) JS5(F) F(5)
+#define JS7(F) JS6(F) F(6)
+#define JS8(F) JS7(F) F(7)
+
+#define DOT_BLOCK(J)                                                                                        \
+static void NAME(dot_block_##J)(const T *x0p, const T *x1p, int64_t count, const T *w, const T *bias,      \
+                                const conv_shape *s, const int64_t *off, T *y) {                           \
+    const int64_t c = s->c;                                                                                \
+    JS##J(DACC)                                                                                             \
+    for (int64_t t = 0; t < s->taps; t++) {                                                                \
+        const T *xa = x0p + off[t] * c, *xb = x1p + off[t] * c, *wt = w + t * s->o * c;                   \
+        for (int64_t v = 0; v < c; v += L) {                                                               \
+            const VEC x0 = *(const VEC *)(xa + v), x1 = *(const VEC *)(xb + v);                            \
+            JS##J(DFMA)                                                                                     \
+        }                                                                                                  \
+    }                                                                                                      \
+    JS##J(DPUT)                                                                                             \
+}
+DOT_BLOCK(1) DOT_BLOCK(2) DOT_BLOCK(3) DOT_BLOCK(4) DOT_BLOCK(5) DOT_BLOCK(6) DOT_BLOCK(7) DOT_BLOCK(8)
+
+typedef void (*NAME(dot_fn))(const T *, const T *, int64_t, const T *, const T *, const conv_shape *, const int64_t *, T *);
+static const NAME(dot_fn) NAME(dot_blocks)[9] = {NULL, NAME(dot_block_1), NAME(dot_block_2), NAME(dot_block_3),
+    NAME(dot_block_4), NAME(dot_block_5), NAME(dot_block_6), NAME(dot_block_7), NAME(dot_block_8)};
+
+/* y (N, *S_out, O) for O <= 8 and C a multiple of L: conv_forward's sum as dot products (above) */
+void NAME(conv_forward_dot)(const T *xp, const T *w, const T *bias, T *y, const conv_shape *s, const int64_t *off,
+                            int threads) {
+    const int64_t c = s->c, plane_in = s->in[0] * s->in[1] * s->in[2];
+    const int64_t outputs = s->n * s->out[0] * s->out[1] * s->out[2], blocks = (outputs + 1) / 2;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t first = b * 2, count = outputs - first < 2 ? 1 : 2;
+        const T *xs[2];
+        for (int64_t r = 0; r < 2; r++) {  /* a block of one output reads its window twice */
+            int64_t q = first + (r < count ? r : 0);
+            const int64_t ow = q % s->out[2], oh = (q /= s->out[2]) % s->out[1], od = (q /= s->out[1]) % s->out[0];
+            const int64_t n = q / s->out[0];
+            xs[r] = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
+                          + ow * s->stride[2]) * c;
+        }
+        NAME(dot_blocks)[s->o](xs[0], xs[1], count, w, bias, s, off, y + first * s->o);
+    }
+}
+
 /* One sample n's share of the weight gradient, added into gw (taps, C, op), R (1-8)
  * input channels by V output vectors at a time: gw[t, c, o] += xp[q + off[t], c] * gy[q, o]. Reads stay
  * inside both buffers: the last group of output channels, if only `lanes` wide, is copied to a zeroed
