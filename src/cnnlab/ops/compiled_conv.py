@@ -2,7 +2,7 @@
 
 The cross-correlation of ``conv.ConvNd``, summed directly instead of through a window matrix: the
 input is padded once into a channels-last buffer ``xp`` (N, *S_pad, C), every kernel tap is then a
-fixed offset in each sample's flattened positions, and the loops keep a block of 7 outputs of a row
+fixed offset in each sample's flattened positions, and the loops keep a block of 7 consecutive outputs
 by 32 output channels (float32; 16 in float64) in registers while they run over the taps and input
 channels, so the input is read in place and never copied per tap:
 
@@ -38,6 +38,7 @@ from . import compiled
 from .autograd import graph_backward, unviewed, wants_graph
 from .shapes import Pads
 from .sums import channel_sums
+from .windows import flat_offsets, tap_positions
 
 __all__ = ["DirectConvNd", "kernels"]
 
@@ -114,8 +115,11 @@ def _packed(weight: torch.Tensor, lanes: int) -> torch.Tensor:
 
 
 def _padded_bias(bias: torch.Tensor | None, lanes: int) -> torch.Tensor | None:
-    width = sum(_widths(bias.shape[0], lanes)) if bias is not None else 0
-    if bias is None or (bias.shape[0] == width and bias.is_contiguous()):
+    """The bias with zeros to the width of the packed weights' groups (``_widths``)."""
+    if bias is None:
+        return None
+    width = sum(_widths(bias.shape[0], lanes))
+    if bias.shape[0] == width and bias.is_contiguous():
         return bias
     out = bias.new_zeros(width)
     out[: bias.shape[0]] = bias
@@ -131,14 +135,8 @@ def _padded(x: torch.Tensor, pads: Pads) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=1024)
 def _flat_offsets(taps: tuple[tuple[int, ...], ...], padded: tuple[int, ...]) -> torch.Tensor:
-    """Each tap's offset (a position per axis in the padded grid) as a flat position in it."""
-    row_strides = [math.prod(padded[a + 1 :]) for a in range(len(padded))]
-    return torch.tensor([sum(t * r for t, r in zip(tap, row_strides)) for tap in taps], dtype=torch.int64)
-
-
-@functools.lru_cache(maxsize=1024)
-def _tap_positions(kernel, dilation) -> tuple[tuple[int, ...], ...]:
-    return tuple(tuple(k * d for k, d in zip(tap, dilation)) for tap in itertools.product(*(range(k) for k in kernel)))
+    """Each tap's position in the padded grid as an offset into a sample's flattened positions, for the C loops."""
+    return torch.tensor(flat_offsets(taps, padded), dtype=torch.int64)
 
 
 def _correlate(functions, xp: torch.Tensor, weight: torch.Tensor, bias, out_size, taps, stride) -> torch.Tensor:
@@ -208,7 +206,7 @@ class DirectConvNd(torch.autograd.Function):
         xp = _padded(x, pads)
         padded = xp.shape[1:-1]
         out_size = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride))
-        y = _correlate(functions, xp, weight.reshape(*weight.shape[:2], -1), bias, out_size, _tap_positions(kernel, dilation),
+        y = _correlate(functions, xp, weight.reshape(*weight.shape[:2], -1), bias, out_size, tap_positions(kernel, dilation),
                        stride)
         ctx.functions = functions
         ctx.geometry = (stride, pads, dilation, kernel, out_size)
@@ -244,7 +242,7 @@ def _input_grad(functions, gp: torch.Tensor, weight: torch.Tensor, x_shape, stri
     ones = (1,) * len(spatial)
     taps = weight.transpose(0, 1).reshape(c, weight.shape[0], -1)  # (C, O, T): O in, C out; a view
     if len(phases) == 1:  # stride 1: every tap, in order
-        _, size, index, positions = phases[0]
+        _, size, _, positions = phases[0]
         return _correlate(functions, gp, taps, None, size, positions, ones).movedim(-1, 1)
     grad_x = gp.new_empty((n, *spatial, c))
     for phi, size, index, positions in phases:
@@ -259,7 +257,7 @@ def _input_grad(functions, gp: torch.Tensor, weight: torch.Tensor, x_shape, stri
 def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pads) -> torch.Tensor:
     n, *padded, c = xp.shape
     o = weight.shape[0]
-    offsets = _flat_offsets(_tap_positions(kernel, dilation), tuple(padded))
+    offsets = _flat_offsets(tap_positions(kernel, dilation), tuple(padded))
     gw = xp.new_zeros((len(offsets), c, sum(_widths(o, _lanes(xp.dtype)))))
     shape = _shape(n, c, o, len(offsets), tuple(padded), tuple(out_size), tuple(stride), tuple(gp.shape[1:-1]),
                    tuple(lo for lo, _ in g_pads), gp.numel())

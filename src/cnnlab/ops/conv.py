@@ -73,7 +73,16 @@ from .products import mm_nt
 from .scratch import scratch
 from .shapes import Pads, as_tuple, check_fits, conv_padding, numel
 from .sums import channel_sums
-from .windows import offset_regions, pad_channels_last, sliding_windows, unpad, window_offsets, windows_overlap
+from .windows import (
+    flat_offsets,
+    offset_regions,
+    pad_channels_last,
+    sliding_windows,
+    tap_positions,
+    unpad,
+    window_offsets,
+    windows_overlap,
+)
 
 __all__ = [
     "conv1d",
@@ -531,6 +540,11 @@ def _use_fourier(x: torch.Tensor, weight: torch.Tensor, kernel, stride, dilation
             or (n >= tiny_batch and min(x.shape[2:]) == tiny and max(x.shape[2:]) <= high))
 
 
+def _out_size(spatial, pads: Pads, kernel, stride, dilation) -> list[int]:
+    """The output's spatial sizes for (before, after) borders ``pads``."""
+    return [(n + lo + hi - d * (k - 1) - 1) // s + 1 for n, (lo, hi), k, s, d in zip(spatial, pads, kernel, stride, dilation)]
+
+
 def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int):
     """The compiled loops' functions (``compiled_conv.kernels``) where they take the layer, else None: one
     group, more than one tap, DIRECT_MIN_CHANNELS or more input channels, and in training not a layer the DFT
@@ -539,8 +553,8 @@ def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: P
     Measured forward + backward, channels-last, 2 threads, against the tensor routes (window matrix, per-tap
     products, DFT; alternately, medians of 11-15): 3x3 layers 0.48-0.79 of their time (16->32 at 28 px,
     batch 128, 9.8 against 25.9 ms; 32->32 at 14 px 0.51; 64->64 and 128->128 at 7 px 0.73-0.80; stride 2
-    0.53-0.71); 5x5 layers with 6-32 input channels 0.53-0.86 (the DFT's), the book AlexNet's 96->256 1.71
-    (the DFT stays there); first layers, no input gradient: 3 channels 0.65, one channel 1.38-1.68 (the
+    0.53-0.71); 5x5 layers with 6-16 input channels 0.53-0.70 of the DFT's time, with 32 channels 0.86 (14 px
+    out) to 1.23 (10 px out: lenet-modern's 32->64), 48 and 96 channels 1.56 and 1.71 (the DFT keeps them); first layers, no input gradient: 3 channels 0.65, one channel 1.38-1.68 (the
     channels-first window matrix stays). Layers with few outputs for their weights (fewer than
     DIRECT_MIN_OUTPUTS samples x positions per stride step: ResNet-18's last stages at batch 32, 512->512 on
     1 px maps and 256->512 at stride 2 on 2 px) stay with the window matrix too: the loops repack the weights
@@ -548,8 +562,7 @@ def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: P
     on 4 px maps 1.4x (256->256 on 2 px maps at stride 1, 128 outputs: 0.75)."""
     if (groups != 1 or math.prod(kernel) == 1 or x.shape[1] < DIRECT_MIN_CHANNELS or torch.compiler.is_compiling()):
         return None
-    out = [(n + lo + hi - d * (k - 1) - 1) // s + 1 for n, (lo, hi), k, d, s in zip(x.shape[2:], pads, kernel, dilation, stride)]
-    if x.shape[0] * math.prod(out) < DIRECT_MIN_OUTPUTS * math.prod(stride):  # the weights' packing would dominate
+    if x.shape[0] * math.prod(_out_size(x.shape[2:], pads, kernel, stride, dilation)) < DIRECT_MIN_OUTPUTS * math.prod(stride):  # the weights' packing would dominate
         return None
     if (_training(x, weight) and FOURIER_MIN_TAPS is not None and math.prod(kernel) >= FOURIER_MIN_TAPS
             and x.shape[1] >= DIRECT_FOURIER_MIN_CHANNELS and _use_fourier(x, weight, kernel, stride, dilation, groups)):
@@ -565,13 +578,6 @@ def _use_shifted(x: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: 
     padded = [n + lo + hi for n, (lo, hi) in zip(x.shape[2:], pads)]
     out = [p - d * (k - 1) for p, k, d in zip(padded, kernel, dilation)]
     return math.prod(padded) <= SHIFTED_MAX_WASTE * math.prod(out)
-
-
-def _tap_offsets(kernel, dilation, padded) -> list[int]:
-    """Row offset of every kernel tap in the flattened padded image (row-major over the spatial axes)."""
-    row_strides = [math.prod(padded[a + 1 :]) for a in range(len(padded))]
-    return [sum(t * d * r for t, d, r in zip(tap, dilation, row_strides))
-            for tap in itertools.product(*(range(k) for k in kernel))]
 
 
 class ShiftedConvNd(torch.autograd.Function):
@@ -595,7 +601,7 @@ class ShiftedConvNd(torch.autograd.Function):
         padded = tuple(xp.shape[1:-1])
         out_size = tuple(p - d * (k - 1) for p, k, d in zip(padded, kernel, dilation))
         rows = xp.view(-1, c)  # (N*prod(S_pad), C)
-        offsets = _tap_offsets(kernel, dilation, padded)
+        offsets = flat_offsets(tap_positions(kernel, dilation), padded)  # each tap's row offset
         m = rows.shape[0] - offsets[-1]  # rows that hold every valid output
         taps = weight.reshape(o, c, -1).permute(2, 1, 0).contiguous()  # (K, C, O), once (not a copy per product)
         y = rows.new_empty((rows.shape[0], o))
@@ -780,7 +786,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
         out = reference_conv(x, weight, bias, stride, pads, dilation, groups)
         return out.squeeze(0) if unbatched else out
     if x.shape[0] == 0:  # an empty batch: an empty output, still connected to the inputs
-        out_size = [(n + lo + hi - d * (k - 1) - 1) // s + 1 for n, (lo, hi), k, s, d in zip(x.shape[2:], pads, kernel, stride, dilation)]
+        out_size = _out_size(x.shape[2:], pads, kernel, stride, dilation)
         link = x.sum() + weight.sum() + (bias.sum() if bias is not None else 0)
         out = x.new_zeros((0, weight.shape[0], *out_size)) + 0 * link
         return out.squeeze(0) if unbatched else out

@@ -18,6 +18,7 @@ convolution output come straight out of a matrix product as ``(N, *S_out, C_out)
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -25,7 +26,8 @@ import torch
 from .scratch import scratch
 from .shapes import Pads
 
-__all__ = ["offset_regions", "pad_channels_last", "sliding_windows", "window_offsets", "windows_overlap", "unpad"]
+__all__ = ["flat_offsets", "offset_regions", "pad_channels_last", "sliding_windows", "tap_positions", "window_offsets",
+           "windows_overlap", "unpad"]
 
 
 def pad_channels_last(x: torch.Tensor, pads: Pads, value: float = 0.0, slot: str | None = None) -> torch.Tensor:
@@ -99,6 +101,17 @@ def window_offsets(kernel: Sequence[int]) -> Iterator[tuple[int, tuple]]:
     lead = (slice(None),) * (1 + len(kernel))
     for i, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
         yield i, (*lead, *offset)
+
+
+def tap_positions(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Every kernel tap's position relative to its window's first element (an index per axis), scan order."""
+    return tuple(tuple(k * d for k, d in zip(tap, dilation)) for tap in itertools.product(*(range(k) for k in kernel)))
+
+
+def flat_offsets(positions, grid: Sequence[int]) -> list[int]:
+    """Positions (an index per axis) as offsets into the row-major flattening of a grid of size ``grid``."""
+    row_strides = [math.prod(grid[a + 1 :]) for a in range(len(grid))]
+    return [sum(i * r for i, r in zip(position, row_strides)) for position in positions]
 
 
 def offset_regions(spatial, kernel, stride, pads: Pads, dilation, out_size):

@@ -6,8 +6,8 @@
  *
  *     y[q, o] = bias[o] + sum over taps t and channels c of  xp[s*q + off[t], c] * w[t, c, o]
  *
- * The loops keep a block of up to 7 outputs of an output row by V vectors of output channels in
- * registers (7*V accumulators), and for each tap and input channel load V weight vectors once and
+ * The loops keep a block of up to 7 consecutive outputs (across rows and samples) by V vectors of
+ * output channels in registers (7*V accumulators), and for each tap and input channel load V weight vectors once and
  * broadcast 7 input values: 7*V fused multiply-adds per 7+V loads, the register blocking every fast
  * convolution uses. Written with GCC's vector extension (64-byte vectors: 16 floats or 8 doubles), so
  * the same source compiles to AVX-512, AVX2 or SSE (two or four instructions a vector) as the CPU has.
