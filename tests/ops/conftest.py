@@ -7,10 +7,10 @@ import pytest
 from cnnlab.ops import compiled, compiled_conv, compiled_norm, compiled_pool
 
 
-def _route(request, monkeypatch, library: str, function):
-    """Run the test on one of an op's two routes: its compiled loops (``compiled.library(library)``, whose
-    autograd Function ``function`` must then run at least once: the test's inputs must be ones the loops
-    take) or its tensor passes (which half precision, some channels-first layouts and torch.compile take)."""
+def _route(request, monkeypatch, library: str, *functions):
+    """Run the test on one of an op's two routes: its compiled loops (``compiled.library(library)``, one of
+    whose autograd Functions ``functions`` must then run at least once: the test's inputs must be ones the
+    loops take) or its tensor passes (which half precision, some channels-first layouts and torch.compile take)."""
     if request.param == "tensor":
         with compiled.disabled():
             yield request.param
@@ -20,8 +20,8 @@ def _route(request, monkeypatch, library: str, function):
             pytest.fail(compiled.status(library))
         pytest.skip(compiled.status(library))
     calls = []
-    apply = function.apply
-    monkeypatch.setattr(function, "apply", lambda *args: calls.append(1) or apply(*args))
+    for function in functions:
+        monkeypatch.setattr(function, "apply", lambda *args, apply=function.apply: calls.append(1) or apply(*args))
     yield request.param
     assert calls, f"the compiled route of {library} never ran in this test"
 
@@ -45,9 +45,10 @@ def norm_route(request, monkeypatch):
 
 @pytest.fixture(params=["compiled", "tensor"])
 def conv_route(request, monkeypatch):
-    """Stride-1 convolutions of one group: compiled_conv.py, or the tensor routes (window matrix, per-tap
-    products, DFT) that every other convolution takes."""
-    yield from _route(request, monkeypatch, "direct_conv", compiled_conv.DirectConvNd)
+    """Convolutions of one group: compiled_conv.py (channels-last loops, or lanes over positions for 1-3
+    input channels), or the tensor routes (window matrix, per-tap products, DFT) that every other
+    convolution takes."""
+    yield from _route(request, monkeypatch, "direct_conv", compiled_conv.DirectConvNd, compiled_conv.PlanarConvNd)
 
 
 @pytest.fixture

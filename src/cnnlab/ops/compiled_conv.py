@@ -40,7 +40,7 @@ from .shapes import Pads
 from .sums import channel_sums
 from .windows import flat_offsets, tap_positions
 
-__all__ = ["DirectConvNd", "kernels"]
+__all__ = ["DirectConvNd", "PlanarConvNd", "kernels"]
 
 _FLOAT = {torch.float32: "f32", torch.float64: "f64"}
 VECTOR_BYTES = 64  # the C loops' vectors (csrc/direct_conv_body.h)
@@ -70,18 +70,23 @@ def _shape(*args) -> ConvShape:
 @functools.cache
 def _typed(lib: ctypes.CDLL, suffix: str):
     forward, dot, weight_grad = (lib[f"conv_{name}_{suffix}"] for name in ("forward", "forward_dot", "weight_grad"))
-    p, shape = ctypes.c_void_p, ctypes.POINTER(ConvShape)
+    planar_forward, planar_weight_grad = (lib[f"planar_{name}_{suffix}"] for name in ("forward", "weight_grad"))
+    p, shape, i64, flag = ctypes.c_void_p, ctypes.POINTER(ConvShape), ctypes.c_int64, ctypes.c_int
     for function in (forward, dot):
         function.argtypes = [p, p, p, p, shape, p, ctypes.c_int]
         function.restype = None
     weight_grad.argtypes = [p, p, p, shape, p, ctypes.c_int]
     weight_grad.restype = None
-    return forward, dot, weight_grad
+    planar_forward.argtypes = [p, p, p, p, shape, p, i64, flag, ctypes.c_int]
+    planar_forward.restype = None
+    planar_weight_grad.argtypes = [p, p, p, shape, p, flag, ctypes.c_int]
+    planar_weight_grad.restype = ctypes.c_int
+    return forward, dot, weight_grad, planar_forward, planar_weight_grad
 
 
 def kernels(x: torch.Tensor):
-    """(forward, forward_dot, weight_grad) C functions for ``x``'s dtype, or None where the tensor routes
-    serve ``x``."""
+    """(forward, forward_dot, weight_grad, planar_forward, planar_weight_grad) C functions for ``x``'s
+    dtype, or None where the tensor routes serve ``x``."""
     if x.device.type != "cpu" or x.dtype not in _FLOAT or x.numel() == 0:
         return None
     lib = compiled.library("direct_conv")
@@ -263,3 +268,93 @@ def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pad
                    tuple(lo for lo, _ in g_pads), gp.numel())
     loop(xp.data_ptr(), gp.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), torch.get_num_threads())
     return gw[..., :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)
+
+
+PLANAR_MAX_WIDTH = 12  # output channels per block of the planar loops (2 x 12 accumulators)
+
+
+def _planar_input(x: torch.Tensor, pads: Pads, lanes: int) -> torch.Tensor:
+    """``x`` (N, C, *S) copied into a zero-bordered channels-first buffer (N, C, *S_pad), with ``lanes``
+    readable zeros past its end (a row's last vector of outputs reads up to lanes - 1 values past it)."""
+    n, c, *spatial = x.shape
+    padded = [size + lo + hi for size, (lo, hi) in zip(spatial, pads)]
+    flat = x.new_zeros(n * c * math.prod(padded) + lanes)
+    xp = flat[: n * c * math.prod(padded)].view(n, c, *padded)
+    xp[(slice(None), slice(None), *(slice(lo, lo + size) for size, (lo, _) in zip(spatial, pads)))] = x
+    return xp
+
+
+def _planar_packed(weight: torch.Tensor, width: int) -> torch.Tensor:
+    """(O, C, T) -> (O/width groups, C, T, width), zeros past O."""
+    o, c, t = weight.shape
+    groups = -(-o // width)
+    padded = weight if groups * width == o else torch.cat([weight, weight.new_zeros((groups * width - o, c, t))])
+    return padded.reshape(groups, width, c, t).permute(0, 2, 3, 1).contiguous()
+
+
+def _planar_width(o: int) -> int:
+    """Output channels per block: as few groups of at most PLANAR_MAX_WIDTH as O needs, evened out (32 ->
+    3 groups of 11)."""
+    groups = -(-o // PLANAR_MAX_WIDTH)
+    return -(-o // groups)
+
+
+class PlanarConvNd(torch.autograd.Function):
+    """Cross-correlation of a layer with few input channels (a first layer) by the compiled loops with lanes
+    over output positions (``csrc/planar_conv_body.h``): stride 1 along the last axis, any stride on the
+    others, any border and dilation. The input gradient, where one is asked for, is ``DirectConvNd``'s."""
+
+    @staticmethod
+    def forward(ctx, functions, x, weight, bias, stride, pads: Pads, dilation, channels_last: bool):
+        kernel = tuple(weight.shape[2:])
+        n, c = x.shape[:2]
+        o, lanes = weight.shape[0], _lanes(x.dtype)
+        xp = _planar_input(x, pads, lanes)
+        padded = xp.shape[2:]
+        out_size = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride))
+        width = _planar_width(o)
+        w = _planar_packed(weight.reshape(o, c, -1), width)
+        b = None if bias is None else bias.contiguous()
+        offsets = _flat_offsets(tap_positions(kernel, dilation), tuple(padded))
+        y = x.new_empty((n, *out_size, o) if channels_last else (n, o, *out_size))
+        shape = _shape(n, c, o, len(offsets), tuple(padded), tuple(out_size), tuple(stride))
+        functions[3](xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
+                     offsets.data_ptr(), width, int(channels_last), torch.get_num_threads())
+        ctx.functions = functions
+        ctx.geometry = (stride, pads, dilation, kernel, out_size)
+        ctx.save_for_backward(x, weight, bias, xp if ctx.needs_input_grad[2] else None)
+        return y.movedim(-1, 1) if channels_last else y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, xp = ctx.saved_tensors
+        stride, pads, dilation, kernel, out_size = ctx.geometry
+        from .conv import _like, laid_out_like_torch, reference_conv
+
+        if wants_graph():
+            grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, 1), (x, weight, bias),
+                                   ctx.needs_input_grad[1:4], grad_out)
+            return (None, *grads, None, None, None, None)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
+            grad_x = _input_grad(ctx.functions, _padded(grad_out, g_pads), weight, x.shape, stride, phases)
+        if ctx.needs_input_grad[2]:
+            grad_w = _like(_planar_weight_grad(ctx.functions[4], xp, grad_out, weight, kernel, dilation, stride, out_size), weight)
+        if ctx.needs_input_grad[3]:
+            grad_b = channel_sums(grad_out)
+        return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None, None
+
+
+def _planar_weight_grad(loop, xp, grad_out, weight, kernel, dilation, stride, out_size) -> torch.Tensor:
+    """gW (O, C, *K) by the planar loops, from grad_out in either layout (channels-last read in place)."""
+    n, c, *padded = xp.shape
+    channels_last = not grad_out.is_contiguous() and grad_out.movedim(1, -1).is_contiguous()
+    g = grad_out.movedim(1, -1) if channels_last else grad_out.contiguous()
+    offsets = _flat_offsets(tap_positions(kernel, dilation), tuple(padded))
+    gw = xp.new_empty(weight.shape)
+    shape = _shape(n, c, weight.shape[0], len(offsets), tuple(padded), tuple(out_size), tuple(stride))
+    if loop(xp.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), int(channels_last),
+            torch.get_num_threads()):
+        raise MemoryError("the planar convolution's weight gradient could not allocate its buffers")
+    return gw

@@ -21,6 +21,7 @@
  * alike; every block reads only inside the buffers it is given.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -44,6 +45,11 @@ typedef struct {
 
 #define CHUNK 32  /* blocks of 7 outputs that share one group's weights in cache (conv_forward) */
 #define CHUNK_POSITIONS 512  /* output positions whose values the weight gradient's tiles share in cache */
+#define PLANAR_CHUNKS 16  /* parts of the batch the planar weight gradient sums apart, then adds in order */
 
 #define BODY "direct_conv_body.h"
+#include "instantiate.h"
+
+#undef BODY
+#define BODY "planar_conv_body.h"
 #include "instantiate.h"

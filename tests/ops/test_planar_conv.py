@@ -1,0 +1,199 @@
+"""The compiled convolution with lanes over output positions (ops/compiled_conv.PlanarConvNd,
+csrc/planar_conv_body.h), which takes layers of 1-3 input channels, against torch in float64: values and
+every gradient over random geometries and both layouts of the result and of its gradient, its float32
+error, its thread independence, infinities where a row's last vector reads past the row, and which layers
+ops.conv1d/2d/3d send to it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+from cnnlab.ops import compiled, compiled_conv
+
+from helpers import check_op, max_rel_error
+
+THEIRS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@pytest.fixture(autouse=True)
+def loops():
+    if compiled.library("direct_conv") is None:
+        if compiled._compiler() is not None:  # a machine with a compiler must build them
+            pytest.fail(compiled.status("direct_conv"))
+        pytest.skip(compiled.status("direct_conv"))
+
+
+class _GradChannelsLast(torch.autograd.Function):
+    """The identity, whose backward hands on the gradient channels-last (as a channels-last network's next
+    layer does), so that the loops read that layout of the output gradient too."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+def planar(x, w, b, pads, dilation, stride=None, channels_last=False, grad_channels_last=False):
+    stride = stride or (1,) * (x.dim() - 2)
+    y = compiled_conv.PlanarConvNd.apply(compiled_conv.kernels(x), x, w, b, stride, pads, dilation, channels_last)
+    assert y.movedim(1, -1).is_contiguous() if channels_last else y.is_contiguous()
+    return _GradChannelsLast.apply(y) if grad_channels_last else y
+
+
+def random_case(rng: random.Random, dtype=torch.float64):
+    """A random convolution the planar loops take: 1-3 spatial axes, stride 1-3 on all but the last axis,
+    dilation, borders of 0-3 on either side (past the kernel's reach too), 1-3 input channels, 1-40 output
+    channels (every block width of 1-12), 1-40 samples (more than the weight gradient's 16 chunks, several
+    samples a piece), rows of 1-40 outputs (partial last vectors), with or without bias, any subset of inputs
+    asking for gradients."""
+    dims = rng.choice([1, 2, 2, 3])
+    kernel = [rng.randint(1, 3 if dims == 3 else 5) for _ in range(dims)]
+    if all(k == 1 for k in kernel):
+        kernel[-1] = 2
+    dilation = tuple(rng.randint(1, 2) for _ in range(dims))
+    stride = tuple(rng.choice([1, 1, 2, 3]) for _ in range(dims - 1)) + (1,)
+    pads = tuple((rng.randint(0, 3), rng.randint(0, 3)) for _ in range(dims))
+    longest = {1: 40, 2: 20, 3: 7}[dims]
+    spatial = [max(1, d * (k - 1) + 1 - lo - hi) + rng.randint(0, longest) for k, d, (lo, hi) in zip(kernel, dilation, pads)]
+    n, c, o = rng.choice([1, 2, 3, 17, 40]), rng.randint(1, 3), rng.randint(1, 40)
+    x = torch.randn(n, c, *spatial, dtype=dtype)
+    w = torch.randn(o, c, *kernel, dtype=dtype)
+    b = torch.randn(o, dtype=dtype) if rng.random() < 0.7 else None
+    for t in (x, w, b):
+        if t is not None and rng.random() < 0.8:
+            t.requires_grad_()
+    return dims, x, w, b, stride, pads, dilation
+
+
+def theirs(dims, stride, pads, dilation):
+    flat = [p for lo_hi in reversed(pads) for p in lo_hi]
+    return lambda x, w, b: THEIRS[dims](F.pad(x, flat), w, b, stride=stride, dilation=dilation)
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_planar_convolution_matches_torch_float64(chunk):
+    rng = random.Random(7000 + chunk)
+    for i in range(40):
+        dims, x, w, b, stride, pads, dilation = random_case(rng)
+        layout = {"channels_last": i % 2 == 1, "grad_channels_last": i % 4 >= 2}
+        check_op(lambda x, w, b: planar(x, w, b, pads, dilation, stride, **layout), theirs(dims, stride, pads, dilation),
+                 [x, w, b], rtol=1e-10, context=f"x {tuple(x.shape)} w {tuple(w.shape)} bias {b is not None} stride {stride} "
+                                                f"pads {pads} dilation {dilation} {layout}")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_planar_convolution_float32_within_float32_tolerance(seed):
+    dims, x, w, b, stride, pads, dilation = random_case(random.Random(seed), torch.float32)
+    layout = {"channels_last": seed % 2 == 1, "grad_channels_last": seed % 3 == 0}
+    check_op(lambda x, w, b: planar(x, w, b, pads, dilation, stride, **layout), theirs(dims, stride, pads, dilation),
+             [x, w, b], rtol=2e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_planar_convolution_on_zoo_first_layers_matches_torch_float64(channels_last):
+    """The zoo's first layers (LeNet's 1->6 5x5, lenet-modern's 1->32, 3x3 layers of 16-64 channels, an RGB
+    layer), many pieces of samples per chunk of the weight gradient."""
+    torch.manual_seed(0)
+    for n, c, o, size, k in [(37, 1, 6, 28, 5), (20, 1, 32, 28, 5), (19, 1, 16, 28, 3), (9, 1, 64, 28, 3), (21, 3, 16, 32, 3),
+                             (18, 2, 24, 14, 3)]:
+        x = torch.randn(n, c, size, size, dtype=torch.float64, requires_grad=c > 1)
+        w = torch.randn(o, c, k, k, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(o, dtype=torch.float64, requires_grad=True)
+        p = k // 2
+        check_op(lambda x, w, b: planar(x, w, b, ((p, p), (p, p)), (1, 1), None, channels_last, channels_last),
+                 lambda x, w, b: F.conv2d(x, w, b, padding=p), [x, w, b], rtol=1e-10, context=f"{n}x{c}x{size} -> {o}")
+
+
+def test_planar_convolution_does_not_depend_on_the_thread_count():
+    """Each output is one thread's sum, and the weight gradient's chunks are set by the batch alone and
+    added in order: bit-identical results for 1, 2 and 3 threads."""
+    torch.manual_seed(0)
+    x = torch.randn(45, 1, 21, 21)
+    w = torch.randn(10, 1, 5, 5, requires_grad=True)
+    g = torch.randn(45, 10, 19, 19)
+    threads, results = torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            y = planar(x, w, None, ((1, 1), (1, 1)), (1, 1))
+            results.append((y, *torch.autograd.grad(y, w, g)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("grad_channels_last", [False, True])
+def test_planar_weight_gradient_reads_nothing_past_a_row(grad_channels_last):
+    """An infinity at the start of a row, which the previous row's last vector of outputs reaches in lanes
+    past that row's end: the weight gradient must match torch's, finite where torch's is (the loops mask
+    those lanes, so no 0 * inf = NaN enters a sum that does not hold that value)."""
+    x = torch.randn(3, 1, 6, 20, dtype=torch.float64)
+    x[1, 0, 3, 0] = float("inf")
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 4, 4, 18, dtype=torch.float64)
+    ours = torch.autograd.grad(planar(x, w, None, ((0, 0), (0, 0)), (1, 1), grad_channels_last=grad_channels_last), w, g)[0]
+    expected = torch.autograd.grad(F.conv2d(x, w), w, g)[0]
+    assert torch.isfinite(expected).any() and not torch.isfinite(expected).all()
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(expected))
+    assert max_rel_error(ours, expected) < 1e-10
+
+
+def test_planar_convolution_second_derivatives_match_torch():
+    """create_graph differentiates the reference form: a gradient penalty's gradient equals torch's."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 9, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+
+    def penalty_grads(fn):
+        y = fn(x, w)
+        (gx,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+        return torch.autograd.grad((gx ** 2).sum(), (x, w))
+
+    ours = penalty_grads(lambda x, w: planar(x, w, None, ((1, 1), (1, 1)), (1, 1)))
+    expected = penalty_grads(lambda x, w: F.conv2d(x, w, padding=1))
+    for a, b in zip(ours, expected):
+        assert max_rel_error(a, b) < 1e-10
+
+
+def test_layers_taking_the_planar_loops(monkeypatch):
+    """conv1d/2d/3d send layers of one group with more than one tap, 1-3 input channels and stride 1 along
+    the last axis to the planar loops, with the result in the layout torch gives; groups, 1x1 kernels, a
+    strided last axis, 4+ channels, half precision and compiled.disabled() do not take them."""
+    taken = []
+    apply = compiled_conv.PlanarConvNd.apply
+    monkeypatch.setattr(compiled_conv.PlanarConvNd, "apply", lambda *args: taken.append(1) or apply(*args))
+
+    def routed(x_shape, w_shape, channels_last=False, dtype=torch.float32, conv=ops.conv2d, **kwargs):
+        taken.clear()
+        x = torch.randn(*x_shape, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(*w_shape, dtype=dtype, requires_grad=True)
+        y = conv(x, w, **kwargs)
+        expected = THEIRS[x.dim() - 2](x.float(), w.float(), **kwargs)
+        assert y.is_contiguous(memory_format=torch.channels_last) == expected.is_contiguous(memory_format=torch.channels_last)
+        return bool(taken)
+
+    assert routed((2, 1, 28, 28), (6, 1, 5, 5), padding=2)
+    assert routed((2, 1, 28, 28), (32, 1, 3, 3), channels_last=True, padding=1)
+    assert routed((2, 3, 32, 32), (16, 3, 3, 3), padding=1)
+    assert routed((2, 2, 28, 28), (16, 2, 3, 3), stride=(2, 1))
+    assert routed((2, 1, 50), (8, 1, 7), conv=ops.conv1d)
+    assert routed((2, 1, 6, 9, 9), (8, 1, 3, 3, 3), conv=ops.conv3d)
+    assert not routed((2, 1, 28, 28), (16, 1, 3, 3), stride=2)
+    assert not routed((2, 4, 28, 28), (16, 4, 3, 3))
+    assert not routed((2, 2, 28, 28), (16, 1, 3, 3), groups=2)
+    assert not routed((2, 1, 28, 28), (16, 1, 1, 1))
+    assert not routed((2, 1, 28, 28), (16, 1, 3, 3), dtype=torch.float16)
+    with compiled.disabled():
+        assert not routed((2, 1, 28, 28), (16, 1, 3, 3))
