@@ -149,29 +149,36 @@ void NAME(conv_forward_dot)(const T *xp, const T *w, const T *bias, T *y, const 
     }
 }
 
-/* One sample n's share of the weight gradient, added into gw (taps, C, op), R (1-8)
- * input channels by V output vectors at a time: gw[t, c, o] += xp[q + off[t], c] * gy[q, o]. Reads stay
- * inside both buffers: the last group of output channels, if only `lanes` wide, is copied to a zeroed
- * vector first. */
+/* A chunk of output rows' share of the weight gradient, added into R (1-8) consecutive rows of gw (taps *
+ * C, op) by V output vectors: gw[t, c, o] += xp[q + off[t], c] * gy[q, o]. Row r is the pair (t, c) whose
+ * input value sits roff[r] values past an output's window start: up to 8 channels of one tap, or, for
+ * layers of few channels, several taps' (a one-channel layer: 8 taps). Reads stay inside both buffers:
+ * the last group of output channels, if only `lanes` wide, is copied to a zeroed vector first. */
 #define WACC1(r) VEC a##r##0 = *(VEC *)(gw_r + (r) * op);
 #define WACC2(r) VEC a##r##0 = *(VEC *)(gw_r + (r) * op), a##r##1 = *(VEC *)(gw_r + (r) * op + L);
-#define WFMA1(r) { const T v = x[ow * step + (r)]; a##r##0 += v * g[0]; }
-#define WFMA2(r) { const T v = x[ow * step + (r)]; a##r##0 += v * g[0]; a##r##1 += v * g[1]; }
+#define WPTR(r) const T *x##r = x + roff[r];
+#define WLINE(r) x##r = x + roff[r];
+#define WREAD_ROWS(r) x[ow * step + (r)]  /* rows of consecutive channels of one tap: one pointer */
+#define WREAD_SPREAD(r) x##r[ow * step]   /* rows anywhere: a pointer each */
+#define WFMA1(r) { const T v = WREAD(r); a##r##0 += v * g[0]; }
+#define WFMA2(r) { const T v = WREAD(r); a##r##0 += v * g[0]; a##r##1 += v * g[1]; }
 #define WPUT1(r) *(VEC *)(gw_r + (r) * op) = a##r##0;
 #define WPUT2(r) *(VEC *)(gw_r + (r) * op) = a##r##0; *(VEC *)(gw_r + (r) * op + L) = a##r##1;
+#define NOTHING(r)
 
-#define WEIGHT_BLOCK(R, V)                                                                                    \
-static void NAME(weight_block_##R##x##V)(const T *xp, const T *gp, T *gw, const conv_shape *s, int64_t x_off, \
-                                         int64_t l0, int64_t l1, int64_t c0, int64_t o0, int64_t op) {       \
+#define WEIGHT_BLOCK(R, V, KIND, PTR, LINE)                                                                   \
+static void NAME(weight_##KIND##_##R##x##V)(const T *xp, const T *gp, T *gw_r, const conv_shape *s,         \
+                                            const int64_t *roff, int64_t l0, int64_t l1, int64_t o0, int64_t op) { \
     const int64_t c = s->c, o = s->o, step = s->stride[2] * c, lanes = o - o0 < L * V ? o - o0 : L * V;      \
     const int64_t plane_in = s->in[0] * s->in[1] * s->in[2], plane_g = s->g_in[0] * s->g_in[1] * s->g_in[2]; \
-    T *gw_r = gw + c0 * op + o0;                                                                             \
+    const T *x = xp;                                                                                         \
     ROWS##R(WACC##V)                                                                                         \
+    ROWS##R(PTR)                                                                                             \
     for (int64_t line = l0; line < l1; line++) {  /* an output row: (n, od, oh) */                          \
             const int64_t n = line / (s->out[0] * s->out[1]), od = line / s->out[1] % s->out[0];              \
             const int64_t oh = line % s->out[1];                                                             \
-            const T *x = xp + (n * plane_in + (od * s->stride[0] * s->in[1] + oh * s->stride[1]) * s->in[2]  \
-                               + x_off) * c + c0;                                                            \
+            x = xp + (n * plane_in + (od * s->stride[0] * s->in[1] + oh * s->stride[1]) * s->in[2]) * c;     \
+            LINE(R)                                                                                          \
             const T *gy = gp + (n * plane_g + ((od + s->g_lo[0]) * s->g_in[1] + oh + s->g_lo[1]) * s->g_in[2] \
                                 + s->g_lo[2]) * o + o0;                                                      \
             for (int64_t ow = 0; ow < s->out[2]; ow++) {                                                     \
@@ -192,19 +199,33 @@ static void NAME(weight_block_##R##x##V)(const T *xp, const T *gp, T *gw, const 
     ROWS##R(WPUT##V)                                                                                         \
 }
 
-#define WEIGHT_BLOCKS(V) WEIGHT_BLOCK(1, V) WEIGHT_BLOCK(2, V) WEIGHT_BLOCK(3, V) WEIGHT_BLOCK(4, V) \
-                         WEIGHT_BLOCK(5, V) WEIGHT_BLOCK(6, V) WEIGHT_BLOCK(7, V) WEIGHT_BLOCK(8, V)
+/* rows of one tap's consecutive channels (x advanced to the first), and rows anywhere (8.5-25% slower on
+ * layers of 8+ channels, which never need them) */
+#define WREAD WREAD_ROWS
+#define WEIGHT_ROWS(R, V) WEIGHT_BLOCK(R, V, rows, NOTHING, WSHIFT)
+#define WSHIFT(R) x += roff[0];
+#define WEIGHT_BLOCKS(V) WEIGHT_ROWS(1, V) WEIGHT_ROWS(2, V) WEIGHT_ROWS(3, V) WEIGHT_ROWS(4, V) \
+                         WEIGHT_ROWS(5, V) WEIGHT_ROWS(6, V) WEIGHT_ROWS(7, V) WEIGHT_ROWS(8, V)
 WEIGHT_BLOCKS(1)
 WEIGHT_BLOCKS(2)
+#undef WREAD
+#define WREAD WREAD_SPREAD
+#define WLINES(R) ROWS##R(WLINE)
+#define WEIGHT_SPREAD(R, V) WEIGHT_BLOCK(R, V, spread, WPTR, WLINES)
+#define SPREAD_BLOCKS(V) WEIGHT_SPREAD(1, V) WEIGHT_SPREAD(2, V) WEIGHT_SPREAD(3, V) WEIGHT_SPREAD(4, V) \
+                         WEIGHT_SPREAD(5, V) WEIGHT_SPREAD(6, V) WEIGHT_SPREAD(7, V) WEIGHT_SPREAD(8, V)
+SPREAD_BLOCKS(1)
+SPREAD_BLOCKS(2)
+#undef WREAD
 
-typedef void (*NAME(weight_block_fn))(const T *, const T *, T *, const conv_shape *, int64_t, int64_t, int64_t, int64_t,
+typedef void (*NAME(weight_block_fn))(const T *, const T *, T *, const conv_shape *, const int64_t *, int64_t, int64_t,
                                       int64_t, int64_t);
-static const NAME(weight_block_fn) NAME(weight_blocks)[2][9] = {
-    {NULL, NAME(weight_block_1x1), NAME(weight_block_2x1), NAME(weight_block_3x1), NAME(weight_block_4x1),
-     NAME(weight_block_5x1), NAME(weight_block_6x1), NAME(weight_block_7x1), NAME(weight_block_8x1)},
-    {NULL, NAME(weight_block_1x2), NAME(weight_block_2x2), NAME(weight_block_3x2), NAME(weight_block_4x2),
-     NAME(weight_block_5x2), NAME(weight_block_6x2), NAME(weight_block_7x2), NAME(weight_block_8x2)},
-};
+#define WEIGHT_TABLE(KIND) {                                                                                   \
+    {NULL, NAME(weight_##KIND##_1x1), NAME(weight_##KIND##_2x1), NAME(weight_##KIND##_3x1), NAME(weight_##KIND##_4x1), \
+     NAME(weight_##KIND##_5x1), NAME(weight_##KIND##_6x1), NAME(weight_##KIND##_7x1), NAME(weight_##KIND##_8x1)},      \
+    {NULL, NAME(weight_##KIND##_1x2), NAME(weight_##KIND##_2x2), NAME(weight_##KIND##_3x2), NAME(weight_##KIND##_4x2), \
+     NAME(weight_##KIND##_5x2), NAME(weight_##KIND##_6x2), NAME(weight_##KIND##_7x2), NAME(weight_##KIND##_8x2)}}
+static const NAME(weight_block_fn) NAME(weight_blocks)[2][2][9] = {WEIGHT_TABLE(rows), WEIGHT_TABLE(spread)};
 
 /* The width of the weight gradient's rows: O in groups of 2*L channels, the last of L where no more remain. */
 static int64_t NAME(padded_width)(int64_t o) {
@@ -214,22 +235,25 @@ static int64_t NAME(padded_width)(int64_t o) {
 
 /* gw (taps, C, padded_width(O)), zeros on entry, += the sum over samples and valid positions of
  * xp[q + off[t]] (x) gy[q]; gp is the padded output gradient (s->g_in, starting at s->g_lo). Each tile of
- * gw (a tap, up to 8 input channels, a group of output channels) belongs to one thread, which adds the
+ * gw (8 consecutive (tap, channel) rows, a group of output channels) belongs to one thread, which adds the
  * output rows to it a chunk at a time, in order: no partial sums to merge, and the same bits for any thread
  * count. The chunks (output rows, about CHUNK_POSITIONS positions) keep their values in cache while
  * every tile reads them. */
 void NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s, const int64_t *off, int threads) {
-    const int64_t op = NAME(padded_width)(s->o), lines = s->n * s->out[0] * s->out[1];
+    const int64_t op = NAME(padded_width)(s->o), lines = s->n * s->out[0] * s->out[1], rows = s->taps * s->c;
     const int64_t per_chunk = s->out[2] >= CHUNK_POSITIONS ? 1 : CHUNK_POSITIONS / s->out[2];  /* output rows */
-    const int64_t cb = (s->c + 7) / 8, groups = (s->o + 2 * L - 1) / (2 * L), tiles = s->taps * cb * groups;
+    const int64_t rb = (rows + 7) / 8, groups = (s->o + 2 * L - 1) / (2 * L), tiles = rb * groups;
     #pragma omp parallel num_threads(threads)
     for (int64_t l = 0; l < lines; l += per_chunk) {
         const int64_t l1 = l + per_chunk < lines ? l + per_chunk : lines;
         #pragma omp for schedule(static) nowait
         for (int64_t tile = 0; tile < tiles; tile++) {  /* the same tiles go to the same thread for every chunk */
-            const int64_t t = tile / (cb * groups), c0 = tile / groups % cb * 8, o0 = tile % groups * 2 * L;
-            NAME(weight_blocks)[s->o - o0 > L ? 1 : 0][s->c - c0 < 8 ? s->c - c0 : 8](
-                xp, gp, gw + t * s->c * op, s, off[t], l, l1, c0, o0, op);
+            const int64_t i0 = tile / groups * 8, o0 = tile % groups * 2 * L, count = rows - i0 < 8 ? rows - i0 : 8;
+            int64_t roff[8];
+            for (int64_t r = 0; r < count; r++)  /* row i0 + r: tap (i0 + r) / C, channel (i0 + r) % C */
+                roff[r] = off[(i0 + r) / s->c] * s->c + (i0 + r) % s->c;
+            const int spread = i0 % s->c + count > s->c;  /* rows of more than one tap */
+            NAME(weight_blocks)[spread][s->o - o0 > L ? 1 : 0][count](xp, gp, gw + i0 * op + o0, s, roff, l, l1, o0, op);
         }
     }
 }
