@@ -197,3 +197,17 @@ def test_layers_taking_the_planar_loops(monkeypatch):
     assert not routed((2, 1, 28, 28), (16, 1, 3, 3), dtype=torch.float16)
     with compiled.disabled():
         assert not routed((2, 1, 28, 28), (16, 1, 3, 3))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_planar_convolution_output_can_be_changed_in_place(channels_last):
+    """nn.ReLU(inplace=True) after a first layer (AlexNet-CPU's): the output is not a view autograd guards,
+    and the gradients stay torch's (nothing saved for the backward pass shares the output)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    ours = torch.autograd.grad(torch.relu_(ops.conv2d(x, w, padding=2)).square().sum(), w)[0]
+    expected = torch.autograd.grad(torch.relu(F.conv2d(x, w, padding=2)).square().sum(), w)[0]
+    assert max_rel_error(ours, expected) < 1e-10

@@ -20,6 +20,12 @@ alternately, medians of 11-15: 3x3 layers at stride 1 0.95-1.36 of its time (16-
 5x5 layers with 6-16 input channels 1.20-1.36. The window matrix, per-tap products and DFT these
 replace ran the same layers at 1.4-3.0x torch's time (numbers in ``conv._direct_loops`` and the README).
 
+Layers of 1-3 input channels (a network's first layer) take ``PlanarConvNd`` instead, where
+``conv._planar_loops`` says so: a vector holds consecutive outputs of one row rather than output
+channels, which such a layer has too few of to fill vectors with work (``csrc/planar_conv_body.h``);
+its weight gradient, for a channels-last output gradient of 9 or more channels, is ``conv_weight_grad``
+above, whose tiles then run over 8 taps of the one channel.
+
 Used, where ``conv._direct_loops`` says so, for float32 and float64 CPU tensors of one group; half
 precision, other devices, ``torch.compile`` and torch.func keep the tensor routes. A differentiable
 backward (``create_graph``) differentiates ``conv.reference_conv``, as every route does.
@@ -330,7 +336,7 @@ class PlanarConvNd(torch.autograd.Function):
         ctx.functions = functions
         ctx.geometry = (stride, pads, dilation, kernel, out_size)
         ctx.save_for_backward(x, weight, bias, xp if ctx.needs_input_grad[2] else None)
-        return y.movedim(-1, 1) if channels_last else y
+        return unviewed(y.movedim(-1, 1)) if channels_last else y  # nothing saved shares y
 
     @staticmethod
     def backward(ctx, grad_out):

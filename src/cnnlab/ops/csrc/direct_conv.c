@@ -12,8 +12,9 @@
  * convolution uses. Written with GCC's vector extension (64-byte vectors: 16 floats or 8 doubles), so
  * the same source compiles to AVX-512, AVX2 or SSE (two or four instructions a vector) as the CPU has.
  *
- * The weight gradient sums the other way: for each tap, a block of up to 8 input channels by V
- * vectors of output channels, over every output position: gw[t, c, o] += xp[s*q + off[t], c] * gy[q, o].
+ * The weight gradient sums the other way: a block of up to 8 (tap, input channel) rows (8 channels of
+ * one tap; for layers of few channels, several taps) by V vectors of output channels, over every output
+ * position: gw[t, c, o] += xp[s*q + off[t], c] * gy[q, o].
  * Each tile of the result belongs to one thread and takes the samples in order: the result does not
  * depend on the thread count.
  *
@@ -50,6 +51,7 @@ typedef struct {
 #define BODY "direct_conv_body.h"
 #include "instantiate.h"
 
+/* Layers of few input channels: lanes over output positions instead (planar_conv_body.h). */
 #undef BODY
 #define BODY "planar_conv_body.h"
 #include "instantiate.h"
