@@ -205,9 +205,12 @@ def test_planar_convolution_output_can_be_changed_in_place(channels_last):
     and the gradients stay torch's (nothing saved for the backward pass shares the output)."""
     torch.manual_seed(0)
     x = torch.randn(3, 1, 12, 12, dtype=torch.float64)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w = torch.randn(8, 1, 5, 5, dtype=torch.float64, requires_grad=True)
-    ours = torch.autograd.grad(torch.relu_(ops.conv2d(x, w, padding=2)).square().sum(), w)[0]
+    w = torch.randn(8, 1, 5, 5, dtype=torch.float64)
+    if channels_last:  # a channels-last network's weights (Module.to's strides): the result is channels-last
+        w = torch.empty_strided(w.shape, (25, 1, 5, 1), dtype=w.dtype).copy_(w)
+    w.requires_grad_()
+    y = ops.conv2d(x, w, padding=2)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    ours = torch.autograd.grad(torch.relu_(y).square().sum(), w)[0]
     expected = torch.autograd.grad(torch.relu(F.conv2d(x, w, padding=2)).square().sum(), w)[0]
     assert max_rel_error(ours, expected) < 1e-10
