@@ -154,13 +154,12 @@ def test_layers_taking_the_direct_loops(monkeypatch):
     assert routed((25, 16, 2, 2), (32, 16, 3, 3), padding=1)  # 100 outputs
     assert not routed((24, 16, 2, 2), (32, 16, 3, 3), padding=1)
     assert routed((2, 8, 28, 28), (16, 8, 3, 3), padding=1, dilation=2)
-    assert routed((4, 3, 28, 28), (16, 3, 3, 3), padding=1, stride=2)  # 1-3 channels at stride 1: the planar loops
-    assert not routed((2, 3, 28, 28), (16, 3, 3, 3), padding=1)
+    assert not routed((4, 3, 28, 28), (16, 3, 3, 3), padding=1, stride=2)  # 1-3 channels: the planar loops
     assert routed((2, 6, 14, 14), (16, 6, 5, 5))
     assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=3)  # a border past the kernel's reach
     assert not routed((2, 32, 12, 12), (16, 32, 5, 5), padding=2)  # training, 5x5, 32 channels: the DFT
     assert routed((2, 64, 12, 12), (16, 64, 5, 5), grad=False, padding=2)  # evaluation
-    assert not routed((2, 1, 28, 28), (16, 1, 3, 3), padding=1, stride=2)  # one channel: channels-first windows
+    assert not routed((2, 1, 28, 28), (16, 1, 3, 3), padding=1, stride=2)  # one channel: the planar loops
     assert not routed((2, 16, 14, 14), (32, 8, 3, 3), padding=1, groups=2)
     assert not routed((2, 16, 14, 14), (32, 16, 1, 1))
     assert not routed((2, 16, 14, 14), (32, 16, 3, 3), dtype=torch.float16, padding=1)

@@ -49,8 +49,8 @@ def planar(x, w, b, pads, dilation, stride=None, channels_last=False, grad_chann
 
 
 def random_case(rng: random.Random, dtype=torch.float64):
-    """A random convolution the planar loops take: 1-3 spatial axes, stride 1-3 on all but the last axis,
-    dilation, borders of 0-3 on either side (past the kernel's reach too), 1-3 input channels, 1-40 output
+    """A random convolution the planar loops take: 1-3 spatial axes, stride 1-3 on all but the last axis
+    and 1-4 on the last (1-D and 2-D: its columns dealt into phases), dilation, borders of 0-3 on either side (past the kernel's reach too), 1-3 input channels, 1-40 output
     channels (every block width of 1-12), 1-40 samples (more than the weight gradient's 16 chunks, several
     samples a piece), rows of 1-40 outputs (partial last vectors), with or without bias, any subset of inputs
     asking for gradients."""
@@ -59,7 +59,7 @@ def random_case(rng: random.Random, dtype=torch.float64):
     if all(k == 1 for k in kernel):
         kernel[-1] = 2
     dilation = tuple(rng.randint(1, 2) for _ in range(dims))
-    stride = tuple(rng.choice([1, 1, 2, 3]) for _ in range(dims - 1)) + (1,)
+    stride = tuple(rng.choice([1, 1, 2, 3]) for _ in range(dims - 1)) + (rng.choice([1, 1, 2, 3, 4]) if dims < 3 else 1,)
     pads = tuple((rng.randint(0, 3), rng.randint(0, 3)) for _ in range(dims))
     longest = {1: 40, 2: 20, 3: 7}[dims]
     spatial = [max(1, d * (k - 1) + 1 - lo - hi) + rng.randint(0, longest) for k, d, (lo, hi) in zip(kernel, dilation, pads)]
@@ -100,16 +100,18 @@ def test_planar_convolution_float32_within_float32_tolerance(seed):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_planar_convolution_on_zoo_first_layers_matches_torch_float64(channels_last):
     """The zoo's first layers (LeNet's 1->6 5x5, lenet-modern's 1->32, 3x3 layers of 16-64 channels, an RGB
-    layer), many pieces of samples per chunk of the weight gradient."""
+    layer, the 7x7/2 of the book's ResNet and GoogLeNet, AlexNet's 11x11/4), many pieces of samples per chunk
+    of the weight gradient."""
     torch.manual_seed(0)
-    for n, c, o, size, k in [(37, 1, 6, 28, 5), (20, 1, 32, 28, 5), (19, 1, 16, 28, 3), (9, 1, 64, 28, 3), (21, 3, 16, 32, 3),
-                             (18, 2, 24, 14, 3)]:
+    for n, c, o, size, k, stride in [(37, 1, 6, 28, 5, 1), (20, 1, 32, 28, 5, 1), (19, 1, 16, 28, 3, 1), (9, 1, 64, 28, 3, 1),
+                                     (21, 3, 16, 32, 3, 1), (18, 2, 24, 14, 3, 1), (5, 1, 64, 32, 7, 2), (3, 1, 96, 67, 11, 4)]:
         x = torch.randn(n, c, size, size, dtype=torch.float64, requires_grad=c > 1)
         w = torch.randn(o, c, k, k, dtype=torch.float64, requires_grad=True)
         b = torch.randn(o, dtype=torch.float64, requires_grad=True)
         p = k // 2
-        check_op(lambda x, w, b: planar(x, w, b, ((p, p), (p, p)), (1, 1), None, channels_last, channels_last),
-                 lambda x, w, b: F.conv2d(x, w, b, padding=p), [x, w, b], rtol=1e-10, context=f"{n}x{c}x{size} -> {o}")
+        check_op(lambda x, w, b: planar(x, w, b, ((p, p), (p, p)), (1, 1), (stride, stride), channels_last, channels_last),
+                 lambda x, w, b: F.conv2d(x, w, b, padding=p, stride=stride), [x, w, b], rtol=1e-10,
+                 context=f"{n}x{c}x{size} -> {o}, {k}x{k}/{stride}")
 
 
 def test_planar_convolution_does_not_depend_on_the_thread_count():
@@ -166,9 +168,10 @@ def test_planar_convolution_second_derivatives_match_torch():
 
 
 def test_layers_taking_the_planar_loops(monkeypatch):
-    """conv1d/2d/3d send layers of one group with more than one tap, 1-3 input channels and stride 1 along
-    the last axis to the planar loops, with the result in the layout torch gives; groups, 1x1 kernels, a
-    strided last axis, 4+ channels, half precision and compiled.disabled() do not take them."""
+    """conv1d/2d/3d send layers of one group with more than one tap and 1-3 input channels to the planar
+    loops (any stride, but stride 1 along the last axis of a 3-D layer), with the result in the layout torch
+    gives; groups, 1x1 kernels, a 3-D layer strided along its last axis, 4+ channels, half precision and
+    compiled.disabled() do not take them."""
     taken = []
     apply = compiled_conv.PlanarConvNd.apply
     monkeypatch.setattr(compiled_conv.PlanarConvNd, "apply", lambda *args: taken.append(1) or apply(*args))
@@ -190,7 +193,9 @@ def test_layers_taking_the_planar_loops(monkeypatch):
     assert routed((2, 2, 28, 28), (16, 2, 3, 3), stride=(2, 1))
     assert routed((2, 1, 50), (8, 1, 7), conv=ops.conv1d)
     assert routed((2, 1, 6, 9, 9), (8, 1, 3, 3, 3), conv=ops.conv3d)
-    assert not routed((2, 1, 28, 28), (16, 1, 3, 3), stride=2)
+    assert routed((2, 1, 28, 28), (16, 1, 3, 3), stride=2)
+    assert routed((2, 1, 224, 224), (96, 1, 11, 11), stride=4, padding=1)  # the book AlexNet's first layer
+    assert not routed((2, 1, 6, 9, 9), (8, 1, 3, 3, 3), conv=ops.conv3d, stride=(1, 1, 2))
     assert not routed((2, 4, 28, 28), (16, 4, 3, 3))
     assert not routed((2, 2, 28, 28), (16, 1, 3, 3), groups=2)
     assert not routed((2, 1, 28, 28), (16, 1, 1, 1))

@@ -277,23 +277,58 @@ def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pad
 
 
 PLANAR_MAX_WIDTH = 12  # output channels per block of the planar loops (2 x 12 accumulators)
-# Above this many output channels, a channels-last output gradient goes to the channels-last loops' weight
-# gradient (lanes over output channels, 8 taps a tile for one channel) instead of the planar one. Weight
-# gradient alone, 2 threads, medians of 21, planar / channels-last loops: 1->6 5x5 at batch 256 1.08 / 1.18
+# Above this many output channels, a channels-last result is computed by the channels-last loops (lanes over
+# output channels) from the same planar buffer, which for one channel is also channels-last: the forward
+# alone, channels-last, 2 threads, medians of 12, planar / channels-last loops: 1->6 5x5 at batch 256 0.73
+# / 1.12 ms, 1->8 0.80 / 1.13, 1->12 1.27 / 1.14; 1->12 3x3 0.55 / 0.46, 1->16 0.67 / 0.44, 1->32 1.09 /
+# 0.49, 1->64 at batch 64 1.16 / 0.58, 1->32 5x5 1.34 / 0.65, 3->16 3x3 at 32 px 0.97 / 0.87, 7x7/2 1->64 at
+# 96 px 1.29 / 0.83, 11x11/4 1->96 at 224 px 2.49 / 1.51 (the planar loops write a channels-last result
+# a value at a time). Likewise a channels-last output gradient goes to the channels-last loops' weight
+# gradient (8 taps a tile for one channel) instead of the planar one. Weight gradient alone, 2 threads, medians of 21, planar / channels-last loops: 1->6 5x5 at batch 256 1.08 / 1.18
 # ms, 1->8 3x3 0.24 / 0.27, 1->12 5x5 0.70 / 0.47, 1->16 3x3 0.64 / 0.32, 1->32 5x5 2.63 / 0.78, 1->64 3x3
-# 0.93 / 0.29, 3->16 3x3 at 32 px 0.82 / 0.64. A channels-first gradient stays planar (copying it
-# channels-last first: 1.3-2.5x the planar time).
-PLANAR_WEIGHT_GRAD_MAX_CHANNELS = 8
+# 0.93 / 0.29, 3->16 3x3 at 32 px 0.82 / 0.64. A channels-first gradient is copied channels-last for them
+# from this many taps: planar / copy and channels-last loops, 11x11/4 1->96 at 224 px, batch 8, 4.99 / 2.64
+# ms, at 96 px 4.75 / 1.65; 7x7/2 1->64 at 96 px 1.94 / 1.95, at 32 px 0.57 / 0.38, 3->64 at 64 px 2.49 /
+# 1.95; but 5x5 1->32 at 28 px 1.50 / 1.92 and 3x3 1->64 0.59 / 1.91.
+PLANAR_MAX_CHANNELS_LAST = 8
+PLANAR_WEIGHT_GRAD_COPY_MIN_TAPS = 49
 
 
-def _planar_input(x: torch.Tensor, pads: Pads, lanes: int) -> torch.Tensor:
-    """``x`` (N, C, *S) copied into a zero-bordered channels-first buffer (N, C, *S_pad), with ``lanes``
-    readable zeros past its end (a row's last vector of outputs reads up to lanes - 1 values past it)."""
+@functools.lru_cache(maxsize=1024)
+def _planar_layout(spatial, kernel, stride, pads: Pads, dilation):
+    """How the planar loops see a convolution: (grid, positions, loop_stride, out_size).
+
+    At stride 1 along the last axis the grid is the padded input and the positions are the taps'. At stride
+    s > 1 there (a 7x7/2 or 11x11/4 first layer; 1-D and 2-D) the padded input's columns are dealt into s
+    phases, column i to phase i % s at i // s, and the phases stacked as a leading axis: output column j's
+    tap k then reads phase (k*d) % s at column j + (k*d) // s, a stride-1 row again, every tap at a fixed
+    offset (no tap read but the kernel's own)."""
+    padded = [n + lo + hi for n, (lo, hi) in zip(spatial, pads)]
+    out_size = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride))
+    taps = tap_positions(kernel, dilation)
+    s = stride[-1]
+    if s == 1:
+        return tuple(padded), taps, tuple(stride), out_size
+    grid = (s, *padded[:-1], -(-padded[-1] // s))
+    positions = tuple((t[-1] % s, *t[:-1], t[-1] // s) for t in taps)
+    return grid, positions, (1, *stride[:-1], 1), (1, *out_size)
+
+
+def _planar_input(x: torch.Tensor, pads: Pads, grid, lanes: int) -> torch.Tensor:
+    """``x`` (N, C, *S) copied into a zero-bordered channels-first buffer (N, C, *grid) (``_planar_layout``:
+    the padded input, or its columns dealt into phases), with ``lanes`` readable zeros past its end (a row's
+    last vector of outputs reads up to lanes - 1 values past it)."""
     n, c, *spatial = x.shape
-    padded = [size + lo + hi for size, (lo, hi) in zip(spatial, pads)]
-    flat = x.new_zeros(n * c * math.prod(padded) + lanes)
-    xp = flat[: n * c * math.prod(padded)].view(n, c, *padded)
-    xp[(slice(None), slice(None), *(slice(lo, lo + size) for size, (lo, _) in zip(spatial, pads)))] = x
+    flat = x.new_zeros(n * c * math.prod(grid) + lanes)
+    xp = flat[: n * c * math.prod(grid)].view(n, c, *grid)
+    if len(grid) == len(spatial):
+        xp[(slice(None), slice(None), *(slice(lo, lo + size) for size, (lo, _) in zip(spatial, pads)))] = x
+        return xp
+    s, *lead, columns = grid  # the padded input, widened to whole phases, dealt column i -> (i % s, i // s)
+    (lo, hi) = pads[-1]
+    flat_pads = [lo, columns * s - spatial[-1] - lo] + [p for lo_hi in reversed(pads[:-1]) for p in lo_hi]
+    padded = torch.constant_pad_nd(x, flat_pads)  # (N, C, *lead, columns * s)
+    xp.copy_(padded.view(n, c, *lead, columns, s).movedim(-1, 2))
     return xp
 
 
@@ -313,26 +348,32 @@ def _planar_width(o: int) -> int:
 
 
 class PlanarConvNd(torch.autograd.Function):
-    """Cross-correlation of a layer with few input channels (a first layer) by the compiled loops with lanes
-    over output positions (``csrc/planar_conv_body.h``): stride 1 along the last axis, any stride on the
-    others, any border and dilation. The input gradient, where one is asked for, is ``DirectConvNd``'s."""
+    """Cross-correlation of a layer with few input channels (a first layer) from a channels-first padded
+    input (``_planar_layout``; any stride, along the last axis of a 1-D or 2-D layer through phases, border
+    and dilation): by the compiled loops with lanes over output positions (``csrc/planar_conv_body.h``), or,
+    for a channels-last result of more than PLANAR_MAX_CHANNELS_LAST channels, by the channels-last loops
+    reading the same buffer. The input gradient, where one is asked for, is ``DirectConvNd``'s."""
 
     @staticmethod
     def forward(ctx, functions, x, weight, bias, stride, pads: Pads, dilation, channels_last: bool):
         kernel = tuple(weight.shape[2:])
         n, c = x.shape[:2]
         o, lanes = weight.shape[0], _lanes(x.dtype)
-        xp = _planar_input(x, pads, lanes)
-        padded = xp.shape[2:]
-        out_size = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride))
-        width = _planar_width(o)
-        w = _planar_packed(weight.reshape(o, c, -1), width)
-        b = None if bias is None else bias.contiguous()
-        offsets = _flat_offsets(tap_positions(kernel, dilation), tuple(padded))
-        y = x.new_empty((n, *out_size, o) if channels_last else (n, o, *out_size))
-        shape = _shape(n, c, o, len(offsets), tuple(padded), tuple(out_size), tuple(stride))
-        functions[3](xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
-                     offsets.data_ptr(), width, int(channels_last), torch.get_num_threads())
+        grid, positions, loop_stride, loop_out = _planar_layout(tuple(x.shape[2:]), kernel, stride, pads, dilation)
+        xp = _planar_input(x, pads, grid, lanes)
+        out_size = loop_out[len(loop_out) - len(kernel):]
+        if channels_last and o > PLANAR_MAX_CHANNELS_LAST:
+            y = _correlate(functions, xp.movedim(1, -1).contiguous(), weight.reshape(o, c, -1), bias, loop_out, positions,
+                           loop_stride).view(n, *out_size, o)
+        else:
+            width = _planar_width(o)
+            w = _planar_packed(weight.reshape(o, c, -1), width)
+            b = None if bias is None else bias.contiguous()
+            offsets = _flat_offsets(positions, grid)
+            y = x.new_empty((n, *out_size, o) if channels_last else (n, o, *out_size))
+            shape = _shape(n, c, o, len(offsets), grid, loop_out, loop_stride)
+            functions[3](xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
+                         offsets.data_ptr(), width, int(channels_last), torch.get_num_threads())
         ctx.functions = functions
         ctx.geometry = (stride, pads, dilation, kernel, out_size)
         ctx.save_for_backward(x, weight, bias, xp if ctx.needs_input_grad[2] else None)
@@ -352,27 +393,35 @@ class PlanarConvNd(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
             grad_x = _input_grad(ctx.functions, _padded(grad_out, g_pads), weight, x.shape, stride, phases)
-        if ctx.needs_input_grad[2] and weight.shape[0] > PLANAR_WEIGHT_GRAD_MAX_CHANNELS and grad_out.movedim(1, -1).is_contiguous():
-            g = grad_out.movedim(1, -1)  # channels-last: the channels-last loops' weight gradient, lanes over O
-            no_border = ((0, 0),) * len(kernel)
-            grad_w = _like(_weight_grad(ctx.functions[2], xp.movedim(1, -1).contiguous(), g, weight, kernel, dilation, stride,
-                                        out_size, no_border), weight)
-        elif ctx.needs_input_grad[2]:
-            grad_w = _like(_planar_weight_grad(ctx.functions[4], xp, grad_out, weight, kernel, dilation, stride, out_size), weight)
+        if ctx.needs_input_grad[2]:
+            grad_w = _like(_planar_weight_grad(ctx.functions, xp, grad_out, weight, tuple(x.shape[2:]), pads, kernel, dilation,
+                                               stride), weight)
         if ctx.needs_input_grad[3]:
             grad_b = channel_sums(grad_out)
         return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None, None
 
 
-def _planar_weight_grad(loop, xp, grad_out, weight, kernel, dilation, stride, out_size) -> torch.Tensor:
-    """gW (O, C, *K) by the planar loops, from grad_out in either layout (channels-last read in place)."""
-    n, c, *padded = xp.shape
+def _planar_weight_grad(functions, xp, grad_out, weight, spatial, pads, kernel, dilation, stride) -> torch.Tensor:
+    """gW (O, C, *K) from the planar input xp (``_planar_input``) and grad_out in either layout: a
+    channels-last grad_out of more than PLANAR_MAX_CHANNELS_LAST channels by the channels-last loops'
+    weight gradient (read in place, lanes over output channels), else by the planar loops."""
+    n, c, *grid = xp.shape
+    o = weight.shape[0]
+    _, positions, loop_stride, loop_out = _planar_layout(spatial, kernel, stride, pads, dilation)
+    offsets = _flat_offsets(positions, tuple(grid))
     channels_last = not grad_out.is_contiguous() and grad_out.movedim(1, -1).is_contiguous()
-    g = grad_out.movedim(1, -1) if channels_last else grad_out.contiguous()
-    offsets = _flat_offsets(tap_positions(kernel, dilation), tuple(padded))
+    shape = _shape(n, c, o, len(offsets), tuple(grid), loop_out, loop_stride, loop_out, (0,) * len(loop_out),
+                   grad_out.numel())
+    if o > PLANAR_MAX_CHANNELS_LAST and (channels_last or len(offsets) >= PLANAR_WEIGHT_GRAD_COPY_MIN_TAPS):
+        g = grad_out.movedim(1, -1).contiguous()  # (N, *S_out, O): a view where grad_out is channels-last
+        gw = xp.new_zeros((len(offsets), c, sum(_widths(o, _lanes(xp.dtype)))))
+        xl = xp.movedim(1, -1).contiguous()  # channels-last (a view for one channel)
+        functions[2](xl.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(),
+                     torch.get_num_threads())
+        return gw[..., :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)
+    g = grad_out if channels_last else grad_out.contiguous()
     gw = xp.new_empty(weight.shape)
-    shape = _shape(n, c, weight.shape[0], len(offsets), tuple(padded), tuple(out_size), tuple(stride))
-    if loop(xp.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), int(channels_last),
-            torch.get_num_threads()):
+    if functions[4](xp.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), int(channels_last),
+                    torch.get_num_threads()):
         raise MemoryError("the planar convolution's weight gradient could not allocate its buffers")
     return gw

@@ -587,8 +587,8 @@ def _planar_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, groups:
     2.84), 1->32 5x5 0.77 / 0.72, 1->16 3x3 0.85 / 0.75, 1->16 5x5 0.66 / 0.60, 1->24 3x3 0.84 / 0.78,
     1->32 3x3 0.98 / 0.87, 1->64 3x3 at batch 64 0.97 / 0.95, 3->16 3x3 at 32 px 0.87 / 0.55, 2->16 3x3
     0.79 / 0.62; evaluation (forward alone) 0.26-1.05 of their time."""
-    if (groups != 1 or math.prod(kernel) == 1 or x.shape[1] > PLANAR_LOOPS_MAX_CHANNELS or stride[-1] != 1
-            or torch.compiler.is_compiling()):
+    if (groups != 1 or math.prod(kernel) == 1 or x.shape[1] > PLANAR_LOOPS_MAX_CHANNELS
+            or (stride[-1] != 1 and x.dim() > 4) or torch.compiler.is_compiling()):
         return None
     return compiled_conv.kernels(x)
 
