@@ -18,11 +18,13 @@ The backward pass is derived by hand (``ConvNd``): with ``G = grad_out`` as (M, 
 The layout is chosen by shape, because no single one is fastest everywhere (measured in
 benchmarks/bench_ops.py):
 
-    - one group, more than one tap, 1-3 input channels (a network's first layer), stride 1 along the
-      last axis, float32/float64 on the CPU where the machine has a C compiler: the direct sum as compiled
-      loops with a vector of consecutive outputs of one row in each register, read from a channels-first
-      padded input (``compiled_conv.PlanarConvNd``, ``_planar_loops``: LeNet's 1->6 5x5 at batch 256
-      0.65-0.78 of torch's time forward + backward, where the channels-first window matrix took 1.4-1.5);
+    - one group, more than one tap, 1-3 input channels (a network's first layer), any stride,
+      float32/float64 on the CPU where the machine has a C compiler: the direct sum from a channels-first
+      padded input (a strided last axis dealt into phases), by compiled loops with a vector of consecutive
+      outputs of one row in each register, or, for a channels-last result of 9+ channels, by the
+      channels-last loops below reading the same buffer (``compiled_conv.PlanarConvNd``, ``_planar_loops``:
+      LeNet's 1->6 5x5 at batch 256 0.6-0.8 of torch's time forward + backward, where the channels-first
+      window matrix took 1.4-1.8);
     - one group, more than one tap, 3 or more input channels, any stride, float32/float64 on the CPU
       where the machine has a C compiler: no window matrix but the direct sum, as compiled loops that
       keep a block of outputs in registers (``compiled_conv.DirectConvNd``, ``_direct_loops``; the
@@ -577,16 +579,19 @@ def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: P
 
 
 def _planar_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, groups: int):
-    """The compiled loops' functions where their planar form (``compiled_conv.PlanarConvNd``, lanes over
-    output positions) takes the layer, else None: one group, more than one tap, at most
-    PLANAR_LOOPS_MAX_CHANNELS input channels (a network's first layer), stride 1 along the last axis.
+    """The compiled loops' functions where ``compiled_conv.PlanarConvNd`` takes the layer, else None: one
+    group, more than one tap, at most PLANAR_LOOPS_MAX_CHANNELS input channels (a network's first layer),
+    any stride (1-D and 2-D; a 3-D layer at stride 1 along its last axis).
 
-    Measured forward + backward (no input gradient, as a first layer), 2 threads, alternately, medians of 15,
-    against the channels-first window matrix (1-2 channels) and the channels-last loops (3), channels-last
-    / channels-first: LeNet's 1->6 5x5 at batch 256 0.49 / 0.45 of their time (1.98 against 4.04 ms; torch
-    2.84), 1->32 5x5 0.77 / 0.72, 1->16 3x3 0.85 / 0.75, 1->16 5x5 0.66 / 0.60, 1->24 3x3 0.84 / 0.78,
-    1->32 3x3 0.98 / 0.87, 1->64 3x3 at batch 64 0.97 / 0.95, 3->16 3x3 at 32 px 0.87 / 0.55, 2->16 3x3
-    0.79 / 0.62; evaluation (forward alone) 0.26-1.05 of their time."""
+    Measured forward + backward with no input gradient (a first layer), 2 threads, the three in rotating
+    order, medians of 11-15, against the route each layer had before (the channels-first window matrix for
+    1-2 channels, the channels-last loops for 3) and torch, channels-last: LeNet's 1->6 5x5 at batch 256
+    1.64 against 4.04 ms (torch 2.29), lenet-modern's 1->32 5x5 at batch 128 2.50 / 5.45 (3.26), 1->16 3x3
+    1.17 / 1.85 (1.33), 1->32 3x3 2.07 / 3.50 (2.99), 1->64 3x3 at batch 64 2.12 / 3.27 (2.91), 3->16 3x3 at
+    32 px 2.37 / 2.88 (2.02); strided, the book AlexNet's 11x11/4 at 224 px, batch 8, 4.27 / 8.99 (4.92),
+    the book ResNet's 7x7/2 at 96 px, batch 16, 2.69 / 4.78 (3.01). Channels-first 0.45-0.9 of the previous
+    route's time too. With 4-8 channels the channels-last loops stay faster (LeNet's 6->16: 2.81 against
+    3.08 ms channels-last, 3.27 against 3.88 channels-first)."""
     if (groups != 1 or math.prod(kernel) == 1 or x.shape[1] > PLANAR_LOOPS_MAX_CHANNELS
             or (stride[-1] != 1 and x.dim() > 4) or torch.compiler.is_compiling()):
         return None

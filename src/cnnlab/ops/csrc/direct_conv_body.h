@@ -1,7 +1,9 @@
 /* The direct convolution's kernels for one element type T, named NAME(...): included by direct_conv.c once per type. */
 
 typedef T NAME(vec) __attribute__((vector_size(64), aligned(sizeof(T))));
+typedef IT NAME(ivec) __attribute__((vector_size(64)));  /* lane indices for shuffles */
 #define VEC NAME(vec)
+#define IVEC NAME(ivec)
 #define L ((int64_t)(64 / sizeof(T)))  /* lanes in a vector */
 
 /* One block: R outputs (consecutive in y, at y), output r's window starting at xs[r] (tap t off[t] * C
@@ -88,18 +90,44 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
  * input channels, a vector of them at a time, so that no lane is spent on channels that do not exist.
  * Two outputs by J output channels per block (2J accumulators), their lanes added at the end. w packed
  * as (taps, O, C). */
-static inline T NAME(lanes_sum)(VEC v) {
-    T lanes[L], sum = 0;
-    memcpy(lanes, &v, sizeof lanes);
-    for (int64_t i = 0; i < L; i++)
-        sum += lanes[i];
-    return sum;
+/* lane i of the result (i < 8) = the sum of v[i]'s lanes, in log2(L) steps rather than 8 * L scalar
+ * additions. A step takes two vectors of groups of s lanes to one of groups of s/2 (the first vector's
+ * groups, then the second's), each the sum of its group's two halves: lane m adds lanes g*s + m%h and
+ * g*s + h + m%h of the pair (g = m/h, h = s/2; lanes L.. are the second vector's). */
+#define HALVE(a, b, ...) ({ const IVEC lo_ = {__VA_ARGS__}, hi_ = lo_ + HALF_; \
+                           __builtin_shuffle(a, b, lo_) + __builtin_shuffle(a, b, hi_); })
+static inline VEC NAME(sums8)(const VEC v[8]) {
+#if TSIZE == 4  /* 16 lanes */
+    VEC w[4], x[2], y;
+    #define HALF_ 8
+    for (int i = 0; i < 4; i++) w[i] = HALVE(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    #undef HALF_
+    #define HALF_ 4
+    for (int i = 0; i < 2; i++) x[i] = HALVE(w[2 * i], w[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    #undef HALF_
+    #define HALF_ 2
+    y = HALVE(x[0], x[1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
+    #undef HALF_
+    #define HALF_ 1
+    return HALVE(y, y, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    #undef HALF_
+#else  /* 8 lanes */
+    VEC w[4], x[2];
+    #define HALF_ 4
+    for (int i = 0; i < 4; i++) w[i] = HALVE(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11);
+    #undef HALF_
+    #define HALF_ 2
+    for (int i = 0; i < 2; i++) x[i] = HALVE(w[2 * i], w[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13);
+    #undef HALF_
+    #define HALF_ 1
+    return HALVE(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14);
+    #undef HALF_
+#endif
 }
 
 #define DACC(j) VEC a0##j = {0}, a1##j = {0};
 #define DFMA(j) { const VEC wj = *(const VEC *)(wt + (j) * c + v); a0##j += x0 * wj; a1##j += x1 * wj; }
-#define DPUT(j) y[j] = NAME(lanes_sum)(a0##j) + (bias ? bias[j] : 0);                                    \
-                if (count > 1) y[s->o + (j)] = NAME(lanes_sum)(a1##j) + (bias ? bias[j] : 0);
+#define DSET(j) r0[j] = a0##j; r1[j] = a1##j;
 #define JS1(F) F(0)
 #define JS2(F) JS1(F) F(1)
 #define JS3(F) JS2(F) F(2)
@@ -121,7 +149,14 @@ static void NAME(dot_block_##J)(const T *x0p, const T *x1p, int64_t count, const
             JS##J(DFMA)                                                                                     \
         }                                                                                                  \
     }                                                                                                      \
-    JS##J(DPUT)                                                                                             \
+    VEC r0[8] = {{0}}, r1[8] = {{0}};                                                                       \
+    JS##J(DSET)                                                                                             \
+    const VEC y0 = NAME(sums8)(r0), y1 = NAME(sums8)(r1);                                                   \
+    for (int64_t j = 0; j < J; j++) {                                                                      \
+        y[j] = y0[j] + (bias ? bias[j] : 0);                                                               \
+        if (count > 1)                                                                                     \
+            y[s->o + j] = y1[j] + (bias ? bias[j] : 0);                                                    \
+    }                                                                                                      \
 }
 DOT_BLOCK(1) DOT_BLOCK(2) DOT_BLOCK(3) DOT_BLOCK(4) DOT_BLOCK(5) DOT_BLOCK(6) DOT_BLOCK(7) DOT_BLOCK(8)
 
@@ -259,4 +294,5 @@ void NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s
 }
 
 #undef VEC
+#undef IVEC
 #undef L
