@@ -169,9 +169,10 @@ def test_planar_convolution_second_derivatives_match_torch():
 
 def test_layers_taking_the_planar_loops(monkeypatch):
     """conv1d/2d/3d send layers of one group with more than one tap and 1-3 input channels to the planar
-    loops (any stride, but stride 1 along the last axis of a 3-D layer), with the result in the layout torch
-    gives; groups, 1x1 kernels, a 3-D layer strided along its last axis, 4+ channels, half precision and
-    compiled.disabled() do not take them."""
+    loops (any stride, but stride 1 along the last axis of a 3-D layer) where the result is channels-first
+    or has at most 8 channels, in the layout torch gives; wider channels-last results, groups, 1x1 kernels,
+    a 3-D layer strided along its last axis, 4+ channels, half precision and compiled.disabled() do not
+    take them."""
     taken = []
     apply = compiled_conv.PlanarConvNd.apply
     monkeypatch.setattr(compiled_conv.PlanarConvNd, "apply", lambda *args: taken.append(1) or apply(*args))
@@ -179,16 +180,21 @@ def test_layers_taking_the_planar_loops(monkeypatch):
     def routed(x_shape, w_shape, channels_last=False, dtype=torch.float32, conv=ops.conv2d, **kwargs):
         taken.clear()
         x = torch.randn(*x_shape, dtype=dtype)
-        if channels_last:
+        w = torch.randn(*w_shape, dtype=dtype)
+        if channels_last:  # as Module.to(memory_format=torch.channels_last) lays out a first layer's weights
             x = x.contiguous(memory_format=torch.channels_last)
-        w = torch.randn(*w_shape, dtype=dtype, requires_grad=True)
+            o, c, h, wd = w.shape
+            w = torch.empty_strided(w.shape, (c * h * wd, 1, wd * c, c), dtype=dtype).copy_(w)
+        w.requires_grad_()
         y = conv(x, w, **kwargs)
         expected = THEIRS[x.dim() - 2](x.float(), w.float(), **kwargs)
         assert y.is_contiguous(memory_format=torch.channels_last) == expected.is_contiguous(memory_format=torch.channels_last)
         return bool(taken)
 
     assert routed((2, 1, 28, 28), (6, 1, 5, 5), padding=2)
-    assert routed((2, 1, 28, 28), (32, 1, 3, 3), channels_last=True, padding=1)
+    assert routed((2, 1, 28, 28), (32, 1, 3, 3), padding=1)
+    assert routed((2, 1, 28, 28), (8, 1, 3, 3), channels_last=True, padding=1)
+    assert not routed((2, 1, 28, 28), (9, 1, 3, 3), channels_last=True, padding=1)  # the channels-last loops
     assert routed((2, 3, 32, 32), (16, 3, 3, 3), padding=1)
     assert routed((2, 2, 28, 28), (16, 2, 3, 3), stride=(2, 1))
     assert routed((2, 1, 50), (8, 1, 7), conv=ops.conv1d)

@@ -234,8 +234,11 @@ class DirectConvNd(torch.autograd.Function):
             grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, 1), (x, weight, bias),
                                    ctx.needs_input_grad[1:4], grad_out)
             return (None, *grads, None, None, None)
-        g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
-        gp = _padded(grad_out, g_pads)
+        if ctx.needs_input_grad[1]:  # the output gradient bordered for the input gradient's correlations
+            g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
+            gp = _padded(grad_out, g_pads)
+        else:  # the weight gradient alone (a first layer) reads it as it is, channels-last
+            g_pads, gp = ((0, 0),) * len(kernel), grad_out.movedim(1, -1).contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             grad_x = _input_grad(ctx.functions, gp, weight, x.shape, stride, phases)
@@ -277,19 +280,15 @@ def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pad
 
 
 PLANAR_MAX_WIDTH = 12  # output channels per block of the planar loops (2 x 12 accumulators)
-# Above this many output channels, a channels-last result is computed by the channels-last loops (lanes over
-# output channels) from the same planar buffer, which for one channel is also channels-last: the forward
-# alone, channels-last, 2 threads, medians of 12, planar / channels-last loops: 1->6 5x5 at batch 256 0.73
-# / 1.12 ms, 1->8 0.80 / 1.13, 1->12 1.27 / 1.14; 1->12 3x3 0.55 / 0.46, 1->16 0.67 / 0.44, 1->32 1.09 /
-# 0.49, 1->64 at batch 64 1.16 / 0.58, 1->32 5x5 1.34 / 0.65, 3->16 3x3 at 32 px 0.97 / 0.87, 7x7/2 1->64 at
-# 96 px 1.29 / 0.83, 11x11/4 1->96 at 224 px 2.49 / 1.51 (the planar loops write a channels-last result
-# a value at a time). Likewise a channels-last output gradient goes to the channels-last loops' weight
-# gradient (8 taps a tile for one channel) instead of the planar one. Weight gradient alone, 2 threads, medians of 21, planar / channels-last loops: 1->6 5x5 at batch 256 1.08 / 1.18
-# ms, 1->8 3x3 0.24 / 0.27, 1->12 5x5 0.70 / 0.47, 1->16 3x3 0.64 / 0.32, 1->32 5x5 2.63 / 0.78, 1->64 3x3
-# 0.93 / 0.29, 3->16 3x3 at 32 px 0.82 / 0.64. A channels-first gradient is copied channels-last for them
-# from this many taps: planar / copy and channels-last loops, 11x11/4 1->96 at 224 px, batch 8, 4.99 / 2.64
-# ms, at 96 px 4.75 / 1.65; 7x7/2 1->64 at 96 px 1.94 / 1.95, at 32 px 0.57 / 0.38, 3->64 at 64 px 2.49 /
-# 1.95; but 5x5 1->32 at 28 px 1.50 / 1.92 and 3x3 1->64 0.59 / 1.91.
+# A channels-last result of more than this many channels goes to DirectConvNd instead (conv._planar_loops:
+# the planar loops write such a result a value at a time); a channels-last output gradient of more channels
+# goes to the channels-last loops' weight gradient (8 taps a tile for one channel) instead of the planar
+# one. Weight gradient alone, 2 threads, medians of 21, planar / channels-last loops: 1->6 5x5 at batch
+# 256 1.08 / 1.18 ms, 1->8 3x3 0.24 / 0.27, 1->12 5x5 0.70 / 0.47, 1->16 3x3 0.64 / 0.32, 1->32 5x5 2.63 /
+# 0.78, 1->64 3x3 0.93 / 0.29, 3->16 3x3 at 32 px 0.82 / 0.64. A channels-first gradient is copied
+# channels-last for them from this many taps: planar / copy and channels-last loops, 11x11/4 1->96 at 224
+# px, batch 8, 4.99 / 2.64 ms, at 96 px 4.75 / 1.65; 7x7/2 1->64 at 96 px 1.94 / 1.95, at 32 px 0.57 /
+# 0.38, 3->64 at 64 px 2.49 / 1.95; but 5x5 1->32 at 28 px 1.50 / 1.92 and 3x3 1->64 0.59 / 1.91.
 PLANAR_MAX_CHANNELS_LAST = 8
 PLANAR_WEIGHT_GRAD_COPY_MIN_TAPS = 49
 
@@ -348,11 +347,11 @@ def _planar_width(o: int) -> int:
 
 
 class PlanarConvNd(torch.autograd.Function):
-    """Cross-correlation of a layer with few input channels (a first layer) from a channels-first padded
-    input (``_planar_layout``; any stride, along the last axis of a 1-D or 2-D layer through phases, border
-    and dilation): by the compiled loops with lanes over output positions (``csrc/planar_conv_body.h``), or,
-    for a channels-last result of more than PLANAR_MAX_CHANNELS_LAST channels, by the channels-last loops
-    reading the same buffer. The input gradient, where one is asked for, is ``DirectConvNd``'s."""
+    """Cross-correlation of a layer with few input channels (a first layer) by the compiled loops with lanes
+    over output positions (``csrc/planar_conv_body.h``), from a channels-first padded input
+    (``_planar_layout``): any stride (along the last axis of a 1-D or 2-D layer through phases), border and
+    dilation, either layout of the result. The input gradient, where one is asked for, is
+    ``DirectConvNd``'s."""
 
     @staticmethod
     def forward(ctx, functions, x, weight, bias, stride, pads: Pads, dilation, channels_last: bool):
@@ -362,18 +361,14 @@ class PlanarConvNd(torch.autograd.Function):
         grid, positions, loop_stride, loop_out = _planar_layout(tuple(x.shape[2:]), kernel, stride, pads, dilation)
         xp = _planar_input(x, pads, grid, lanes)
         out_size = loop_out[len(loop_out) - len(kernel):]
-        if channels_last and o > PLANAR_MAX_CHANNELS_LAST:
-            y = _correlate(functions, xp.movedim(1, -1).contiguous(), weight.reshape(o, c, -1), bias, loop_out, positions,
-                           loop_stride).view(n, *out_size, o)
-        else:
-            width = _planar_width(o)
-            w = _planar_packed(weight.reshape(o, c, -1), width)
-            b = None if bias is None else bias.contiguous()
-            offsets = _flat_offsets(positions, grid)
-            y = x.new_empty((n, *out_size, o) if channels_last else (n, o, *out_size))
-            shape = _shape(n, c, o, len(offsets), grid, loop_out, loop_stride)
-            functions[3](xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
-                         offsets.data_ptr(), width, int(channels_last), torch.get_num_threads())
+        width = _planar_width(o)
+        w = _planar_packed(weight.reshape(o, c, -1), width)
+        b = None if bias is None else bias.contiguous()
+        offsets = _flat_offsets(positions, grid)
+        y = x.new_empty((n, *out_size, o) if channels_last else (n, o, *out_size))
+        shape = _shape(n, c, o, len(offsets), grid, loop_out, loop_stride)
+        functions[3](xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
+                     offsets.data_ptr(), width, int(channels_last), torch.get_num_threads())
         ctx.functions = functions
         ctx.geometry = (stride, pads, dilation, kernel, out_size)
         ctx.save_for_backward(x, weight, bias, xp if ctx.needs_input_grad[2] else None)

@@ -18,14 +18,13 @@ The backward pass is derived by hand (``ConvNd``): with ``G = grad_out`` as (M, 
 The layout is chosen by shape, because no single one is fastest everywhere (measured in
 benchmarks/bench_ops.py):
 
-    - one group, more than one tap, 1-3 input channels (a network's first layer), any stride,
-      float32/float64 on the CPU where the machine has a C compiler: the direct sum from a channels-first
-      padded input (a strided last axis dealt into phases), by compiled loops with a vector of consecutive
-      outputs of one row in each register, or, for a channels-last result of 9+ channels, by the
-      channels-last loops below reading the same buffer (``compiled_conv.PlanarConvNd``, ``_planar_loops``:
-      LeNet's 1->6 5x5 at batch 256 0.6-0.8 of torch's time forward + backward, where the channels-first
-      window matrix took 1.4-1.8);
-    - one group, more than one tap, 3 or more input channels, any stride, float32/float64 on the CPU
+    - one group, more than one tap, 1-3 input channels (a network's first layer), any stride, a
+      channels-first result or one of at most 8 channels, float32/float64 on the CPU where the machine has
+      a C compiler: the direct sum from a channels-first padded input (a strided last axis dealt into
+      phases), by compiled loops with a vector of consecutive outputs of one row in each register
+      (``compiled_conv.PlanarConvNd``, ``_planar_loops``: LeNet's 1->6 5x5 at batch 256 0.6-0.8 of torch's
+      time forward + backward, where the channels-first window matrix took 1.4-1.8);
+    - every other layer of one group with more than one tap, any stride, float32/float64 on the CPU
       where the machine has a C compiler: no window matrix but the direct sum, as compiled loops that
       keep a block of outputs in registers (``compiled_conv.DirectConvNd``, ``_direct_loops``; the
       input gradient is the same loops on the output gradient, one stride-1 correlation per phase of
@@ -514,8 +513,7 @@ SHIFTED_MAX_WASTE = 2.0
 # in float32), not bit for bit.
 FOURIER_MIN_TAPS = 25
 PLANAR_LOOPS_MAX_CHANNELS = 3  # the compiled loops with lanes over positions (_planar_loops) up to this many input channels
-DIRECT_MIN_CHANNELS = 3  # the compiled loops (_direct_loops) from this many input channels ...
-DIRECT_MIN_OUTPUTS = 100  # ... and this many outputs (samples x positions) per stride step ...
+DIRECT_MIN_OUTPUTS = 100  # the compiled loops (_direct_loops) from this many outputs (samples x positions) per stride step ...
 DIRECT_FOURIER_MIN_CHANNELS = 32  # ... and 5x5+ kernels with this many stay with the DFT in training
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
@@ -555,20 +553,21 @@ def _out_size(spatial, pads: Pads, kernel, stride, dilation) -> list[int]:
 
 def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: Pads, dilation, groups: int):
     """The compiled loops' functions (``compiled_conv.kernels``) where they take the layer, else None: one
-    group, more than one tap, DIRECT_MIN_CHANNELS or more input channels, and in training not a layer the DFT
-    measured faster on (25+ taps with DIRECT_FOURIER_MIN_CHANNELS or more input channels on the DFT's maps).
+    group, more than one tap, and in training not a layer the DFT measured faster on (25+ taps with
+    DIRECT_FOURIER_MIN_CHANNELS or more input channels on the DFT's maps). Asked after ``_planar_loops``,
+    which takes most first layers.
 
     Measured forward + backward, channels-last, 2 threads, against the tensor routes (window matrix, per-tap
     products, DFT; alternately, medians of 11-15): 3x3 layers 0.48-0.79 of their time (16->32 at 28 px,
     batch 128, 9.8 against 25.9 ms; 32->32 at 14 px 0.51; 64->64 and 128->128 at 7 px 0.73-0.80; stride 2
     0.53-0.71); 5x5 layers with 6-16 input channels 0.53-0.70 of the DFT's time, with 32 channels 0.86 (14 px
-    out) to 1.23 (10 px out: lenet-modern's 32->64), 48 and 96 channels 1.56 and 1.71 (the DFT keeps them); first layers, no input gradient: 3 channels 0.65, one channel 1.38-1.68 (the
-    channels-first window matrix stays). Layers with few outputs for their weights (fewer than
+    out) to 1.23 (10 px out: lenet-modern's 32->64), 48 and 96 channels 1.56 and 1.71 (the DFT keeps them);
+    first layers, no input gradient: see ``_planar_loops``. Layers with few outputs for their weights (fewer than
     DIRECT_MIN_OUTPUTS samples x positions per stride step: ResNet-18's last stages at batch 32, 512->512 on
     1 px maps and 256->512 at stride 2 on 2 px) stay with the window matrix too: the loops repack the weights
     every pass (once per phase at stride 2) and measured 1.9 and 3.7x its time there, 128->256 at stride 2
     on 4 px maps 1.4x (256->256 on 2 px maps at stride 1, 128 outputs: 0.75)."""
-    if (groups != 1 or math.prod(kernel) == 1 or x.shape[1] < DIRECT_MIN_CHANNELS or torch.compiler.is_compiling()):
+    if groups != 1 or math.prod(kernel) == 1 or torch.compiler.is_compiling():
         return None
     if x.shape[0] * math.prod(_out_size(x.shape[2:], pads, kernel, stride, dilation)) < DIRECT_MIN_OUTPUTS * math.prod(stride):  # the weights' packing would dominate
         return None
@@ -578,22 +577,26 @@ def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: P
     return compiled_conv.kernels(x)
 
 
-def _planar_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, groups: int):
+def _planar_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, groups: int, channels_last: bool):
     """The compiled loops' functions where ``compiled_conv.PlanarConvNd`` takes the layer, else None: one
     group, more than one tap, at most PLANAR_LOOPS_MAX_CHANNELS input channels (a network's first layer),
-    any stride (1-D and 2-D; a 3-D layer at stride 1 along its last axis).
+    any stride (1-D and 2-D; a 3-D layer at stride 1 along its last axis), and a channels-first result or
+    one of at most ``compiled_conv.PLANAR_MAX_CHANNELS_LAST`` channels (wider channels-last results go to
+    the channels-last loops, ``_direct_loops``).
 
-    Measured forward + backward with no input gradient (a first layer), 2 threads, the three in rotating
-    order, medians of 11-15, against the route each layer had before (the channels-first window matrix for
-    1-2 channels, the channels-last loops for 3) and torch, channels-last: LeNet's 1->6 5x5 at batch 256
-    1.64 against 4.04 ms (torch 2.29), lenet-modern's 1->32 5x5 at batch 128 2.50 / 5.45 (3.26), 1->16 3x3
-    1.17 / 1.85 (1.33), 1->32 3x3 2.07 / 3.50 (2.99), 1->64 3x3 at batch 64 2.12 / 3.27 (2.91), 3->16 3x3 at
-    32 px 2.37 / 2.88 (2.02); strided, the book AlexNet's 11x11/4 at 224 px, batch 8, 4.27 / 8.99 (4.92),
-    the book ResNet's 7x7/2 at 96 px, batch 16, 2.69 / 4.78 (3.01). Channels-first 0.45-0.9 of the previous
-    route's time too. With 4-8 channels the channels-last loops stay faster (LeNet's 6->16: 2.81 against
-    3.08 ms channels-last, 3.27 against 3.88 channels-first)."""
+    Measured forward + backward with no input gradient (a first layer), 2 threads, alternately, medians of
+    11-15, channels-last: LeNet's 1->6 5x5 at batch 256 1.64 against 4.04 ms on the channels-first window
+    matrix it had before (torch 2.29); wider layers, on the channels-last loops now, against that window
+    matrix: lenet-modern's 1->32 5x5 at batch 128 2.40 / 4.77 ms (torch 2.95), 1->32 3x3 1.98 / 2.66 (2.61),
+    the book AlexNet's 11x11/4 at 224 px, batch 8, 4.01 / 8.13 (4.36). Channels-first, the planar loops
+    against the window matrix: 0.45-0.9 of its time (LeNet's 1->6 1.45 / 4.25 ms). The planar loops against
+    the channels-last loops on a channels-last result: 1->6 5x5 forward 0.73 / 1.12 ms, 1->8 0.80 / 1.13,
+    1->12 1.27 / 1.14, 1->16 3x3 0.67 / 0.44 (they write such a result a value at a time). With 4-8 input
+    channels the channels-last loops stay faster (LeNet's 6->16: 2.81 against 3.08 ms channels-last, 3.27
+    against 3.88 channels-first)."""
     if (groups != 1 or math.prod(kernel) == 1 or x.shape[1] > PLANAR_LOOPS_MAX_CHANNELS
-            or (stride[-1] != 1 and x.dim() > 4) or torch.compiler.is_compiling()):
+            or (stride[-1] != 1 and x.dim() > 4) or (channels_last and weight.shape[0] > compiled_conv.PLANAR_MAX_CHANNELS_LAST)
+            or torch.compiler.is_compiling()):
         return None
     return compiled_conv.kernels(x)
 
@@ -819,10 +822,10 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
         out = x.new_zeros((0, weight.shape[0], *out_size)) + 0 * link
         return out.squeeze(0) if unbatched else out
     with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-        planar = _planar_loops(x, weight, kernel, stride, groups)
+        channels_last = memory_format_like_torch(x, weight) != torch.contiguous_format
+        planar = _planar_loops(x, weight, kernel, stride, groups, channels_last)
         direct = None if planar is not None else _direct_loops(x, weight, kernel, stride, pads, dilation, groups)
         if planar is not None:
-            channels_last = memory_format_like_torch(x, weight) != torch.contiguous_format
             out = compiled_conv.PlanarConvNd.apply(planar, x, weight, bias, stride, pads, dilation, channels_last)
         elif direct is not None:
             out = compiled_conv.DirectConvNd.apply(direct, x, weight, bias, stride, pads, dilation)
