@@ -23,8 +23,9 @@ replace ran the same layers at 1.4-3.0x torch's time (numbers in ``conv._direct_
 Layers of 1-3 input channels (a network's first layer) take ``PlanarConvNd`` instead, where
 ``conv._planar_loops`` says so: a vector holds consecutive outputs of one row rather than output
 channels, which such a layer has too few of to fill vectors with work (``csrc/planar_conv_body.h``);
-its weight gradient, for a channels-last output gradient of 9 or more channels, is ``conv_weight_grad``
-above, whose tiles then run over 8 taps of the one channel.
+its weight gradient, for an output gradient of 9 or more channels that is channels-last (or has 49+
+taps, and is copied so), is ``conv_weight_grad`` above, whose tiles then run over 8 taps of the one
+channel. (Channels-last results of 9 or more channels go to ``DirectConvNd`` whole.)
 
 Used, where ``conv._direct_loops`` says so, for float32 and float64 CPU tensors of one group; half
 precision, other devices, ``torch.compile`` and torch.func keep the tensor routes. A differentiable
@@ -324,7 +325,7 @@ def _planar_input(x: torch.Tensor, pads: Pads, grid, lanes: int) -> torch.Tensor
         xp[(slice(None), slice(None), *(slice(lo, lo + size) for size, (lo, _) in zip(spatial, pads)))] = x
         return xp
     s, *lead, columns = grid  # the padded input, widened to whole phases, dealt column i -> (i % s, i // s)
-    (lo, hi) = pads[-1]
+    lo = pads[-1][0]
     flat_pads = [lo, columns * s - spatial[-1] - lo] + [p for lo_hi in reversed(pads[:-1]) for p in lo_hi]
     padded = torch.constant_pad_nd(x, flat_pads)  # (N, C, *lead, columns * s)
     xp.copy_(padded.view(n, c, *lead, columns, s).movedim(-1, 2))

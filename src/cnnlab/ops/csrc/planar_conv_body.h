@@ -15,10 +15,10 @@
  *
  *     gw[o, c, t] = sum over n, q of  gy[n, o, q] * xp[n, c, start(q) + off[t]]
  *
- * with gy first copied a chunk of samples at a time, channels-first with zeros past each row's end, and
- * the input's lanes past a row's end masked, so that every product added belongs to the true sum. Each
- * chunk (its size set by the shape alone) is summed by one thread into a partial result, and the partial
- * results are added in chunk order: the same bits for any thread count.
+ * with gy first copied a piece of samples at a time, channels-first with zeros past each row's end, and
+ * the input's lanes past a row's end masked, so that every product added belongs to the true sum. The
+ * batch is cut into at most PLANAR_CHUNKS chunks (by the batch size alone), each summed by one thread into
+ * vectors of partial sums, which are added in chunk order: the same bits for any thread count.
  */
 
 typedef T NAME(pvec) __attribute__((vector_size(64), aligned(sizeof(T))));
@@ -103,7 +103,10 @@ void NAME(planar_forward)(const T *xp, const T *w, const T *bias, T *y, const co
             NAME(planar_blocks)[width](xp + n[0] * s->c * plane + x0[0], xp + n[1] * s->c * plane + x0[1],
                                        w + o0 * s->c * s->taps, bias ? bias_g : NULL, s, off, plane, out);
             for (int i = 0; i < 1 + two; i++) {
-                if (!channels_last) {
+                if (!channels_last && count[i] == L) {  /* whole vectors (a constant size: one store each) */
+                    for (int64_t o = 0; o < valid; o++)
+                        memcpy(y + (n[i] * s->o + o0 + o) * positions + q0[i], &out[i][o], sizeof(VEC));
+                } else if (!channels_last) {
                     for (int64_t o = 0; o < valid; o++)
                         memcpy(y + (n[i] * s->o + o0 + o) * positions + q0[i], &out[i][o], count[i] * sizeof(T));
                 } else {
