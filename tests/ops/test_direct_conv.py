@@ -134,7 +134,8 @@ def test_direct_convolution_second_derivatives_match_torch():
 
 def test_layers_taking_the_direct_loops(monkeypatch):
     """conv2d sends layers of one group with more than one tap, 3 or more input channels and 100 or more outputs
-    per stride step to the loops, except in training 5x5+ kernels with 32+ input channels (the DFT) and the
+    per stride step to the loops, except in training 5x5+ kernels with 32+ input channels where the DFT's fixed
+    costs are amortised (the DFT) and the
     layers of 1-3 channels the planar loops take (test_planar_conv.py). Groups, 1x1 kernels, few outputs, half
     precision and compiled.disabled() keep the tensor routes."""
     taken = []
@@ -157,7 +158,9 @@ def test_layers_taking_the_direct_loops(monkeypatch):
     assert not routed((4, 3, 28, 28), (16, 3, 3, 3), padding=1, stride=2)  # 1-3 channels: the planar loops
     assert routed((2, 6, 14, 14), (16, 6, 5, 5))
     assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=3)  # a border past the kernel's reach
-    assert not routed((2, 32, 12, 12), (16, 32, 5, 5), padding=2)  # training, 5x5, 32 channels: the DFT
+    assert not routed((64, 64, 12, 12), (64, 64, 5, 5), padding=2)  # training, 5x5, 32+ channels: the DFT ...
+    assert routed((8, 64, 12, 12), (64, 64, 5, 5), padding=2)  # ... except for few samples (conv._fourier_amortised)
+    assert routed((32, 32, 12, 12), (32, 32, 5, 5), padding=2)  # ... or channels
     assert routed((2, 64, 12, 12), (16, 64, 5, 5), grad=False, padding=2)  # evaluation
     assert not routed((2, 1, 28, 28), (16, 1, 3, 3), padding=1, stride=2)  # one channel: the planar loops ...
     w_last = torch.empty_strided((16, 1, 3, 3), (9, 1, 3, 1)).normal_().requires_grad_()  # ... but a

@@ -514,7 +514,9 @@ SHIFTED_MAX_WASTE = 2.0
 FOURIER_MIN_TAPS = 25
 PLANAR_LOOPS_MAX_CHANNELS = 3  # the compiled loops with lanes over positions (_planar_loops) up to this many input channels
 DIRECT_MIN_OUTPUTS = 100  # the compiled loops (_direct_loops) from this many outputs (samples x positions) per stride step ...
-DIRECT_FOURIER_MIN_CHANNELS = 32  # ... and 5x5+ kernels with this many stay with the DFT in training
+DIRECT_FOURIER_MIN_CHANNELS = 32  # ... and 5x5+ kernels with this many stay with the DFT in training ...
+DIRECT_FOURIER_MAX_COST = 0.054  # ... where (C + O) / (C * O) + DIRECT_FOURIER_BATCH_COST / N is below this
+DIRECT_FOURIER_BATCH_COST = 0.4
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
 FOURIER_SMALL_MAP_MIN_CHANNELS = 8  # ... at least this many input channels ...
@@ -572,9 +574,23 @@ def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: P
     if x.shape[0] * math.prod(_out_size(x.shape[2:], pads, kernel, stride, dilation)) < DIRECT_MIN_OUTPUTS * math.prod(stride):  # the weights' packing would dominate
         return None
     if (_training(x, weight) and FOURIER_MIN_TAPS is not None and math.prod(kernel) >= FOURIER_MIN_TAPS
-            and x.shape[1] >= DIRECT_FOURIER_MIN_CHANNELS and _use_fourier(x, weight, kernel, stride, dilation, groups)):
+            and x.shape[1] >= DIRECT_FOURIER_MIN_CHANNELS and _fourier_amortised(x.shape[0], x.shape[1], weight.shape[0])
+            and _use_fourier(x, weight, kernel, stride, dilation, groups)):
         return None
     return compiled_conv.kernels(x)
+
+
+def _fourier_amortised(n: int, c: int, o: int) -> bool:
+    """Whether the DFT's fixed costs are spread thinly enough for it to beat the compiled loops on a 5x5+
+    layer of 32+ input channels in training: its transforms cost per sample and channel (C + O) against
+    the products' C * O, and the kernels' spectra once per call, against the loops' cost per sample and
+    pair of channels. Forward + backward, channels-last, 2 threads, the DFT against the loops, ms (medians
+    of 10, alternately): the book AlexNet's 96->256 at 26 px, batch 8 74.1 / 51.9, batch 16 89.0 / 94.2,
+    batch 32 148 / 190; lenet-modern's 32->64 at 14 px, batch 64 9.70 / 8.67, 128 14.6 / 17.9, 256 27.3 /
+    28.6; 32->32 at 14 px, batch 32, 4.76 / 3.15; 64->64 at batch 32 7.63 / 9.50, 64 14.1 / 19.0; 48->64 at
+    batch 64 12.0 / 15.4; 32->48 at batch 128 15.5 / 17.4. The rule gets 9 of these 11 right and the two
+    others (lenet-modern at batch 64, 32->48 at 128) by 11-12%."""
+    return (c + o) / (c * o) + DIRECT_FOURIER_BATCH_COST / n < DIRECT_FOURIER_MAX_COST
 
 
 def _planar_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, groups: int, channels_last: bool):
