@@ -116,7 +116,7 @@ def routes_note(tensor_only: bool) -> str:
         return "convolution, max pooling and batch norm on their tensor routes (--tensor-routes)"
     names = ("direct_conv", "max_pool", "batch_norm")
     built = all(compiled.library(name) is not None for name in names)
-    return ("convolution (where conv._direct_loops takes it), max pooling and batch norm as compiled loops" if built
+    return ("convolution (where conv._planar_loops or conv._direct_loops take it), max pooling and batch norm as compiled loops" if built
             else "tensor routes (" + "; ".join(compiled.status(name) for name in names) + ")")
 
 
