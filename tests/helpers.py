@@ -69,3 +69,42 @@ def channels_last(x: torch.Tensor, batched: bool = True) -> torch.Tensor:
     layout the compiled max pool takes. A leaf that requires grad stays one."""
     axis = 1 if batched else 0
     return x.detach().movedim(axis, -1).contiguous().movedim(-1, axis).requires_grad_(x.requires_grad)
+
+
+def random_conv(rng, dtype, *, channels, outputs, samples, strides, last_strides, longest, channels_last=False,
+                strided_3d_rows=True):
+    """A random convolution of one group for the compiled loops' sweeps: 1-3 spatial axes, kernels of 1-5
+    taps a side (1-3 in 3-D), dilation 1-2, borders of 0-3 on either side (past the kernel's reach too),
+    strides drawn from ``strides`` (the last axis from ``last_strides``; in 3-D from ``strides`` again, or 1
+    where not ``strided_3d_rows``), maps up to
+    ``longest[dims]`` past the smallest that fits, ``channels``/``outputs``/``samples`` drawn from the lists
+    given, a channels-last input half the time in 2-D if ``channels_last``, with or without bias, and any
+    subset of inputs asking for gradients. Returns (dims, x, w, b, stride, pads, dilation)."""
+    dims = rng.choice([1, 2, 2, 3])
+    kernel = [rng.randint(1, 3 if dims == 3 else 5) for _ in range(dims)]
+    if all(k == 1 for k in kernel):
+        kernel[-1] = 2
+    dilation = tuple(rng.randint(1, 2) for _ in range(dims))
+    last = last_strides if dims < 3 else (strides if strided_3d_rows else [1])
+    stride = tuple(rng.choice(strides) for _ in range(dims - 1)) + (rng.choice(last),)
+    pads = tuple((rng.randint(0, 3), rng.randint(0, 3)) for _ in range(dims))
+    spatial = [max(1, d * (k - 1) + 1 - lo - hi) + rng.randint(0, longest[dims]) for k, d, (lo, hi) in zip(kernel, dilation, pads)]
+    n, c, o = rng.choice(samples), rng.choice(channels), rng.choice(outputs)
+    x = torch.randn(n, c, *spatial, dtype=dtype)
+    if channels_last and dims == 2 and rng.random() < 0.5:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(o, c, *kernel, dtype=dtype)
+    b = torch.randn(o, dtype=dtype) if rng.random() < 0.7 else None
+    for t in (x, w, b):
+        if t is not None and rng.random() < 0.8:
+            t.requires_grad_()
+    return dims, x, w, b, stride, pads, dilation
+
+
+def padded_torch_conv(dims, stride, pads, dilation):
+    """torch's convolution with the (before, after) borders ``pads`` given as an explicit padding of the input."""
+    import torch.nn.functional as F
+
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    flat = [p for lo_hi in reversed(pads) for p in lo_hi]
+    return lambda x, w, b: conv(F.pad(x, flat), w, b, stride=stride, dilation=dilation)

@@ -52,6 +52,16 @@ def conv_route(request, monkeypatch):
 
 
 @pytest.fixture
+def conv_loops():
+    """The compiled convolution loops, which a machine with a C compiler must build (the tests fail if it
+    cannot); skipped where there is no compiler."""
+    if compiled.library("direct_conv") is None:
+        if compiled._compiler() is not None:
+            pytest.fail(compiled.status("direct_conv"))
+        pytest.skip(compiled.status("direct_conv"))
+
+
+@pytest.fixture
 def tensor_routes():
     """Every op on its tensor route: for tests of the window matrix, per-tap products and DFT
     convolutions, which the compiled loops would otherwise take from them."""

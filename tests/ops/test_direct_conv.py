@@ -13,17 +13,9 @@ import torch.nn.functional as F
 from cnnlab import ops
 from cnnlab.ops import compiled, compiled_conv
 
-from helpers import check_op, max_rel_error
+from helpers import check_op, max_rel_error, padded_torch_conv, random_conv
 
-THEIRS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
-@pytest.fixture(autouse=True)
-def loops():
-    if compiled.library("direct_conv") is None:
-        if compiled._compiler() is not None:  # a machine with a compiler must build them
-            pytest.fail(compiled.status("direct_conv"))
-        pytest.skip(compiled.status("direct_conv"))
+pytestmark = pytest.mark.usefixtures("conv_loops")  # built here, or the tests fail (tests/ops/conftest.py)
 
 
 def direct(x, w, b, pads, dilation, stride=None):
@@ -32,35 +24,11 @@ def direct(x, w, b, pads, dilation, stride=None):
 
 
 def random_case(rng: random.Random, dtype=torch.float64):
-    """A random convolution of one group: 1-3 spatial axes, stride 1-3, dilation, borders of 0-3 on either
-    side (past the kernel's reach too), any channel counts (the output channels' last vector group partly
-    filled: 1-70 channels), either layout, with or without bias, and any subset of inputs asking for
-    gradients."""
-    dims = rng.choice([1, 2, 2, 3])
-    kernel = [rng.randint(1, 3 if dims == 3 else 5) for _ in range(dims)]
-    if all(k == 1 for k in kernel):
-        kernel[0] = 2
-    dilation = tuple(rng.randint(1, 2) for _ in range(dims))
-    stride = tuple(rng.choice([1, 1, 2, 3]) for _ in range(dims))
-    pads = tuple((rng.randint(0, 3), rng.randint(0, 3)) for _ in range(dims))
-    spatial = [max(1, d * (k - 1) + 1 - lo - hi) + rng.randint(0, 9 if dims < 3 else 4)
-               for k, d, (lo, hi) in zip(kernel, dilation, pads)]
-    n, c, o = rng.randint(1, 4), rng.choice([1, 2, 3, 5, 8, 13, 16, 17, 33]), rng.randint(1, 70)
-    x = torch.randn(n, c, *spatial, dtype=dtype)
-    if dims == 2 and rng.random() < 0.5:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w = torch.randn(o, c, *kernel, dtype=dtype)
-    b = torch.randn(o, dtype=dtype) if rng.random() < 0.7 else None
-    for t in (x, w, b):
-        if t is not None and rng.random() < 0.8:
-            t.requires_grad_()
-    return dims, x, w, b, stride, pads, dilation
-
-
-def theirs(dims, stride, pads, dilation):
-    """torch's convolution with the (before, after) borders given as an explicit padding of the input."""
-    flat = [p for lo_hi in reversed(pads) for p in lo_hi]
-    return lambda x, w, b: THEIRS[dims](F.pad(x, flat), w, b, stride=stride, dilation=dilation)
+    """A random convolution of one group (``helpers.random_conv``): strides 1-3 on every axis, 1-70 output
+    channels (the output channels' last vector group partly filled), 1-33 input channels, 1-4 samples, either
+    layout."""
+    return random_conv(rng, dtype, channels=[1, 2, 3, 5, 8, 13, 16, 17, 33], outputs=range(1, 71), samples=range(1, 5),
+                       strides=[1, 1, 2, 3], last_strides=[1, 1, 2, 3], longest={1: 9, 2: 9, 3: 4}, channels_last=True)
 
 
 @pytest.mark.parametrize("chunk", range(4))
@@ -68,7 +36,7 @@ def test_direct_convolution_matches_torch_float64(chunk):
     rng = random.Random(4000 + chunk)
     for _ in range(50):
         dims, x, w, b, stride, pads, dilation = random_case(rng)
-        check_op(lambda x, w, b: direct(x, w, b, pads, dilation, stride), theirs(dims, stride, pads, dilation), [x, w, b],
+        check_op(lambda x, w, b: direct(x, w, b, pads, dilation, stride), padded_torch_conv(dims, stride, pads, dilation), [x, w, b],
                  rtol=1e-10, context=f"x {tuple(x.shape)} w {tuple(w.shape)} bias {b is not None} stride {stride} "
                                      f"pads {pads} dilation {dilation}")
 
@@ -76,7 +44,7 @@ def test_direct_convolution_matches_torch_float64(chunk):
 @pytest.mark.parametrize("seed", range(6))
 def test_direct_convolution_float32_within_float32_tolerance(seed):
     dims, x, w, b, stride, pads, dilation = random_case(random.Random(seed), torch.float32)
-    check_op(lambda x, w, b: direct(x, w, b, pads, dilation, stride), theirs(dims, stride, pads, dilation), [x, w, b],
+    check_op(lambda x, w, b: direct(x, w, b, pads, dilation, stride), padded_torch_conv(dims, stride, pads, dilation), [x, w, b],
              rtol=2e-5)
 
 
@@ -115,29 +83,31 @@ def test_direct_convolution_does_not_depend_on_the_thread_count():
             assert torch.equal(a, b)
 
 
-def test_direct_convolution_second_derivatives_match_torch():
-    """create_graph differentiates the reference form: a gradient penalty's gradient equals torch's."""
+@pytest.mark.parametrize("function, channels", [(compiled_conv.DirectConvNd, 8), (compiled_conv.PlanarConvNd, 2)])
+def test_compiled_convolution_second_derivatives_match_torch(function, channels):
+    """create_graph differentiates the reference form, on either compiled route (the channels-last loops and
+    the planar ones): a gradient penalty's gradient equals torch's."""
     torch.manual_seed(0)
-    x = torch.randn(2, 8, 7, 7, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(5, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, channels, 7, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, channels, 3, 3, dtype=torch.float64, requires_grad=True)
+    extra = (False,) if function is compiled_conv.PlanarConvNd else ()  # the planar result's layout
 
     def penalty_grads(fn):
         y = fn(x, w)
         (gx,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
         return torch.autograd.grad((gx ** 2).sum(), (x, w))
 
-    ours = penalty_grads(lambda x, w: direct(x, w, None, ((1, 1), (1, 1)), (1, 1)))
+    ours = penalty_grads(lambda x, w: function.apply(compiled_conv.kernels(x), x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), *extra))
     expected = penalty_grads(lambda x, w: F.conv2d(x, w, padding=1))
     for a, b in zip(ours, expected):
         assert max_rel_error(a, b) < 1e-10
 
 
 def test_layers_taking_the_direct_loops(monkeypatch):
-    """conv2d sends layers of one group with more than one tap, 3 or more input channels and 100 or more outputs
-    per stride step to the loops, except in training 5x5+ kernels with 32+ input channels where the DFT's fixed
-    costs are amortised (the DFT) and the
-    layers of 1-3 channels the planar loops take (test_planar_conv.py). Groups, 1x1 kernels, few outputs, half
-    precision and compiled.disabled() keep the tensor routes."""
+    """conv2d sends layers of one group with more than one tap and 100 or more outputs per stride step to the
+    loops, except the first layers the planar loops take (test_planar_conv.py) and, in training, 5x5+ kernels
+    with 32+ input channels where the DFT's fixed costs are amortised over the batch (the DFT). Groups, 1x1
+    kernels, few outputs, half precision and compiled.disabled() keep the tensor routes."""
     taken = []
     apply = compiled_conv.DirectConvNd.apply
     monkeypatch.setattr(compiled_conv.DirectConvNd, "apply", lambda *args: taken.append(1) or apply(*args))

@@ -2,7 +2,7 @@
 csrc/planar_conv_body.h), which takes layers of 1-3 input channels, against torch in float64: values and
 every gradient over random geometries and both layouts of the result and of its gradient, its float32
 error, its thread independence, infinities where a row's last vector reads past the row, and which layers
-ops.conv1d/2d/3d send to it."""
+ops.conv1d/2d/3d send to it (its second derivatives: test_direct_conv.py)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,12 @@ import torch.nn.functional as F
 from cnnlab import ops
 from cnnlab.ops import compiled, compiled_conv
 
-from helpers import check_op, max_rel_error
+from helpers import check_op, max_rel_error, padded_torch_conv, random_conv
 
 THEIRS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-@pytest.fixture(autouse=True)
-def loops():
-    if compiled.library("direct_conv") is None:
-        if compiled._compiler() is not None:  # a machine with a compiler must build them
-            pytest.fail(compiled.status("direct_conv"))
-        pytest.skip(compiled.status("direct_conv"))
+pytestmark = pytest.mark.usefixtures("conv_loops")  # built here, or the tests fail (tests/ops/conftest.py)
 
 
 class _GradChannelsLast(torch.autograd.Function):
@@ -49,33 +44,13 @@ def planar(x, w, b, pads, dilation, stride=None, channels_last=False, grad_chann
 
 
 def random_case(rng: random.Random, dtype=torch.float64):
-    """A random convolution the planar loops take: 1-3 spatial axes, stride 1-3 on all but the last axis
-    and 1-4 on the last (1-D and 2-D: its columns dealt into phases), dilation, borders of 0-3 on either side (past the kernel's reach too), 1-3 input channels, 1-40 output
+    """A random convolution the planar loops take (``helpers.random_conv``): strides 1-3 on all but the last
+    axis and 1-4 on the last (1-D and 2-D: its columns dealt into phases), 1-3 input channels, 1-40 output
     channels (every block width of 1-12), 1-40 samples (more than the weight gradient's 16 chunks, several
-    samples a piece), rows of 1-40 outputs (partial last vectors), with or without bias, any subset of inputs
-    asking for gradients."""
-    dims = rng.choice([1, 2, 2, 3])
-    kernel = [rng.randint(1, 3 if dims == 3 else 5) for _ in range(dims)]
-    if all(k == 1 for k in kernel):
-        kernel[-1] = 2
-    dilation = tuple(rng.randint(1, 2) for _ in range(dims))
-    stride = tuple(rng.choice([1, 1, 2, 3]) for _ in range(dims - 1)) + (rng.choice([1, 1, 2, 3, 4]) if dims < 3 else 1,)
-    pads = tuple((rng.randint(0, 3), rng.randint(0, 3)) for _ in range(dims))
-    longest = {1: 40, 2: 20, 3: 7}[dims]
-    spatial = [max(1, d * (k - 1) + 1 - lo - hi) + rng.randint(0, longest) for k, d, (lo, hi) in zip(kernel, dilation, pads)]
-    n, c, o = rng.choice([1, 2, 3, 17, 40]), rng.randint(1, 3), rng.randint(1, 40)
-    x = torch.randn(n, c, *spatial, dtype=dtype)
-    w = torch.randn(o, c, *kernel, dtype=dtype)
-    b = torch.randn(o, dtype=dtype) if rng.random() < 0.7 else None
-    for t in (x, w, b):
-        if t is not None and rng.random() < 0.8:
-            t.requires_grad_()
-    return dims, x, w, b, stride, pads, dilation
-
-
-def theirs(dims, stride, pads, dilation):
-    flat = [p for lo_hi in reversed(pads) for p in lo_hi]
-    return lambda x, w, b: THEIRS[dims](F.pad(x, flat), w, b, stride=stride, dilation=dilation)
+    samples a piece), rows of 1-40 outputs (partial last vectors)."""
+    return random_conv(rng, dtype, channels=[1, 2, 3], outputs=range(1, 41), samples=[1, 2, 3, 17, 40],
+                       strides=[1, 1, 2, 3], last_strides=[1, 1, 2, 3, 4], longest={1: 40, 2: 20, 3: 7},
+                       strided_3d_rows=False)
 
 
 @pytest.mark.parametrize("chunk", range(4))
@@ -84,7 +59,7 @@ def test_planar_convolution_matches_torch_float64(chunk):
     for i in range(40):
         dims, x, w, b, stride, pads, dilation = random_case(rng)
         layout = {"channels_last": i % 2 == 1, "grad_channels_last": i % 4 >= 2}
-        check_op(lambda x, w, b: planar(x, w, b, pads, dilation, stride, **layout), theirs(dims, stride, pads, dilation),
+        check_op(lambda x, w, b: planar(x, w, b, pads, dilation, stride, **layout), padded_torch_conv(dims, stride, pads, dilation),
                  [x, w, b], rtol=1e-10, context=f"x {tuple(x.shape)} w {tuple(w.shape)} bias {b is not None} stride {stride} "
                                                 f"pads {pads} dilation {dilation} {layout}")
 
@@ -93,7 +68,7 @@ def test_planar_convolution_matches_torch_float64(chunk):
 def test_planar_convolution_float32_within_float32_tolerance(seed):
     dims, x, w, b, stride, pads, dilation = random_case(random.Random(seed), torch.float32)
     layout = {"channels_last": seed % 2 == 1, "grad_channels_last": seed % 3 == 0}
-    check_op(lambda x, w, b: planar(x, w, b, pads, dilation, stride, **layout), theirs(dims, stride, pads, dilation),
+    check_op(lambda x, w, b: planar(x, w, b, pads, dilation, stride, **layout), padded_torch_conv(dims, stride, pads, dilation),
              [x, w, b], rtol=2e-5)
 
 
@@ -148,23 +123,6 @@ def test_planar_weight_gradient_reads_nothing_past_a_row(grad_channels_last):
     assert torch.isfinite(expected).any() and not torch.isfinite(expected).all()
     assert torch.equal(torch.isfinite(ours), torch.isfinite(expected))
     assert max_rel_error(ours, expected) < 1e-10
-
-
-def test_planar_convolution_second_derivatives_match_torch():
-    """create_graph differentiates the reference form: a gradient penalty's gradient equals torch's."""
-    torch.manual_seed(0)
-    x = torch.randn(3, 2, 9, 9, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(5, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-
-    def penalty_grads(fn):
-        y = fn(x, w)
-        (gx,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
-        return torch.autograd.grad((gx ** 2).sum(), (x, w))
-
-    ours = penalty_grads(lambda x, w: planar(x, w, None, ((1, 1), (1, 1)), (1, 1)))
-    expected = penalty_grads(lambda x, w: F.conv2d(x, w, padding=1))
-    for a, b in zip(ours, expected):
-        assert max_rel_error(a, b) < 1e-10
 
 
 def test_layers_taking_the_planar_loops(monkeypatch):

@@ -229,12 +229,10 @@ class DirectConvNd(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
         stride, pads, dilation, kernel, out_size = ctx.geometry
-        from .conv import _like, laid_out_like_torch, reference_conv
+        from .conv import _like, laid_out_like_torch
 
         if wants_graph():
-            grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, 1), (x, weight, bias),
-                                   ctx.needs_input_grad[1:4], grad_out)
-            return (None, *grads, None, None, None)
+            return (None, *_graph_grads(ctx, grad_out), None, None, None)
         if ctx.needs_input_grad[1]:  # the output gradient bordered for the input gradient's correlations
             g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
             gp = _padded(grad_out, g_pads)
@@ -248,6 +246,18 @@ class DirectConvNd(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             grad_b = channel_sums(grad_out)
         return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None
+
+
+def _graph_grads(ctx, grad_out):
+    """A differentiable backward (``create_graph``: a gradient penalty, a Hessian): the gradients of
+    ``conv.reference_conv``, the definition in plain operations, as every route's; (grad_x, grad_w, grad_b)
+    from ``ctx``'s saved (x, weight, bias) and geometry."""
+    from .conv import reference_conv
+
+    x, weight, bias, _ = ctx.saved_tensors
+    stride, pads, dilation = ctx.geometry[:3]
+    return graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, 1), (x, weight, bias),
+                          ctx.needs_input_grad[1:4], grad_out)
 
 
 def _input_grad(functions, gp: torch.Tensor, weight: torch.Tensor, x_shape, stride, phases) -> torch.Tensor:
@@ -379,12 +389,10 @@ class PlanarConvNd(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
         stride, pads, dilation, kernel, out_size = ctx.geometry
-        from .conv import _like, laid_out_like_torch, reference_conv
+        from .conv import _like, laid_out_like_torch
 
         if wants_graph():
-            grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, 1), (x, weight, bias),
-                                   ctx.needs_input_grad[1:4], grad_out)
-            return (None, *grads, None, None, None, None)
+            return (None, *_graph_grads(ctx, grad_out), None, None, None, None)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
