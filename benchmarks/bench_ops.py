@@ -7,9 +7,12 @@ the forward pass and of forward + backward, for cnnlab.ops and torch.nn.function
 their ratio (scratch / torch; lower is better, 1.0 = as fast as torch). The first layer of
 a network needs no input gradient, so those rows ask for none, as training does.
 
-    python benchmarks/bench_ops.py [--runs 5] [--threads 2] [--only conv] [--tensor-routes]
+    python benchmarks/bench_ops.py [--runs 5] [--threads 2] [--only conv] [--tensor-routes] [--default-allocator]
 
-``--tensor-routes`` switches the compiled loops of max pooling and batch norm off (their tensor routes).
+Ours and torch's calls are interleaved in rotating order, and freed memory is kept for reuse as training
+runs keep it (``--default-allocator`` leaves glibc's defaults: then a large layer's time depends on
+which allocations came before it, and one side's can move the other's by 2x). ``--tensor-routes``
+switches the compiled loops off (their tensor routes).
 
 Writes the table to benchmarks/results/ops.md.
 """
@@ -29,6 +32,7 @@ from bench_models import routes_note
 
 from cnnlab import ops
 from cnnlab.ops import compiled
+from cnnlab.train.memory import keep_freed_memory
 
 
 def _input(shape, requires_grad=True, channels_last=False):
@@ -124,33 +128,32 @@ CASES = [
 ]
 
 
-def median_ms(fn, runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):  # the allocator and page faults settle over the first calls
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def measure(make, runs: int) -> list[float]:
+def measure(make, runs: int, warmup: int = 3) -> list[float]:
+    """Forward and forward + backward, ours and torch's, each timed ``runs`` times after ``warmup`` calls,
+    the four interleaved in rotating order (so that the machine's drift and the allocator's state fall on
+    both sides alike); medians in ms and the ratios."""
     inputs, kwargs, ours, theirs = make()
-    results = []
-    for op in (ours, theirs):
-        def forward(op=op):
-            with torch.no_grad():
-                op(*inputs, **kwargs)
 
-        def forward_backward(op=op):
-            out = op(*inputs, **kwargs)
-            out.backward(torch.ones_like(out))
-            for t in inputs:
-                t.grad = None
+    def forward(op):
+        with torch.no_grad():
+            op(*inputs, **kwargs)
 
-        results.append((median_ms(forward, runs), median_ms(forward_backward, runs)))
-    (of, ob), (tf, tb) = results
+    def forward_backward(op):
+        out = op(*inputs, **kwargs)
+        out.backward(torch.ones_like(out))
+        for t in inputs:
+            t.grad = None
+
+    steps = [lambda: forward(ours), lambda: forward(theirs), lambda: forward_backward(ours), lambda: forward_backward(theirs)]
+    times: list[list[float]] = [[] for _ in steps]
+    for i in range(warmup + runs):  # the allocator and page faults settle over the first calls
+        for k in range(len(steps)):
+            j = (i + k) % len(steps)
+            start = time.perf_counter()
+            steps[j]()
+            if i >= warmup:
+                times[j].append(time.perf_counter() - start)
+    of, tf, ob, tb = (1000 * statistics.median(t) for t in times)
     return [of, tf, of / tf, ob, tb, ob / tb]
 
 
@@ -162,7 +165,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ops.md"))
     parser.add_argument("--tensor-routes", action="store_true",
                         help="switch cnnlab's compiled loops off (cnnlab.ops.compiled.disabled()): every op on its tensor route")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (training runs keep freed memory: cnnlab/train/memory.py)")
     args = parser.parse_args()
+    kept = False if args.default_allocator else keep_freed_memory()  # as cnnlab.fit does before training
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     routes = compiled.disabled() if args.tensor_routes else contextlib.nullcontext()
@@ -181,7 +187,8 @@ def main() -> None:
         lines.append(line)
     geo = statistics.geometric_mean(ratios) if ratios else float("nan")
     summary = (f"\nGeometric mean of the fwd+bwd ratios: {geo:.2f}x over {len(ratios)} layers. "
-               f"Median of {args.runs} runs after three warm-up runs, float32, {args.threads} threads, "
+               f"Median of {args.runs} runs after three warm-up runs, ours and torch's interleaved, float32, {args.threads} threads, "
+               f"{'freed memory kept for reuse as training runs do (train/memory.py)' if kept else 'glibc allocator defaults'}, "
                f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                f"{routes_note(args.tensor_routes)}.")
     print(summary)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from cnnlab import ops
 from cnnlab.ops import compiled, compiled_conv
+from cnnlab.ops.conv import memory_format_like_torch
 
 from helpers import check_op, max_rel_error, padded_torch_conv, random_conv
 
@@ -19,8 +20,13 @@ pytestmark = pytest.mark.usefixtures("conv_loops")  # built here, or the tests f
 
 
 def direct(x, w, b, pads, dilation, stride=None):
+    """The loops, with the result (and input gradient) written in the layout torch gives: channels-last for
+    a channels-last input, else channels-first, straight from the loops."""
     stride = stride or (1,) * (x.dim() - 2)
-    return compiled_conv.DirectConvNd.apply(compiled_conv.kernels(x), x, w, b, stride, pads, dilation)
+    channels_last = memory_format_like_torch(x, w) != torch.contiguous_format
+    y = compiled_conv.DirectConvNd.apply(compiled_conv.kernels(x), x, w, b, stride, pads, dilation, channels_last)
+    assert y.is_contiguous(memory_format=memory_format_like_torch(x, w))
+    return y
 
 
 def random_case(rng: random.Random, dtype=torch.float64):
@@ -48,14 +54,16 @@ def test_direct_convolution_float32_within_float32_tolerance(seed):
              rtol=2e-5)
 
 
-def test_direct_convolution_on_zoo_sized_layers_matches_torch_float64():
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_direct_convolution_on_zoo_sized_layers_matches_torch_float64(channels_last):
     """Many blocks and chunks, every register layout (groups of 2 and 1 vectors of output channels, partial
     groups), and the dot-product form (at most 8 output channels from whole vectors of input channels: the
-    input gradient of 6->16, the forward pass of 16->4)."""
+    input gradient of 6->16, the forward pass of 16->4), writing channels-last and channels-first results."""
     torch.manual_seed(0)
     for n, c, o, size, k in [(20, 16, 32, 14, 3), (9, 64, 64, 7, 3), (3, 12, 16, 28, 5), (17, 24, 12, 9, 3),
                              (5, 6, 16, 14, 5), (7, 16, 4, 9, 3), (3, 32, 8, 6, 3)]:
-        x = torch.randn(n, c, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+        x = torch.randn(n, c, size, size, dtype=torch.float64)
+        x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format).requires_grad_()
         w = torch.randn(o, c, k, k, dtype=torch.float64, requires_grad=True)
         b = torch.randn(o, dtype=torch.float64, requires_grad=True)
         p = k // 2

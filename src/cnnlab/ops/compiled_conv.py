@@ -58,14 +58,17 @@ class ConvShape(ctypes.Structure):
     """A convolution's sizes as ``csrc/direct_conv.c`` reads them (spatial sizes padded to 3-D with leading 1s)."""
 
     _fields_ = [("n", ctypes.c_int64), ("c", ctypes.c_int64), ("o", ctypes.c_int64), ("taps", ctypes.c_int64)] + [
-        (name, ctypes.c_int64 * 3) for name in ("size_in", "size_out", "stride", "g_in", "g_lo")] + [("g_size", ctypes.c_int64)]
+        (name, ctypes.c_int64 * 3) for name in ("size_in", "size_out", "stride", "g_in", "g_lo")] + [
+        ("g_size", ctypes.c_int64), ("y_cf", ctypes.c_int64)]
 
     @classmethod
-    def of(cls, n: int, c: int, o: int, taps: int, size_in, size_out, stride, g_in=(1,), g_lo=(0,), g_size=0) -> ConvShape:
+    def of(cls, n: int, c: int, o: int, taps: int, size_in, size_out, stride, g_in=(1,), g_lo=(0,), g_size=0,
+           y_cf=False) -> ConvShape:
         def three(v, fill):
             return (ctypes.c_int64 * 3)(*([fill] * (3 - len(v)) + list(v)))
 
-        return cls(n, c, o, taps, three(size_in, 1), three(size_out, 1), three(stride, 1), three(g_in, 1), three(g_lo, 0), g_size)
+        return cls(n, c, o, taps, three(size_in, 1), three(size_out, 1), three(stride, 1), three(g_in, 1), three(g_lo, 0), g_size,
+                   int(y_cf))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -151,9 +154,11 @@ def _flat_offsets(taps: tuple[tuple[int, ...], ...], padded: tuple[int, ...]) ->
     return torch.tensor(flat_offsets(taps, padded), dtype=torch.int64)
 
 
-def _correlate(functions, xp: torch.Tensor, weight: torch.Tensor, bias, out_size, taps, stride) -> torch.Tensor:
+def _correlate(functions, xp: torch.Tensor, weight: torch.Tensor, bias, out_size, taps, stride,
+               channels_first: bool = False) -> torch.Tensor:
     """The forward loops: xp (N, *S_pad, C) correlated with weight (O, C, T) at tap positions ``taps`` (a
-    position per axis in xp's grid) and ``stride`` -> (N, *S_out, O). At most DOT_MAX_CHANNELS output
+    position per axis in xp's grid) and ``stride`` -> (N, *S_out, O), or (N, O, *S_out) written so by the
+    loops where ``channels_first`` (a channels-first network's layout: no copy of the result afterwards). At most DOT_MAX_CHANNELS output
     channels from input channels in whole vectors: as dot products over the input channels
     (``conv_forward_dot``: the input gradient of LeNet's 6->16 layer at batch 256, 16 -> 6, 2.02 -> 1.67 ms; of a
     3->16 layer at 32 px 2.04 -> 1.28 ms, one process each, medians of 15), else a block of outputs by output
@@ -169,8 +174,8 @@ def _correlate(functions, xp: torch.Tensor, weight: torch.Tensor, bias, out_size
         w = _packed(weight, lanes)
         b = _padded_bias(bias, lanes)
     offsets = _flat_offsets(taps, tuple(padded))
-    y = xp.new_empty((n, *out_size, o))
-    shape = _shape(n, c, o, len(taps), tuple(padded), tuple(out_size), tuple(stride))
+    y = xp.new_empty((n, o, *out_size) if channels_first else (n, *out_size, o))
+    shape = _shape(n, c, o, len(taps), tuple(padded), tuple(out_size), tuple(stride), (1,), (0,), 0, channels_first)
     forward(xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
             offsets.data_ptr(), torch.get_num_threads())
     return y
@@ -213,26 +218,26 @@ class DirectConvNd(torch.autograd.Function):
     border and dilation."""
 
     @staticmethod
-    def forward(ctx, functions, x, weight, bias, stride, pads: Pads, dilation):
+    def forward(ctx, functions, x, weight, bias, stride, pads: Pads, dilation, channels_last: bool = True):
         kernel = tuple(weight.shape[2:])
         xp = _padded(x, pads)
         padded = xp.shape[1:-1]
         out_size = tuple((p - d * (k - 1) - 1) // s + 1 for p, k, d, s in zip(padded, kernel, dilation, stride))
         y = _correlate(functions, xp, weight.reshape(*weight.shape[:2], -1), bias, out_size, tap_positions(kernel, dilation),
-                       stride)
+                       stride, channels_first=not channels_last)
         ctx.functions = functions
-        ctx.geometry = (stride, pads, dilation, kernel, out_size)
+        ctx.geometry = (stride, pads, dilation, kernel, out_size, channels_last)
         ctx.save_for_backward(x, weight, bias, xp if ctx.needs_input_grad[2] else None)  # xp: kept for grad_w
-        return unviewed(y.movedim(-1, 1))  # (N, O, *S_out), channels-last; nothing saved shares it
+        return unviewed(y.movedim(-1, 1)) if channels_last else y  # (N, O, *S_out); nothing saved shares it
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
-        stride, pads, dilation, kernel, out_size = ctx.geometry
+        stride, pads, dilation, kernel, out_size, channels_last = ctx.geometry
         from .conv import _like, laid_out_like_torch
 
         if wants_graph():
-            return (None, *_graph_grads(ctx, grad_out), None, None, None)
+            return (None, *_graph_grads(ctx, grad_out), None, None, None, None)
         if ctx.needs_input_grad[1]:  # the output gradient bordered for the input gradient's correlations
             g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
             gp = _padded(grad_out, g_pads)
@@ -240,12 +245,12 @@ class DirectConvNd(torch.autograd.Function):
             g_pads, gp = ((0, 0),) * len(kernel), grad_out.movedim(1, -1).contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_x = _input_grad(ctx.functions, gp, weight, x.shape, stride, phases)
+            grad_x = _input_grad(ctx.functions, gp, weight, x.shape, stride, phases, channels_first=not channels_last)
         if ctx.needs_input_grad[2]:
             grad_w = _like(_weight_grad(ctx.functions[2], xp, gp, weight, kernel, dilation, stride, out_size, g_pads), weight)
         if ctx.needs_input_grad[3]:
             grad_b = channel_sums(grad_out)
-        return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None
+        return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None, None
 
 
 def _graph_grads(ctx, grad_out):
@@ -260,23 +265,27 @@ def _graph_grads(ctx, grad_out):
                           ctx.needs_input_grad[1:4], grad_out)
 
 
-def _input_grad(functions, gp: torch.Tensor, weight: torch.Tensor, x_shape, stride, phases) -> torch.Tensor:
-    """grad_x (N, C, *S), channels-last: each phase's correlation of the bordered output gradient gp, placed
-    at its positions (stride 1: one phase, which is the whole of grad_x)."""
+def _input_grad(functions, gp: torch.Tensor, weight: torch.Tensor, x_shape, stride, phases,
+                channels_first: bool = False) -> torch.Tensor:
+    """grad_x (N, C, *S), channels-last or, where ``channels_first``, channels-first: each phase's
+    correlation of the bordered output gradient gp, placed at its positions (stride 1: one phase, which is
+    the whole of grad_x)."""
     n, c, *spatial = x_shape
     ones = (1,) * len(spatial)
     taps = weight.transpose(0, 1).reshape(c, weight.shape[0], -1)  # (C, O, T): O in, C out; a view
     if len(phases) == 1:  # stride 1: every tap, in order
         _, size, _, positions = phases[0]
-        return _correlate(functions, gp, taps, None, size, positions, ones).movedim(-1, 1)
-    grad_x = gp.new_empty((n, *spatial, c))
+        grad_x = _correlate(functions, gp, taps, None, size, positions, ones, channels_first)
+        return grad_x if channels_first else grad_x.movedim(-1, 1)
+    grad_x = gp.new_empty((n, c, *spatial) if channels_first else (n, *spatial, c))
+    first = 2 if channels_first else 1  # the first spatial axis
     for phi, size, index, positions in phases:
-        place = (slice(None), *(slice(p, None, s) for p, s in zip(phi, stride)))
+        place = (slice(None),) * first + tuple(slice(p, None, s) for p, s in zip(phi, stride))
         if not index or 0 in size:
             grad_x[place] = 0
         else:
-            grad_x[place] = _correlate(functions, gp, taps[..., list(index)], None, size, positions, ones)
-    return grad_x.movedim(-1, 1)
+            grad_x[place] = _correlate(functions, gp, taps[..., list(index)], None, size, positions, ones, channels_first)
+    return grad_x if channels_first else grad_x.movedim(-1, 1)
 
 
 def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pads) -> torch.Tensor:
@@ -381,14 +390,14 @@ class PlanarConvNd(torch.autograd.Function):
         functions[3](xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
                      offsets.data_ptr(), width, int(channels_last), torch.get_num_threads())
         ctx.functions = functions
-        ctx.geometry = (stride, pads, dilation, kernel, out_size)
+        ctx.geometry = (stride, pads, dilation, kernel, out_size, channels_last)
         ctx.save_for_backward(x, weight, bias, xp if ctx.needs_input_grad[2] else None)
         return unviewed(y.movedim(-1, 1)) if channels_last else y  # nothing saved shares y
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
-        stride, pads, dilation, kernel, out_size = ctx.geometry
+        stride, pads, dilation, kernel, out_size, channels_last = ctx.geometry
         from .conv import _like, laid_out_like_torch
 
         if wants_graph():
@@ -396,7 +405,8 @@ class PlanarConvNd(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             g_pads, phases = _phases(kernel, stride, dilation, pads, x.shape[2:], out_size)
-            grad_x = _input_grad(ctx.functions, _padded(grad_out, g_pads), weight, x.shape, stride, phases)
+            grad_x = _input_grad(ctx.functions, _padded(grad_out, g_pads), weight, x.shape, stride, phases,
+                                 channels_first=not channels_last)
         if ctx.needs_input_grad[2]:
             grad_w = _like(_planar_weight_grad(ctx.functions, xp, grad_out, weight, tuple(x.shape[2:]), pads, kernel, dilation,
                                                stride), weight)

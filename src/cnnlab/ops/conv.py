@@ -844,7 +844,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, dims: int) -> 
         if planar is not None:
             out = compiled_conv.PlanarConvNd.apply(planar, x, weight, bias, stride, pads, dilation, channels_last)
         elif direct is not None:
-            out = compiled_conv.DirectConvNd.apply(direct, x, weight, bias, stride, pads, dilation)
+            out = compiled_conv.DirectConvNd.apply(direct, x, weight, bias, stride, pads, dilation, channels_last)
         elif _use_fourier(x, weight, kernel, stride, dilation, groups):
             out = FourierConv2d.apply(x, weight, bias, stride, pads, dilation)
         elif _use_pointwise(x, kernel, stride, pads, groups):

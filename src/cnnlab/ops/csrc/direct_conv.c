@@ -33,6 +33,7 @@ typedef struct {
     int64_t g_in[3];  /* the weight gradient only: the padded output gradient's sizes ... */
     int64_t g_lo[3];  /* ... and where the output gradient starts inside it, */
     int64_t g_size;   /* ... and its number of values */
+    int64_t y_cf;     /* the forward loops: write y channels-first, (N, O, *S_out), instead of (N, *S_out, O) */
 } conv_shape;
 
 #define ROWS1(F) F(0)

@@ -15,12 +15,35 @@ typedef IT NAME(ivec) __attribute__((vector_size(64)));  /* lane indices for shu
 #define TAP(r) const T *x##r = xs[r] + off[t] * c;
 #define FMA1(r) { const T v = x##r[ci]; a##r##0 += v * wv[0]; }
 #define FMA2(r) { const T v = x##r[ci]; a##r##0 += v * wv[0]; a##r##1 += v * wv[1]; }
-#define PUT1(r) { const VEC out[1] = {a##r##0}; memcpy(y + (r) * s->o + o0, out, lanes * sizeof(T)); }
-#define PUT2(r) { const VEC out[2] = {a##r##0, a##r##1}; memcpy(y + (r) * s->o + o0, out, lanes * sizeof(T)); }
+#define PUT1(r) { const VEC out[1] = {a##r##0}; NAME(put)(y + ys[r] + o0 * ostride, out, lanes, ostride); }
+#define PUT2(r) { const VEC out[2] = {a##r##0, a##r##1}; NAME(put)(y + ys[r] + o0 * ostride, out, lanes, ostride); }
+
+/* One output's `lanes` channels from out to y, consecutive (channels-last) or ostride apart (channels-first). */
+static inline void NAME(put)(T *y, const VEC *out, int64_t lanes, int64_t ostride) {
+    if (ostride == 1) {
+        memcpy(y, out, lanes * sizeof(T));
+    } else {
+        T values[2 * L];
+        memcpy(values, out, lanes * sizeof(T));
+        for (int64_t l = 0; l < lanes; l++)
+            y[l * ostride] = values[l];
+    }
+}
+
+/* Where output q's channel 0 goes in y, and how far apart its channels are: (N, *S_out, O) or, where
+ * s->y_cf, (N, O, *S_out). */
+static inline int64_t NAME(y_at)(const conv_shape *s, int64_t q) {
+    const int64_t positions = s->out[0] * s->out[1] * s->out[2];
+    return s->y_cf ? q / positions * s->o * positions + q % positions : q * s->o;
+}
+static inline int64_t NAME(y_stride)(const conv_shape *s) {
+    return s->y_cf ? s->out[0] * s->out[1] * s->out[2] : 1;
+}
 
 #define FORWARD_BLOCK(R, V)                                                                                 \
 static void NAME(block_##R##x##V)(const T *const *xs, const T *w, const T *bias, const conv_shape *s,      \
-                                  const int64_t *off, T *y, int64_t o0, int64_t lanes) {                   \
+                                  const int64_t *off, T *y, const int64_t *ys, int64_t ostride, int64_t o0, \
+                                  int64_t lanes) {                                                         \
     const int64_t c = s->c;                                                                                \
     VEC b[V];                                                                                              \
     for (int v = 0; v < V; v++)                                                                            \
@@ -48,14 +71,15 @@ BLOCKS(1)
 BLOCKS(2)
 
 typedef void (*NAME(block_fn))(const T *const *, const T *, const T *, const conv_shape *, const int64_t *, T *,
-                               int64_t, int64_t);
+                               const int64_t *, int64_t, int64_t, int64_t);
 static const NAME(block_fn) NAME(blocks)[2][8] = {
     {NULL, NAME(block_1x1), NAME(block_2x1), NAME(block_3x1), NAME(block_4x1), NAME(block_5x1), NAME(block_6x1), NAME(block_7x1)},
     {NULL, NAME(block_1x2), NAME(block_2x2), NAME(block_3x2), NAME(block_4x2), NAME(block_5x2), NAME(block_6x2), NAME(block_7x2)},
 };
 
-/* y (N, *S_out, O) = the cross-correlation of xp (N, *S_pad, C) with w, at the strides s->stride, 7
- * outputs at a time (consecutive in y: along a row, and on into the next row, plane and sample).
+/* y (N, *S_out, O), or (N, O, *S_out) where s->y_cf, = the cross-correlation of xp (N, *S_pad, C) with w,
+ * at the strides s->stride, 7 outputs at a time (consecutive: along a row, and on into the next row,
+ * plane and sample).
  * Output channels go in groups of 2*L, the last of L where no more remain (w packed group after group as
  * (taps, C, width), zeros past O; the bias padded alike). */
 void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv_shape *s, const int64_t *off,
@@ -73,14 +97,16 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
             for (int64_t b = chunk * CHUNK; b < blocks && b < (chunk + 1) * CHUNK; b++) {
                 const int64_t first = b * 7, count = outputs - first < 7 ? outputs - first : 7;
                 const T *xs[7];
+                int64_t ys[7];
                 for (int64_t r = 0; r < count; r++) {  /* output (n, od, oh, ow) reads from its window's first position */
                     int64_t q = first + r;
+                    ys[r] = NAME(y_at)(s, q);
                     const int64_t ow = q % s->out[2], oh = (q /= s->out[2]) % s->out[1], od = (q /= s->out[1]) % s->out[0];
                     const int64_t n = q / s->out[0];
                     xs[r] = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
                                   + ow * s->stride[2]) * c;
                 }
-                NAME(blocks)[vectors - 1][count](xs, w + o0 * s->taps * c, bias, s, off, y + first * s->o, o0, lanes);
+                NAME(blocks)[vectors - 1][count](xs, w + o0 * s->taps * c, bias, s, off, y, ys, NAME(y_stride)(s), o0, lanes);
             }
         }
 }
@@ -139,7 +165,7 @@ static inline VEC NAME(sums8)(const VEC v[8]) {
 
 #define DOT_BLOCK(J)                                                                                        \
 static void NAME(dot_block_##J)(const T *x0p, const T *x1p, int64_t count, const T *w, const T *bias,      \
-                                const conv_shape *s, const int64_t *off, T *y) {                           \
+                                const conv_shape *s, const int64_t *off, T *y0p, T *y1p, int64_t ostride) { \
     const int64_t c = s->c;                                                                                \
     JS##J(DACC)                                                                                             \
     for (int64_t t = 0; t < s->taps; t++) {                                                                \
@@ -153,18 +179,20 @@ static void NAME(dot_block_##J)(const T *x0p, const T *x1p, int64_t count, const
     JS##J(DSET)                                                                                             \
     const VEC y0 = NAME(sums8)(r0), y1 = NAME(sums8)(r1);                                                   \
     for (int64_t j = 0; j < J; j++) {                                                                      \
-        y[j] = y0[j] + (bias ? bias[j] : 0);                                                               \
+        y0p[j * ostride] = y0[j] + (bias ? bias[j] : 0);                                                   \
         if (count > 1)                                                                                     \
-            y[s->o + j] = y1[j] + (bias ? bias[j] : 0);                                                    \
+            y1p[j * ostride] = y1[j] + (bias ? bias[j] : 0);                                               \
     }                                                                                                      \
 }
 DOT_BLOCK(1) DOT_BLOCK(2) DOT_BLOCK(3) DOT_BLOCK(4) DOT_BLOCK(5) DOT_BLOCK(6) DOT_BLOCK(7) DOT_BLOCK(8)
 
-typedef void (*NAME(dot_fn))(const T *, const T *, int64_t, const T *, const T *, const conv_shape *, const int64_t *, T *);
+typedef void (*NAME(dot_fn))(const T *, const T *, int64_t, const T *, const T *, const conv_shape *, const int64_t *, T *,
+                             T *, int64_t);
 static const NAME(dot_fn) NAME(dot_blocks)[9] = {NULL, NAME(dot_block_1), NAME(dot_block_2), NAME(dot_block_3),
     NAME(dot_block_4), NAME(dot_block_5), NAME(dot_block_6), NAME(dot_block_7), NAME(dot_block_8)};
 
-/* y (N, *S_out, O) for O <= 8 and C a multiple of L: conv_forward's sum as dot products (above) */
+/* y (N, *S_out, O), or (N, O, *S_out) where s->y_cf, for O <= 8 and C a multiple of L: conv_forward's sum as
+ * dot products (above) */
 void NAME(conv_forward_dot)(const T *xp, const T *w, const T *bias, T *y, const conv_shape *s, const int64_t *off,
                             int threads) {
     const int64_t c = s->c, plane_in = s->in[0] * s->in[1] * s->in[2];
@@ -180,7 +208,8 @@ void NAME(conv_forward_dot)(const T *xp, const T *w, const T *bias, T *y, const 
             xs[r] = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
                           + ow * s->stride[2]) * c;
         }
-        NAME(dot_blocks)[s->o](xs[0], xs[1], count, w, bias, s, off, y + first * s->o);
+        NAME(dot_blocks)[s->o](xs[0], xs[1], count, w, bias, s, off, y + NAME(y_at)(s, first),
+                               y + NAME(y_at)(s, first + count - 1), NAME(y_stride)(s));
     }
 }
 
