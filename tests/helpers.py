@@ -108,3 +108,15 @@ def padded_torch_conv(dims, stride, pads, dilation):
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
     flat = [p for lo_hi in reversed(pads) for p in lo_hi]
     return lambda x, w, b: conv(F.pad(x, flat), w, b, stride=stride, dilation=dilation)
+
+
+def at_thread_counts(fn, counts=(1, 2, 3)) -> list:
+    """``fn()`` run with torch set to each thread count in turn (the count restored afterwards)."""
+    threads, results = torch.get_num_threads(), []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(fn())
+    finally:
+        torch.set_num_threads(threads)
+    return results

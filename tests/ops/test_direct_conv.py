@@ -14,7 +14,7 @@ from cnnlab import ops
 from cnnlab.ops import compiled, compiled_conv
 from cnnlab.ops.conv import memory_format_like_torch
 
-from helpers import check_op, max_rel_error, padded_torch_conv, random_conv
+from helpers import at_thread_counts, check_op, max_rel_error, padded_torch_conv, random_conv
 
 pytestmark = pytest.mark.usefixtures("conv_loops")  # built here, or the tests fail (tests/ops/conftest.py)
 
@@ -78,14 +78,12 @@ def test_direct_convolution_does_not_depend_on_the_thread_count():
     x = torch.randn(13, 16, 11, 11).requires_grad_()
     w = torch.randn(40, 16, 3, 3, requires_grad=True)
     g = torch.randn(13, 40, 11, 11)
-    threads, results = torch.get_num_threads(), []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            y = direct(x, w, None, ((1, 1), (1, 1)), (1, 1))
-            results.append((y, *torch.autograd.grad(y, (x, w), g)))
-    finally:
-        torch.set_num_threads(threads)
+
+    def run():
+        y = direct(x, w, None, ((1, 1), (1, 1)), (1, 1))
+        return (y, *torch.autograd.grad(y, (x, w), g))
+
+    results = at_thread_counts(run)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from cnnlab import ops
 from cnnlab.ops import compiled, compiled_conv
 
-from helpers import check_op, max_rel_error, padded_torch_conv, random_conv
+from helpers import at_thread_counts, check_op, max_rel_error, padded_torch_conv, random_conv
 
 THEIRS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -96,14 +96,12 @@ def test_planar_convolution_does_not_depend_on_the_thread_count():
     x = torch.randn(45, 1, 21, 21)
     w = torch.randn(10, 1, 5, 5, requires_grad=True)
     g = torch.randn(45, 10, 19, 19)
-    threads, results = torch.get_num_threads(), []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            y = planar(x, w, None, ((1, 1), (1, 1)), (1, 1))
-            results.append((y, *torch.autograd.grad(y, w, g)))
-    finally:
-        torch.set_num_threads(threads)
+
+    def run():
+        y = planar(x, w, None, ((1, 1), (1, 1)), (1, 1))
+        return (y, *torch.autograd.grad(y, w, g))
+
+    results = at_thread_counts(run)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)

@@ -290,12 +290,18 @@ def _input_grad(functions, gp: torch.Tensor, weight: torch.Tensor, x_shape, stri
 
 def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pads) -> torch.Tensor:
     n, *padded, c = xp.shape
-    o = weight.shape[0]
     offsets = _flat_offsets(tap_positions(kernel, dilation), tuple(padded))
-    gw = xp.new_zeros((len(offsets), c, sum(_widths(o, _lanes(xp.dtype)))))
-    shape = _shape(n, c, o, len(offsets), tuple(padded), tuple(out_size), tuple(stride), tuple(gp.shape[1:-1]),
+    shape = _shape(n, c, weight.shape[0], len(offsets), tuple(padded), tuple(out_size), tuple(stride), tuple(gp.shape[1:-1]),
                    tuple(lo for lo, _ in g_pads), gp.numel())
-    loop(xp.data_ptr(), gp.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), torch.get_num_threads())
+    return _weight_grad_loop(loop, xp, gp, weight, offsets, shape)
+
+
+def _weight_grad_loop(loop, xl: torch.Tensor, g: torch.Tensor, weight: torch.Tensor, offsets, shape) -> torch.Tensor:
+    """``conv_weight_grad`` on a channels-last input xl and output gradient g, tap offsets and sizes given:
+    gW (O, C, *K)."""
+    o, c = weight.shape[:2]
+    gw = xl.new_zeros((len(offsets), c, sum(_widths(o, _lanes(xl.dtype)))))
+    loop(xl.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), torch.get_num_threads())
     return gw[..., :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)
 
 
@@ -416,9 +422,10 @@ class PlanarConvNd(torch.autograd.Function):
 
 
 def _planar_weight_grad(functions, xp, grad_out, weight, spatial, pads, kernel, dilation, stride) -> torch.Tensor:
-    """gW (O, C, *K) from the planar input xp (``_planar_input``) and grad_out in either layout: a
-    channels-last grad_out of more than PLANAR_MAX_CHANNELS_LAST channels by the channels-last loops'
-    weight gradient (read in place, lanes over output channels), else by the planar loops."""
+    """gW (O, C, *K) from the planar input xp (``_planar_input``) and grad_out in either layout: for more
+    than PLANAR_MAX_CHANNELS_LAST output channels, by the channels-last loops' weight gradient (lanes over
+    output channels) where grad_out is channels-last (read in place) or the kernel has
+    PLANAR_WEIGHT_GRAD_COPY_MIN_TAPS or more taps (grad_out copied channels-last), else by the planar loops."""
     n, c, *grid = xp.shape
     o = weight.shape[0]
     _, positions, loop_stride, loop_out = _planar_layout(spatial, kernel, stride, pads, dilation)
@@ -427,12 +434,9 @@ def _planar_weight_grad(functions, xp, grad_out, weight, spatial, pads, kernel, 
     shape = _shape(n, c, o, len(offsets), tuple(grid), loop_out, loop_stride, loop_out, (0,) * len(loop_out),
                    grad_out.numel())
     if o > PLANAR_MAX_CHANNELS_LAST and (channels_last or len(offsets) >= PLANAR_WEIGHT_GRAD_COPY_MIN_TAPS):
-        g = grad_out.movedim(1, -1).contiguous()  # (N, *S_out, O): a view where grad_out is channels-last
-        gw = xp.new_zeros((len(offsets), c, sum(_widths(o, _lanes(xp.dtype)))))
-        xl = xp.movedim(1, -1).contiguous()  # channels-last (a view for one channel)
-        functions[2](xl.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(),
-                     torch.get_num_threads())
-        return gw[..., :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)
+        # both channels-last: a view for one input channel, and for a channels-last grad_out
+        return _weight_grad_loop(functions[2], xp.movedim(1, -1).contiguous(), grad_out.movedim(1, -1).contiguous(), weight,
+                                 offsets, shape)
     g = grad_out if channels_last else grad_out.contiguous()
     gw = xp.new_empty(weight.shape)
     if functions[4](xp.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), int(channels_last),
