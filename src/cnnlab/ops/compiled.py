@@ -13,11 +13,16 @@ outputs held in registers, reads the input in place (``csrc/direct_conv.c``: 0.9
 oneDNN forward + backward). Those loops are written in C beside this file (``csrc/``), each the
 textbook definition, and built on first use with the machine's C compiler:
 
-    cc -O3 -march=native -fopenmp -shared  csrc/<name>.c  ->  ~/.cache/cnnlab/compiled/<name>-<hash>.so
+    cc -O3 -march=x86-64-v3 -mtune=native -fopenmp -shared  csrc/<name>.c  ->  ~/.cache/cnnlab/compiled/<name>-<hash>.so
 
-loaded with ctypes (no build step at install time, no Python headers; 0.2 s to build). The hash
-covers the source, the compiler, its flags and the CPU's instruction set, so a cached library is
-never loaded on a machine it was not built for. Without a compiler (or where a build fails,
+loaded with ctypes (no build step at install time, no Python headers; 0.2 s to build). The loops are
+built for one of a few instruction-set variants (``VARIANTS``): ``avx512`` (x86-64-v4), ``avx2``
+(x86-64-v3: AVX2 and FMA) and ``portable`` (the architecture's baseline: SSE2 on x86-64, NEON on arm64),
+each with the vector width and register blocking of its registers (``csrc/isa.h``); :func:`variant` is
+the best one this CPU's flags allow, read at load time, or the one ``CNNLAB_COMPILED_VARIANT`` names
+(``native`` builds for ``-march=native``). :func:`use_variant` switches within a block: the tests sweep
+every variant this machine can run. The hash covers the source, the compiler, its flags and the CPU's
+instruction set, so a cached library is never loaded on a machine it was not built for. Without a compiler (or where a build fails,
 or with ``CNNLAB_COMPILED=0`` in the environment) :func:`library` returns None and every op keeps
 its tensor route: the same values, more slowly. ``CC`` picks the compiler, ``CNNLAB_CACHE_DIR``
 the cache; where the cache cannot be written, a folder of this user's own in the system's temporary
@@ -44,16 +49,26 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Geometry", "disabled", "library", "status"]
+__all__ = ["VARIANTS", "Geometry", "disabled", "library", "runnable_variants", "status", "use_variant", "variant"]
 
 SOURCES = Path(__file__).with_name("csrc")
-# Tried in order until one builds: the CPU's own instruction set and threads, then without each.
-FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
+# The instruction-set variants the loops are built for, best first: (compiler flags, the CPU flags of
+# /proc/cpuinfo they need). x86-64-v3 is AVX2 + FMA + BMI1/2 + F16C + LZCNT + MOVBE; v4 adds AVX-512
+# F/BW/CD/DQ/VL. "native" (-march=native) is chosen only by name.
+VARIANTS: dict[str, tuple[list[str], frozenset[str]]] = {
+    "avx512": (["-march=x86-64-v4", "-mtune=native"],
+               frozenset("avx512f avx512bw avx512cd avx512dq avx512vl avx2 fma bmi1 bmi2 f16c abm movbe".split())),
+    "avx2": (["-march=x86-64-v3", "-mtune=native"], frozenset("avx2 fma bmi1 bmi2 f16c abm movbe".split())),
+    "portable": ([], frozenset()),
+}
+NATIVE = (["-march=native"], frozenset())
+VARIANT_ENV = "CNNLAB_COMPILED_VARIANT"
 
 _lock = threading.Lock()
-_loaded: dict[str, ctypes.CDLL | None] = {}
-_why: dict[str, str] = {}
+_loaded: dict[tuple[str, str], ctypes.CDLL | None] = {}  # (library, variant) -> the loaded library, or None
+_why: dict[tuple[str, str], str] = {}
 _enabled = True
+_forced: str | None = None  # the variant use_variant() chose, over the environment's
 
 
 class Geometry(ctypes.Structure):
@@ -83,6 +98,47 @@ def _cpu_fingerprint() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
+def _cpu_flags() -> frozenset[str]:
+    return frozenset(_cpu_fingerprint().partition(":")[2].split())
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+def runnable_variants() -> list[str]:
+    """The variants this CPU can run, best first (on other than x86: ``portable`` alone, which is NEON on arm64)."""
+    if not _x86():
+        return ["portable"]
+    flags = _cpu_flags()
+    return [name for name, (_, needs) in VARIANTS.items() if needs <= flags]
+
+
+def variant() -> str:
+    """The variant the loops are built for in this process: :func:`use_variant`'s, else ``$CNNLAB_COMPILED_VARIANT``
+    (one of ``VARIANTS``, ``native`` or ``auto``), else the best this CPU runs. ValueError for another name."""
+    name = _forced or os.environ.get(VARIANT_ENV, "auto").strip().lower() or "auto"
+    if name == "auto":
+        return runnable_variants()[0]
+    if name != "native" and name not in VARIANTS:
+        raise ValueError(f"{VARIANT_ENV}={name!r} is not a variant of the compiled loops; use one of auto, native, "
+                         f"{', '.join(VARIANTS)}")
+    return name
+
+
+@contextlib.contextmanager
+def use_variant(name: str) -> Iterator[None]:
+    """Within this block the compiled loops are those built for variant ``name`` (built on first use)."""
+    global _forced
+    if name != "native" and name not in VARIANTS:
+        raise ValueError(f"variant {name!r} is not one of native, {', '.join(VARIANTS)}")
+    before, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = before
+
+
 def _compiler() -> str | None:
     cc = os.environ.get("CC")
     if cc:
@@ -95,8 +151,19 @@ def _cache_dir() -> Path:
     return Path(root) / "compiled"
 
 
-def _build(name: str) -> tuple[ctypes.CDLL | None, str]:
-    """Build (or find in the cache) and load ``csrc/<name>.c``; (library, how) or (None, why not)."""
+def _flag_sets(chosen: str) -> list[list[str]]:
+    """The compiler flags to try in order: the variant's own with threads, without, then the portable build's."""
+    flags = NATIVE[0] if chosen == "native" else VARIANTS[chosen][0]
+    sets = [["-O3", *flags, "-fopenmp"], ["-O3", *flags]]
+    return sets + [s for s in (["-O3", "-fopenmp"], ["-O3"]) if s not in sets]
+
+
+def _build(name: str, chosen: str) -> tuple[ctypes.CDLL | None, str]:
+    """Build (or find in the cache) and load ``csrc/<name>.c`` for variant ``chosen``; (library, how) or
+    (None, why not)."""
+    if chosen in VARIANTS and chosen not in runnable_variants():
+        missing = " ".join(sorted(VARIANTS[chosen][1] - _cpu_flags()))
+        return None, f"variant {chosen} needs CPU flags this CPU lacks ({missing}); tensor routes used"
     cc = _compiler()
     if cc is None:
         return None, "no C compiler found (set CC, or install gcc or clang); tensor routes used"
@@ -108,11 +175,11 @@ def _build(name: str) -> tuple[ctypes.CDLL | None, str]:
     except OSError as e:
         return None, f"{cc} could not be run ({e}); tensor routes used"
     machine = _cpu_fingerprint().encode()
-    for flags in FLAG_SETS:
+    for flags in _flag_sets(chosen):
         key = hashlib.sha256(b"\0".join([texts, cc.encode(), version.encode(), " ".join(flags).encode(), machine])).hexdigest()[:16]
         try:
             target = _cached(f"{name}-{key}.so", [cc, *flags, "-fPIC", "-shared", str(source), "-o"])
-            return ctypes.CDLL(str(target)), f"{target} ({cc} {' '.join(flags)})"
+            return ctypes.CDLL(str(target)), f"{target} (variant {chosen}: {cc} {' '.join(flags)})"
         except (OSError, RuntimeError) as e:
             errors.append(f"{' '.join(flags)}: {e}")
     return None, f"{cc} could not build {source.name}: {'; '.join(errors)}; tensor routes used"
@@ -160,22 +227,23 @@ def library(name: str) -> ctypes.CDLL | None:
     or inside ``torch.compile`` (which plans its own kernels)."""
     if not _enabled or torch.compiler.is_compiling():
         return None
-    lib = _loaded.get(name, False)
+    key = (name, variant())
+    lib = _loaded.get(key, False)
     if lib is not False:
         return lib
     with _lock:
-        if name not in _loaded:
+        if key not in _loaded:
             if os.environ.get("CNNLAB_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
-                _loaded[name], _why[name] = None, "switched off by CNNLAB_COMPILED=0; tensor routes used"
+                _loaded[key], _why[key] = None, "switched off by CNNLAB_COMPILED=0; tensor routes used"
             else:
-                _loaded[name], _why[name] = _build(name)
-        return _loaded[name]
+                _loaded[key], _why[key] = _build(*key)
+        return _loaded[key]
 
 
 def status(name: str = "max_pool") -> str:
-    """Where ``csrc/<name>.c``'s kernels come from, or why the tensor routes are used instead."""
+    """Where ``csrc/<name>.c``'s kernels come from (their file and variant), or why the tensor routes are used instead."""
     library(name)
-    return _why.get(name, "switched off by cnnlab.ops.compiled.disabled(); tensor routes used")
+    return _why.get((name, variant()), "switched off by cnnlab.ops.compiled.disabled(); tensor routes used")
 
 
 @contextlib.contextmanager

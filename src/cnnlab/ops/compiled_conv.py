@@ -3,8 +3,9 @@
 The cross-correlation of ``conv.ConvNd``, summed directly instead of through a window matrix: the
 input is padded once into a channels-last buffer ``xp`` (N, *S_pad, C), every kernel tap is then a
 fixed offset in each sample's flattened positions, and the loops keep a block of 7 consecutive outputs
-by 32 output channels (float32; 16 in float64) in registers while they run over the taps and input
-channels, so the input is read in place and never copied per tap:
+by 32 output channels (float32 on AVX-512; 6 by 16 on AVX2, whose registers are half as wide and half as
+many: ``csrc/isa.h``) in registers while they run over the taps and input channels, so the input is
+read in place and never copied per tap:
 
     forward      y[q, o]    = b[o] + sum_t,c  xp[s*q + off_t, c] * W[t, c, o]
     grad_input   for each phase of the input positions (i = s*m + phi per axis; one phase at stride
@@ -38,6 +39,7 @@ import ctypes
 import functools
 import itertools
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -50,8 +52,6 @@ from .windows import flat_offsets, tap_positions
 __all__ = ["DirectConvNd", "PlanarConvNd", "kernels"]
 
 _FLOAT = {torch.float32: "f32", torch.float64: "f64"}
-VECTOR_BYTES = 64  # the C loops' vectors (csrc/direct_conv_body.h)
-DOT_MAX_CHANNELS = 8  # output channels up to which _correlate takes dot products over the input channels
 
 
 class ConvShape(ctypes.Structure):
@@ -77,8 +77,22 @@ def _shape(*args) -> ConvShape:
     return ConvShape.of(*args)
 
 
+class Kernels(NamedTuple):
+    """The C functions of one build for one dtype, and that build's blocking (``csrc/isa.h``)."""
+
+    forward: ctypes._CFuncPtr
+    dot: ctypes._CFuncPtr
+    weight_grad: ctypes._CFuncPtr
+    planar_forward: ctypes._CFuncPtr
+    planar_weight_grad: ctypes._CFuncPtr
+    variant: str  # avx512, avx2, neon or portable: what the build's vectors are
+    lanes: int  # values of the dtype in one of its vectors
+    planar_max_width: int  # output channels per block of the planar loops (2 x width accumulators)
+    dot_max_channels: int  # output channels up to which _correlate takes dot products over the input channels
+
+
 @functools.cache
-def _typed(lib: ctypes.CDLL, suffix: str):
+def _typed(lib: ctypes.CDLL, suffix: str) -> Kernels:
     forward, dot, weight_grad = (lib[f"conv_{name}_{suffix}"] for name in ("forward", "forward_dot", "weight_grad"))
     planar_forward, planar_weight_grad = (lib[f"planar_{name}_{suffix}"] for name in ("forward", "weight_grad"))
     p, shape, i64, flag = ctypes.c_void_p, ctypes.POINTER(ConvShape), ctypes.c_int64, ctypes.c_int
@@ -91,20 +105,20 @@ def _typed(lib: ctypes.CDLL, suffix: str):
     planar_forward.restype = None
     planar_weight_grad.argtypes = [p, p, p, shape, p, flag, ctypes.c_int]
     planar_weight_grad.restype = ctypes.c_int
-    return forward, dot, weight_grad, planar_forward, planar_weight_grad
+    lib.conv_variant.restype = ctypes.c_char_p
+    config = (ctypes.c_int64 * 5)()
+    lib.conv_config(config)
+    vector_bytes, _, _, planar_width, dot_channels = config
+    return Kernels(forward, dot, weight_grad, planar_forward, planar_weight_grad, lib.conv_variant().decode(),
+                   vector_bytes // (4 if suffix == "f32" else 8), planar_width, dot_channels)
 
 
-def kernels(x: torch.Tensor):
-    """(forward, forward_dot, weight_grad, planar_forward, planar_weight_grad) C functions for ``x``'s
-    dtype, or None where the tensor routes serve ``x``."""
+def kernels(x: torch.Tensor) -> Kernels | None:
+    """The C functions and blocking of the loaded build for ``x``'s dtype, or None where the tensor routes serve ``x``."""
     if x.device.type != "cpu" or x.dtype not in _FLOAT or x.numel() == 0:
         return None
     lib = compiled.library("direct_conv")
     return None if lib is None else _typed(lib, _FLOAT[x.dtype])
-
-
-def _lanes(dtype: torch.dtype) -> int:
-    return VECTOR_BYTES // (4 if dtype == torch.float32 else 8)
 
 
 def _widths(o: int, lanes: int) -> list[int]:
@@ -158,19 +172,19 @@ def _correlate(functions, xp: torch.Tensor, weight: torch.Tensor, bias, out_size
                channels_first: bool = False) -> torch.Tensor:
     """The forward loops: xp (N, *S_pad, C) correlated with weight (O, C, T) at tap positions ``taps`` (a
     position per axis in xp's grid) and ``stride`` -> (N, *S_out, O), or (N, O, *S_out) written so by the
-    loops where ``channels_first`` (a channels-first network's layout: no copy of the result afterwards). At most DOT_MAX_CHANNELS output
+    loops where ``channels_first`` (a channels-first network's layout: no copy of the result afterwards). At most ``functions.dot_max_channels`` output
     channels from input channels in whole vectors: as dot products over the input channels
     (``conv_forward_dot``: the input gradient of LeNet's 6->16 layer at batch 256, 16 -> 6, 2.02 -> 1.67 ms; of a
     3->16 layer at 32 px 2.04 -> 1.28 ms, one process each, medians of 15), else a block of outputs by output
     channels."""
     n, *padded, c = xp.shape
-    o, lanes = weight.shape[0], _lanes(xp.dtype)
-    if o <= DOT_MAX_CHANNELS and c % lanes == 0:
-        forward = functions[1]
+    o, lanes = weight.shape[0], functions.lanes
+    if o <= functions.dot_max_channels and c % lanes == 0:
+        forward = functions.dot
         w = weight.permute(2, 0, 1).contiguous()  # (T, O, C)
         b = None if bias is None else bias.contiguous()
     else:
-        forward = functions[0]
+        forward = functions.forward
         w = _packed(weight, lanes)
         b = _padded_bias(bias, lanes)
     offsets = _flat_offsets(taps, tuple(padded))
@@ -247,7 +261,7 @@ class DirectConvNd(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_x = _input_grad(ctx.functions, gp, weight, x.shape, stride, phases, channels_first=not channels_last)
         if ctx.needs_input_grad[2]:
-            grad_w = _like(_weight_grad(ctx.functions[2], xp, gp, weight, kernel, dilation, stride, out_size, g_pads), weight)
+            grad_w = _like(_weight_grad(ctx.functions, xp, gp, weight, kernel, dilation, stride, out_size, g_pads), weight)
         if ctx.needs_input_grad[3]:
             grad_b = channel_sums(grad_out)
         return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None, None
@@ -288,24 +302,24 @@ def _input_grad(functions, gp: torch.Tensor, weight: torch.Tensor, x_shape, stri
     return grad_x if channels_first else grad_x.movedim(-1, 1)
 
 
-def _weight_grad(loop, xp, gp, weight, kernel, dilation, stride, out_size, g_pads) -> torch.Tensor:
+def _weight_grad(functions: Kernels, xp, gp, weight, kernel, dilation, stride, out_size, g_pads) -> torch.Tensor:
     n, *padded, c = xp.shape
     offsets = _flat_offsets(tap_positions(kernel, dilation), tuple(padded))
     shape = _shape(n, c, weight.shape[0], len(offsets), tuple(padded), tuple(out_size), tuple(stride), tuple(gp.shape[1:-1]),
                    tuple(lo for lo, _ in g_pads), gp.numel())
-    return _weight_grad_loop(loop, xp, gp, weight, offsets, shape)
+    return _weight_grad_loop(functions, xp, gp, weight, offsets, shape)
 
 
-def _weight_grad_loop(loop, xl: torch.Tensor, g: torch.Tensor, weight: torch.Tensor, offsets, shape) -> torch.Tensor:
+def _weight_grad_loop(functions: Kernels, xl: torch.Tensor, g: torch.Tensor, weight: torch.Tensor, offsets,
+                      shape) -> torch.Tensor:
     """``conv_weight_grad`` on a channels-last input xl and output gradient g, tap offsets and sizes given:
     gW (O, C, *K)."""
     o, c = weight.shape[:2]
-    gw = xl.new_zeros((len(offsets), c, sum(_widths(o, _lanes(xl.dtype)))))
-    loop(xl.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), torch.get_num_threads())
+    gw = xl.new_zeros((len(offsets), c, sum(_widths(o, functions.lanes))))
+    functions.weight_grad(xl.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), torch.get_num_threads())
     return gw[..., :o].permute(2, 1, 0).reshape(weight.shape)  # (T, C, O) -> (O, C, *K)
 
 
-PLANAR_MAX_WIDTH = 12  # output channels per block of the planar loops (2 x 12 accumulators)
 # A channels-last result of more than this many channels goes to DirectConvNd instead (conv._planar_loops:
 # the planar loops write such a result a value at a time); a channels-last output gradient of more channels
 # goes to the channels-last loops' weight gradient (8 taps a tile for one channel) instead of the planar
@@ -365,10 +379,10 @@ def _planar_packed(weight: torch.Tensor, width: int) -> torch.Tensor:
     return padded.reshape(groups, width, c, t).permute(0, 2, 3, 1).contiguous()
 
 
-def _planar_width(o: int) -> int:
-    """Output channels per block: as few groups of at most PLANAR_MAX_WIDTH as O needs, evened out (32 ->
-    3 groups of 11)."""
-    groups = -(-o // PLANAR_MAX_WIDTH)
+def _planar_width(o: int, most: int) -> int:
+    """Output channels per block: as few groups of at most ``most`` (the build's planar width) as O needs,
+    evened out (32 -> 3 groups of 11 on AVX-512's 12)."""
+    groups = -(-o // most)
     return -(-o // groups)
 
 
@@ -383,17 +397,17 @@ class PlanarConvNd(torch.autograd.Function):
     def forward(ctx, functions, x, weight, bias, stride, pads: Pads, dilation, channels_last: bool):
         kernel = tuple(weight.shape[2:])
         n, c = x.shape[:2]
-        o, lanes = weight.shape[0], _lanes(x.dtype)
+        o, lanes = weight.shape[0], functions.lanes
         grid, positions, loop_stride, loop_out = _planar_layout(tuple(x.shape[2:]), kernel, stride, pads, dilation)
         xp = _planar_input(x, pads, grid, lanes)
         out_size = loop_out[len(loop_out) - len(kernel):]
-        width = _planar_width(o)
+        width = _planar_width(o, functions.planar_max_width)
         w = _planar_packed(weight.reshape(o, c, -1), width)
         b = None if bias is None else bias.contiguous()
         offsets = _flat_offsets(positions, grid)
         y = x.new_empty((n, *out_size, o) if channels_last else (n, o, *out_size))
         shape = _shape(n, c, o, len(offsets), grid, loop_out, loop_stride)
-        functions[3](xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
+        functions.planar_forward(xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
                      offsets.data_ptr(), width, int(channels_last), torch.get_num_threads())
         ctx.functions = functions
         ctx.geometry = (stride, pads, dilation, kernel, out_size, channels_last)
@@ -435,11 +449,11 @@ def _planar_weight_grad(functions, xp, grad_out, weight, spatial, pads, kernel, 
                    grad_out.numel())
     if o > PLANAR_MAX_CHANNELS_LAST and (channels_last or len(offsets) >= PLANAR_WEIGHT_GRAD_COPY_MIN_TAPS):
         # both channels-last: a view for one input channel, and for a channels-last grad_out
-        return _weight_grad_loop(functions[2], xp.movedim(1, -1).contiguous(), grad_out.movedim(1, -1).contiguous(), weight,
+        return _weight_grad_loop(functions, xp.movedim(1, -1).contiguous(), grad_out.movedim(1, -1).contiguous(), weight,
                                  offsets, shape)
     g = grad_out if channels_last else grad_out.contiguous()
     gw = xp.new_empty(weight.shape)
-    if functions[4](xp.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), int(channels_last),
+    if functions.planar_weight_grad(xp.data_ptr(), g.data_ptr(), gw.data_ptr(), ctypes.byref(shape), offsets.data_ptr(), int(channels_last),
                     torch.get_num_threads()):
         raise MemoryError("the planar convolution's weight gradient could not allocate its buffers")
     return gw

@@ -6,13 +6,14 @@
  *
  *     y[q, o] = bias[o] + sum over taps t and channels c of  xp[s*q + off[t], c] * w[t, c, o]
  *
- * The loops keep a block of up to 7 consecutive outputs (across rows and samples) by V vectors of
- * output channels in registers (7*V accumulators), and for each tap and input channel load V weight vectors once and
- * broadcast 7 input values: 7*V fused multiply-adds per 7+V loads, the register blocking every fast
- * convolution uses. Written with GCC's vector extension (64-byte vectors: 16 floats or 8 doubles), so
- * the same source compiles to AVX-512, AVX2 or SSE (two or four instructions a vector) as the CPU has.
+ * The loops keep a block of up to R consecutive outputs (across rows and samples) by V vectors of
+ * output channels in registers (R*V accumulators), and for each tap and input channel load V weight vectors
+ * once and broadcast R input values: R*V fused multiply-adds per R+V loads, the register blocking every fast
+ * convolution uses. Written with GCC's vector extension at the width of the instruction set it is built for
+ * (isa.h: 64-byte vectors and R = 7 on AVX-512, 32 bytes and R = 6 on AVX2, 16 bytes on NEON and the
+ * portable build), so the blocks fit the registers of the CPU that runs them.
  *
- * The weight gradient sums the other way: a block of up to 8 (tap, input channel) rows (8 channels of
+ * The weight gradient sums the other way: a block of up to GRAD_ROWS (tap, input channel) rows (channels of
  * one tap; for layers of few channels, several taps) by V vectors of output channels, over every output
  * position: gw[t, c, o] += xp[s*q + off[t], c] * gy[q, o].
  * Each tile of the result belongs to one thread and takes the samples in order: the result does not
@@ -24,6 +25,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "isa.h"
 
 typedef struct {
     int64_t n, c, o, taps;
@@ -45,9 +48,16 @@ typedef struct {
 #define ROWS7(F) ROWS6(F) F(6)
 #define ROWS8(F) ROWS7(F) F(7)
 
-#define CHUNK 32  /* blocks of 7 outputs that share one group's weights in cache (conv_forward) */
+#define CHUNK 32  /* blocks of FORWARD_ROWS outputs that share one group's weights in cache (conv_forward) */
 #define CHUNK_POSITIONS 512  /* output positions whose values the weight gradient's tiles share in cache */
 #define PLANAR_CHUNKS 16  /* parts of the batch the planar weight gradient sums apart, then adds in order */
+
+/* What the Python side must know of this build's blocking (ops/compiled_conv.py): the variant's name, and
+ * its vector bytes, forward rows, weight-gradient rows, planar width and dot-product channels. */
+const char *conv_variant(void) { return VARIANT_NAME; }
+void conv_config(int64_t *out) {
+    out[0] = VEC_BYTES, out[1] = FORWARD_ROWS, out[2] = GRAD_ROWS, out[3] = PLANAR_WIDTH, out[4] = DOT_CHANNELS;
+}
 
 #define BODY "direct_conv_body.h"
 #include "instantiate.h"

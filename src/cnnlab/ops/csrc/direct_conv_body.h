@@ -1,10 +1,10 @@
 /* The direct convolution's kernels for one element type T, named NAME(...): included by direct_conv.c once per type. */
 
-typedef T NAME(vec) __attribute__((vector_size(64), aligned(sizeof(T))));
-typedef IT NAME(ivec) __attribute__((vector_size(64)));  /* lane indices for shuffles */
+typedef T NAME(vec) __attribute__((vector_size(VEC_BYTES), aligned(sizeof(T))));
+typedef IT NAME(ivec) __attribute__((vector_size(VEC_BYTES)));  /* lane indices for shuffles */
 #define VEC NAME(vec)
 #define IVEC NAME(ivec)
-#define L ((int64_t)(64 / sizeof(T)))  /* lanes in a vector */
+#define L ((int64_t)(VEC_BYTES / sizeof(T)))  /* lanes in a vector */
 
 /* One block: R outputs (consecutive in y, at y), output r's window starting at xs[r] (tap t off[t] * C
  * further), by the output channels o0..o0+L*V-1 of a group whose packed weights start at w (`lanes` of
@@ -62,9 +62,9 @@ static void NAME(block_##R##x##V)(const T *const *xs, const T *w, const T *bias,
     ROWS##R(PUT##V)                                                                                        \
 }
 
-/* Blocks of 7 outputs by 1 or 2 vectors (7-14 accumulators), and of 1-6 for the batch's last outputs.
- * 7 x 2 measured fastest of 1-14 outputs by 1, 2 or 4 vectors on six zoo layers (forward, 2 threads;
- * 0.65-1.07 of torch's time, blocks of 12 x 2 1.09-1.82). */
+/* Blocks of FORWARD_ROWS outputs by 1 or 2 vectors, and of fewer for the batch's last outputs. On
+ * AVX-512, 7 x 2 measured fastest of 1-14 outputs by 1, 2 or 4 vectors on six zoo layers (forward, 2
+ * threads; 0.65-1.07 of torch's time, blocks of 12 x 2 1.09-1.82); on AVX2's 16 registers, 6 x 2 (isa.h). */
 #define BLOCKS(V) FORWARD_BLOCK(1, V) FORWARD_BLOCK(2, V) FORWARD_BLOCK(3, V) FORWARD_BLOCK(4, V) \
                   FORWARD_BLOCK(5, V) FORWARD_BLOCK(6, V) FORWARD_BLOCK(7, V)
 BLOCKS(1)
@@ -78,14 +78,14 @@ static const NAME(block_fn) NAME(blocks)[2][8] = {
 };
 
 /* y (N, *S_out, O), or (N, O, *S_out) where s->y_cf, = the cross-correlation of xp (N, *S_pad, C) with w,
- * at the strides s->stride, 7 outputs at a time (consecutive: along a row, and on into the next row,
+ * at the strides s->stride, FORWARD_ROWS outputs at a time (consecutive: along a row, and on into the next row,
  * plane and sample).
  * Output channels go in groups of 2*L, the last of L where no more remain (w packed group after group as
  * (taps, C, width), zeros past O; the bias padded alike). */
 void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv_shape *s, const int64_t *off,
                         int threads) {
     const int64_t c = s->c, plane_in = s->in[0] * s->in[1] * s->in[2];
-    const int64_t outputs = s->n * s->out[0] * s->out[1] * s->out[2], blocks = (outputs + 6) / 7;
+    const int64_t outputs = s->n * s->out[0] * s->out[1] * s->out[2], blocks = (outputs + FORWARD_ROWS - 1) / FORWARD_ROWS;
     const int64_t chunks = (blocks + CHUNK - 1) / CHUNK, groups = (s->o + 2 * L - 1) / (2 * L);
     /* A chunk of blocks for one group of output channels at a time, so that the group's weights (taps * C *
      * 2L values: 590 KB for 512 float32 channels) are read from cache by every block of the chunk. */
@@ -95,7 +95,7 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
             const int64_t o0 = g * 2 * L, vectors = s->o - o0 > L ? 2 : 1;
             const int64_t lanes = s->o - o0 < L * vectors ? s->o - o0 : L * vectors;
             for (int64_t b = chunk * CHUNK; b < blocks && b < (chunk + 1) * CHUNK; b++) {
-                const int64_t first = b * 7, count = outputs - first < 7 ? outputs - first : 7;
+                const int64_t first = b * FORWARD_ROWS, count = outputs - first < FORWARD_ROWS ? outputs - first : FORWARD_ROWS;
                 const T *xs[7];
                 int64_t ys[7];
                 for (int64_t r = 0; r < count; r++) {  /* output (n, od, oh, ow) reads from its window's first position */
@@ -116,14 +116,15 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
  * input channels, a vector of them at a time, so that no lane is spent on channels that do not exist.
  * Two outputs by J output channels per block (2J accumulators), their lanes added at the end. w packed
  * as (taps, O, C). */
-/* lane i of the result (i < 8) = the sum of v[i]'s lanes, in log2(L) steps rather than 8 * L scalar
- * additions. A step takes two vectors of groups of s lanes to one of groups of s/2 (the first vector's
+/* out[i] (i < 8) = the sum of v[i]'s lanes. With 8 or 16 lanes, in log2(L) steps rather than 8 * L scalar
+ * additions: a step takes two vectors of groups of s lanes to one of groups of s/2 (the first vector's
  * groups, then the second's), each the sum of its group's two halves: lane m adds lanes g*s + m%h and
- * g*s + h + m%h of the pair (g = m/h, h = s/2; lanes L.. are the second vector's). */
+ * g*s + h + m%h of the pair (g = m/h, h = s/2; lanes L.. are the second vector's). Narrower vectors (2 or 4
+ * lanes: float64 on AVX2, the 16-byte builds) add their lanes one by one, in order. */
 #define HALVE(a, b, ...) ({ const IVEC lo_ = {__VA_ARGS__}, hi_ = lo_ + HALF_; \
                            __builtin_shuffle(a, b, lo_) + __builtin_shuffle(a, b, hi_); })
-static inline VEC NAME(sums8)(const VEC v[8]) {
-#if TSIZE == 4  /* 16 lanes */
+static inline void NAME(sums8)(const VEC v[8], T out[8]) {
+#if VEC_BYTES / TSIZE == 16
     VEC w[4], x[2], y;
     #define HALF_ 8
     for (int i = 0; i < 4; i++) w[i] = HALVE(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
@@ -135,9 +136,10 @@ static inline VEC NAME(sums8)(const VEC v[8]) {
     y = HALVE(x[0], x[1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
     #undef HALF_
     #define HALF_ 1
-    return HALVE(y, y, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const VEC r = HALVE(y, y, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     #undef HALF_
-#else  /* 8 lanes */
+    memcpy(out, &r, 8 * sizeof(T));
+#elif VEC_BYTES / TSIZE == 8
     VEC w[4], x[2];
     #define HALF_ 4
     for (int i = 0; i < 4; i++) w[i] = HALVE(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11);
@@ -146,8 +148,17 @@ static inline VEC NAME(sums8)(const VEC v[8]) {
     for (int i = 0; i < 2; i++) x[i] = HALVE(w[2 * i], w[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13);
     #undef HALF_
     #define HALF_ 1
-    return HALVE(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14);
+    const VEC r = HALVE(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14);
     #undef HALF_
+    memcpy(out, &r, 8 * sizeof(T));
+#else
+    for (int i = 0; i < 8; i++) {
+        T lanes[L];
+        memcpy(lanes, &v[i], sizeof lanes);
+        out[i] = 0;
+        for (int64_t l = 0; l < L; l++)
+            out[i] += lanes[l];
+    }
 #endif
 }
 
@@ -177,7 +188,9 @@ static void NAME(dot_block_##J)(const T *x0p, const T *x1p, int64_t count, const
     }                                                                                                      \
     VEC r0[8] = {{0}}, r1[8] = {{0}};                                                                       \
     JS##J(DSET)                                                                                             \
-    const VEC y0 = NAME(sums8)(r0), y1 = NAME(sums8)(r1);                                                   \
+    T y0[8], y1[8];                                                                                         \
+    NAME(sums8)(r0, y0);                                                                                    \
+    NAME(sums8)(r1, y1);                                                                                    \
     for (int64_t j = 0; j < J; j++) {                                                                      \
         y0p[j * ostride] = y0[j] + (bias ? bias[j] : 0);                                                   \
         if (count > 1)                                                                                     \
@@ -213,7 +226,7 @@ void NAME(conv_forward_dot)(const T *xp, const T *w, const T *bias, T *y, const 
     }
 }
 
-/* A chunk of output rows' share of the weight gradient, added into R (1-8) consecutive rows of gw (taps *
+/* A chunk of output rows' share of the weight gradient, added into R (1-GRAD_ROWS) consecutive rows of gw (taps *
  * C, op) by V output vectors: gw[t, c, o] += xp[q + off[t], c] * gy[q, o]. Row r is the pair (t, c) whose
  * input value sits roff[r] values past an output's window start: up to 8 channels of one tap, or, for
  * layers of few channels, several taps' (a one-channel layer: 8 taps). Reads stay inside both buffers:
@@ -299,20 +312,21 @@ static int64_t NAME(padded_width)(int64_t o) {
 
 /* gw (taps, C, padded_width(O)), zeros on entry, += the sum over samples and valid positions of
  * xp[q + off[t]] (x) gy[q]; gp is the padded output gradient (s->g_in, starting at s->g_lo). Each tile of
- * gw (8 consecutive (tap, channel) rows, a group of output channels) belongs to one thread, which adds the
+ * gw (GRAD_ROWS consecutive (tap, channel) rows, a group of output channels) belongs to one thread, which adds the
  * output rows to it a chunk at a time, in order: no partial sums to merge, and the same bits for any thread
  * count. The chunks (output rows, about CHUNK_POSITIONS positions) keep their values in cache while
  * every tile reads them. */
 void NAME(conv_weight_grad)(const T *xp, const T *gp, T *gw, const conv_shape *s, const int64_t *off, int threads) {
     const int64_t op = NAME(padded_width)(s->o), lines = s->n * s->out[0] * s->out[1], rows = s->taps * s->c;
     const int64_t per_chunk = s->out[2] >= CHUNK_POSITIONS ? 1 : CHUNK_POSITIONS / s->out[2];  /* output rows */
-    const int64_t rb = (rows + 7) / 8, groups = (s->o + 2 * L - 1) / (2 * L), tiles = rb * groups;
+    const int64_t rb = (rows + GRAD_ROWS - 1) / GRAD_ROWS, groups = (s->o + 2 * L - 1) / (2 * L), tiles = rb * groups;
     #pragma omp parallel num_threads(threads)
     for (int64_t l = 0; l < lines; l += per_chunk) {
         const int64_t l1 = l + per_chunk < lines ? l + per_chunk : lines;
         #pragma omp for schedule(static) nowait
         for (int64_t tile = 0; tile < tiles; tile++) {  /* the same tiles go to the same thread for every chunk */
-            const int64_t i0 = tile / groups * 8, o0 = tile % groups * 2 * L, count = rows - i0 < 8 ? rows - i0 : 8;
+            const int64_t i0 = tile / groups * GRAD_ROWS, o0 = tile % groups * 2 * L;
+            const int64_t count = rows - i0 < GRAD_ROWS ? rows - i0 : GRAD_ROWS;
             int64_t roff[8];
             for (int64_t r = 0; r < count; r++)  /* row i0 + r: tap (i0 + r) / C, channel (i0 + r) % C */
                 roff[r] = off[(i0 + r) / s->c] * s->c + (i0 + r) % s->c;

@@ -8,10 +8,10 @@
  *     y[n, o, q..q+L-1] = bias[o] + sum over c, t of  w[c, t, o] * xp[n, c, start(q) + off[t] .. + L-1]
  *
  * A slot is L outputs of one output row (the row's last slot may hold fewer: `count`); a block is two
- * slots by B output channels (2B accumulators, B <= 12), each vector of inputs loaded once for B
+ * slots by B output channels (2B accumulators, B <= PLANAR_WIDTH: 12 on AVX-512, 6 on AVX2), each vector of inputs loaded once for B
  * multiply-adds with broadcast weights. Rows must run at stride 1 along their own axis (s->stride[2]);
  * the other axes may have any stride. The weight gradient sums the other way, a tile of up to 8 output
- * channels by up to 24/that many taps over every slot:
+ * channels by up to PLANAR_TILE_MAX/that many taps over every slot:
  *
  *     gw[o, c, t] = sum over n, q of  gy[n, o, q] * xp[n, c, start(q) + off[t]]
  *
@@ -21,11 +21,11 @@
  * vectors of partial sums, which are added in chunk order: the same bits for any thread count.
  */
 
-typedef T NAME(pvec) __attribute__((vector_size(64), aligned(sizeof(T))));
-typedef int64_t NAME(pmask) __attribute__((vector_size(64)));
+typedef T NAME(pvec) __attribute__((vector_size(VEC_BYTES), aligned(sizeof(T))));
+typedef int64_t NAME(pmask) __attribute__((vector_size(VEC_BYTES)));
 #define VEC NAME(pvec)
 #define MASK NAME(pmask)
-#define L ((int64_t)(64 / sizeof(T)))
+#define L ((int64_t)(VEC_BYTES / sizeof(T)))
 
 /* A slot's first input position (channel 0, before the tap offset) and first output position in its
  * sample, and its sample; slots go row after row, L outputs at a time. */
@@ -122,7 +122,7 @@ void NAME(planar_forward)(const T *xp, const T *w, const T *bias, T *y, const co
     }
 }
 
-/* The weight gradient's tiles: U output channels by V taps (U * V <= 24 accumulators a<u>_<v>), over the
+/* The weight gradient's tiles: U output channels by V taps (U * V <= PLANAR_TILE_MAX accumulators a<u>_<v>), over the
  * S slots of a piece: g (S, Upad, L) the piece's output gradient, xs[k] slot k's input (channel 0, tap 0),
  * m[k] its mask. Each accumulator is added at the end into part[(o * C + c) * taps + t], lane by lane. */
 #define WTAP(v) const VEC x##v = (VEC)((MASK)(*(const VEC *)(xk + toff[v])) & mk);
@@ -131,10 +131,14 @@ void NAME(planar_forward)(const T *xp, const T *w, const T *bias, T *y, const co
 #define WFMA(u, v) a##u##_##v += g##u * x##v;
 #define WSUM(u, v) if ((u) < us && (v) < vs)                                                                \
                        part[((o0 + (u)) * s->c + ci) * s->taps + t0 + (v)] += a##u##_##v;
+#define VS1(F, u) F(u, 0)
+#define VS2(F, u) F(u, 0) F(u, 1)
 #define VS3(F, u) F(u, 0) F(u, 1) F(u, 2)
 #define VS4(F, u) VS3(F, u) F(u, 3)
 #define VS6(F, u) VS4(F, u) F(u, 4) F(u, 5)
 #define VS8(F, u) VS6(F, u) F(u, 6) F(u, 7)
+#define TS1(F) F(0)
+#define TS2(F) F(0) F(1)
 #define TS3(F) F(0) F(1) F(2)
 #define TS4(F) TS3(F) F(3)
 #define TS6(F) TS4(F) F(4) F(5)
@@ -167,14 +171,20 @@ static void NAME(planar_tile_##U##x##V)(const T *g, const T *const *xs, const MA
     }                                                                                                          \
     US##U(WSUM, V)                                                                                             \
 }
-TILE(1, 8) TILE(2, 8) TILE(3, 8) TILE(4, 6) TILE(6, 4) TILE(8, 3)
-
 typedef void (*NAME(planar_tile_fn))(const T *, const T *const *, const MASK *, int64_t, const int64_t *,
                                      const conv_shape *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, VEC *);
 #define TILE_KINDS 6
+#if PLANAR_TILE_MAX >= 24
+TILE(1, 8) TILE(2, 8) TILE(3, 8) TILE(4, 6) TILE(6, 4) TILE(8, 3)
 static const int64_t NAME(tile_u)[TILE_KINDS] = {1, 2, 3, 4, 6, 8}, NAME(tile_v)[TILE_KINDS] = {8, 8, 8, 6, 4, 3};
 static const NAME(planar_tile_fn) NAME(planar_tiles)[TILE_KINDS] = {NAME(planar_tile_1x8), NAME(planar_tile_2x8),
     NAME(planar_tile_3x8), NAME(planar_tile_4x6), NAME(planar_tile_6x4), NAME(planar_tile_8x3)};
+#else  /* 16 registers: at most 12 accumulators */
+TILE(1, 8) TILE(2, 6) TILE(3, 4) TILE(4, 3) TILE(6, 2) TILE(8, 1)
+static const int64_t NAME(tile_u)[TILE_KINDS] = {1, 2, 3, 4, 6, 8}, NAME(tile_v)[TILE_KINDS] = {8, 6, 4, 3, 2, 1};
+static const NAME(planar_tile_fn) NAME(planar_tiles)[TILE_KINDS] = {NAME(planar_tile_1x8), NAME(planar_tile_2x6),
+    NAME(planar_tile_3x4), NAME(planar_tile_4x3), NAME(planar_tile_6x2), NAME(planar_tile_8x1)};
+#endif
 
 /* gw (O, C, taps) = the sum over samples and output positions of gy[n, o, q] * xp[n, c, start(q) + off[t]];
  * gy (N, O, *S_out), or (N, *S_out, O) where channels_last. The tile shape is the one that wastes the
@@ -200,7 +210,7 @@ int NAME(planar_weight_grad)(const T *xp, const T *gy, T *gw, const conv_shape *
     if (per_piece < 1)
         per_piece = 1;
     const int64_t chunks = s->n < PLANAR_CHUNKS ? s->n : PLANAR_CHUNKS, size = s->o * s->c * s->taps;
-    VEC *parts = aligned_alloc(64, (size_t)(chunks * size) * sizeof(VEC));
+    VEC *parts = aligned_alloc(VEC_BYTES, (size_t)(chunks * size) * sizeof(VEC));
     int64_t *toff = malloc((size_t)vpad * sizeof(int64_t));
     if (parts == NULL || toff == NULL) {
         free(parts);
@@ -221,7 +231,7 @@ int NAME(planar_weight_grad)(const T *xp, const T *gy, T *gw, const conv_shape *
         const int64_t slots_max = (per_piece < last - first ? per_piece : last - first) * per_sample;
         T *g = malloc((size_t)(upad * slots_max * L) * sizeof(T));
         const T **xs = malloc((size_t)slots_max * sizeof(T *));
-        MASK *m = aligned_alloc(64, (size_t)slots_max * sizeof(MASK));
+        MASK *m = aligned_alloc(VEC_BYTES, (size_t)slots_max * sizeof(MASK));
         if (g == NULL || xs == NULL || m == NULL) {
             #pragma omp atomic write
             failed = 1;
