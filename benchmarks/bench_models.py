@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -147,7 +146,8 @@ def main() -> None:
     what = "forward passes in eval mode under torch.no_grad() (as evaluation runs them)" if args.inference else "steps"
     title = "Whole-model inference (evaluation forward pass)" if args.inference else "Whole-model training steps"
     lines = [f"# {title}: scratch backend vs torch backend", "",
-             f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} threads, channels-last, "
+             f"Machine: {compiled.machine()}.", "",
+             f"Channels-last, "
              f"median of {args.runs} interleaved {what} after 2 warm-ups, one process, "
              f"{'freed memory kept for reuse as training runs do (train/memory.py)' if kept else 'glibc allocator defaults'}, "
              f"{routes_note(args.tensor_routes)}. "
@@ -159,7 +159,7 @@ def main() -> None:
     out = Path(args.out or Path(__file__).parent / "results" / ("models_inference.md" if args.inference else "models.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    print(f"geometric mean {geo:.2f}x; wrote {out}")
+    print(f"geometric mean {geo:.2f}x on {compiled.machine()}; wrote {out}")
 
 
 if __name__ == "__main__":

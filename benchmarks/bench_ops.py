@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -189,8 +188,7 @@ def main() -> None:
     summary = (f"\nGeometric mean of the fwd+bwd ratios: {geo:.2f}x over {len(ratios)} layers. "
                f"Median of {args.runs} runs after three warm-up runs, ours and torch's interleaved, float32, {args.threads} threads, "
                f"{'freed memory kept for reuse as training runs do (train/memory.py)' if kept else 'glibc allocator defaults'}, "
-               f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"{routes_note(args.tensor_routes)}.")
+               f"{routes_note(args.tensor_routes)}.\n\nMachine: {compiled.machine()}.")
     print(summary)
     if not args.only:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

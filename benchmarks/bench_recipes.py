@@ -23,7 +23,6 @@ import csv
 import itertools
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -65,11 +64,11 @@ def size_of(name: str) -> dict:
 
 
 def table(rows: list[dict], threads: int) -> str:
-    import torch
+    from cnnlab.ops import compiled
 
     lines = ["# CPU recipes: accuracy and training time on Fashion-MNIST", "",
-             f"Full training (60,000) and test (10,000) sets; `cnnlab train NAME` with its preset, seed 0; torch {torch.__version__}, "
-             f"{platform.machine()}, {os.cpu_count()} cores, {threads} threads. Training seconds: the wall time of the training loop "
+             f"Full training (60,000) and test (10,000) sets; `cnnlab train NAME` with its preset, seed 0, {threads} threads. Machine: "
+             f"{compiled.machine()}. Training seconds: the wall time of the training loop "
              "(steps, batch preparation, augmentation; not the per-epoch test evaluation). One run each; load average before each run noted.",
              "", "| model | params | MFLOPs / image | examples/s | epochs | training s | test acc | with flip (`--tta flip`) | backend | load |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

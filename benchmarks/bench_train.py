@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cnnlab.ops import compiled
+
 
 def plain_lenet() -> nn.Module:
     model = nn.Sequential(
@@ -132,7 +134,7 @@ def main() -> None:
         lines.append(f"| {name} | {rate:,.0f} | {per_epoch} | {rate / plain:.2f}x | {rate / book:.2f}x |")
     note = (f"\nLeNet (sigmoid, avg pool), Fashion-MNIST 60,000 training images, batch 256, SGD lr 0.9, "
             f"{args.threads} threads, torch {torch.__version__}; median over {args.epochs} epochs after one warm-up epoch, "
-            f"training steps only (no evaluation).")
+            f"training steps only (no evaluation).\n\nMachine: {compiled.machine()}.")
     print("\n".join(lines) + "\n" + note)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("# Training throughput: cnnlab vs plain PyTorch loops\n\n" + "\n".join(lines) + "\n" + note + "\n")

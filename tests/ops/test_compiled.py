@@ -217,3 +217,44 @@ def test_batch_norm_running_estimates_the_loops_cannot_update_in_place_are_updat
     ops.batch_norm(x, *running, training=True, momentum=0.3)
     F.batch_norm(x, *expected, training=True, momentum=0.3)
     assert all(torch.allclose(a, b, rtol=1e-6) for a, b in zip(running, expected))
+
+
+def test_the_variant_is_the_best_this_cpu_runs_unless_named(monkeypatch):
+    """auto: the first runnable variant (avx512 where the CPU has AVX-512 F/BW/CD/DQ/VL, else avx2 with AVX2
+    and FMA, else portable); a name in the environment wins; an unknown one is refused, naming what exists."""
+    monkeypatch.setattr(compiled, "_cpu_fingerprint", lambda: "flags\t\t: fpu sse2 avx avx2 fma bmi1 bmi2 f16c abm movbe")
+    monkeypatch.setattr(compiled, "_x86", lambda: True)
+    monkeypatch.delenv(compiled.VARIANT_ENV, raising=False)
+    assert compiled.runnable_variants() == ["avx2", "portable"] and compiled.variant() == "avx2"
+    monkeypatch.setattr(compiled, "_cpu_fingerprint", lambda: "flags\t\t: fpu sse2")
+    assert compiled.variant() == "portable"
+    monkeypatch.setenv(compiled.VARIANT_ENV, "avx2")
+    assert compiled.variant() == "avx2"
+    monkeypatch.setenv(compiled.VARIANT_ENV, "avx1024")
+    with pytest.raises(ValueError, match="CNNLAB_COMPILED_VARIANT='avx1024'.*auto, native, avx512, avx2, portable"):
+        compiled.variant()
+
+
+def test_a_variant_this_cpu_cannot_run_is_never_loaded(fresh, monkeypatch):
+    monkeypatch.setattr(compiled, "_cpu_fingerprint", lambda: "flags\t\t: fpu sse2 avx")
+    monkeypatch.setattr(compiled, "_x86", lambda: True)
+    with compiled.use_variant("avx2"):
+        assert compiled.library("max_pool") is None
+        assert "variant avx2 needs CPU flags this CPU lacks (abm avx2 bmi1 bmi2 f16c fma movbe)" in compiled.status()
+    assert not (fresh / "compiled").exists()  # nothing was built
+
+
+@pytest.mark.parametrize("name", compiled.runnable_variants())
+def test_each_variant_reports_its_vectors(fresh, name):
+    """The Python side takes each build's blocking from the build itself (csrc/isa.h), never a constant."""
+    from cnnlab.ops import compiled_conv
+
+    if compiled._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    with compiled.use_variant(name):
+        f32, f64 = (compiled_conv.kernels(torch.zeros(1, dtype=dtype)) for dtype in (torch.float32, torch.float64))
+        assert f"variant {name}:" in compiled.status("direct_conv")
+    wide = name == "avx512"
+    assert f32.variant == (name if name != "portable" or compiled._x86() else "neon")
+    assert (f32.lanes, f64.lanes) == ((16, 8) if wide else (8, 4) if name == "avx2" else (4, 2))
+    assert f32.planar_max_width == (12 if wide or f32.variant == "neon" else 6)

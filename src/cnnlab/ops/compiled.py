@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["VARIANTS", "Geometry", "disabled", "library", "runnable_variants", "status", "use_variant", "variant"]
+__all__ = ["VARIANTS", "Geometry", "disabled", "library", "machine", "runnable_variants", "status", "use_variant", "variant"]
 
 SOURCES = Path(__file__).with_name("csrc")
 # The instruction-set variants the loops are built for, best first: (compiler flags, the CPU flags of
@@ -137,6 +137,36 @@ def use_variant(name: str) -> Iterator[None]:
         yield
     finally:
         _forced = before
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """One line saying where a measurement ran: the CPU, its cores and vector extensions, the compiled loops'
+    variant, torch's version, its own kernels' instruction set (and any cap set in the environment) and threads.
+    Benchmarks write it into every result; a figure without it could be from any processor."""
+    flags = _cpu_flags()
+    vector = [name for flag, name in (("sse4_2", "SSE4.2"), ("avx", "AVX"), ("avx2", "AVX2"), ("fma", "FMA"),
+                                       ("avx512f", "AVX-512"), ("asimd", "NEON"), ("sve", "SVE")) if flag in flags]
+    caps = [f"{key}={os.environ[key]}" for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+            if os.environ.get(key)]
+    try:
+        loops = f"compiled loops: variant {variant()}"
+    except ValueError as e:
+        loops = f"compiled loops: {e}"
+    if not _enabled or os.environ.get("CNNLAB_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
+        loops = "compiled loops: off"
+    return (f"{_cpu_model()} ({os.cpu_count()} cores; {' '.join(vector) or 'no vector extensions listed'}); {loops}; "
+            f"torch {torch.__version__} (kernels {torch.backends.cpu.get_cpu_capability()}"
+            f"{', capped: ' + ' '.join(caps) if caps else ''}), {torch.get_num_threads()} threads")
 
 
 def _compiler() -> str | None:
