@@ -251,9 +251,13 @@ static void NAME(weight_##KIND##_##R##x##V)(const T *xp, const T *gp, T *gw_r, c
     const T *x = xp;                                                                                         \
     ROWS##R(WACC##V)                                                                                         \
     ROWS##R(PTR)                                                                                             \
-    for (int64_t line = l0; line < l1; line++) {  /* an output row: (n, od, oh) */                          \
-            const int64_t n = line / (s->out[0] * s->out[1]), od = line / s->out[1] % s->out[0];              \
-            const int64_t oh = line % s->out[1];                                                             \
+    int64_t n = l0 / (s->out[0] * s->out[1]), od = l0 / s->out[1] % s->out[0], oh = l0 % s->out[1];         \
+    for (int64_t line = l0; line < l1; line++) {  /* an output row: (n, od, oh), counted, not divided */    \
+            if (line > l0 && ++oh == s->out[1]) {                                                            \
+                oh = 0;                                                                                      \
+                if (++od == s->out[0])                                                                       \
+                    od = 0, n++;                                                                             \
+            }                                                                                                \
             x = xp + (n * plane_in + (od * s->stride[0] * s->in[1] + oh * s->stride[1]) * s->in[2]) * c;     \
             LINE(R)                                                                                          \
             const T *gy = gp + (n * plane_g + ((od + s->g_lo[0]) * s->g_in[1] + oh + s->g_lo[1]) * s->g_in[2] \
