@@ -83,6 +83,9 @@ BAD = [
     (["train", "--threads", "0", "--out", "{new}"], 2, "threads must be >= 1, got 0"),
     (["train", "--dataset", "folder:{one}", "--out", "{new}", *QUICK], 2, "no test images (a class needs at least 2 images"),
     (["train", "--dataset", "folder:{empty}", "--out", "{new}", *QUICK], 2, "these hold none: a, b"),
+    (["train", "--subset", "3", "--out", "{new}", *QUICK], 2,
+     "subset 3 is too small: fashion-mnist has 10 classes, and a subset gives each class at least one training and one test "
+     "image, so it needs at least 10 (with 3 training images the test part would get 1); use a subset of 10 or more"),
     (["train", "resnet18", "--resume", "{run}"], 2, "cannot change model='lenet' (asked 'resnet18')"),
     (["train", "--resume", "{run}", "--epochs", "1"], 2, "--epochs 1: {run} has already trained 2 epoch(s)"),
     (["train", "--resume", "{run}"], 2, "{run} is complete (2 of 2 epochs); pass --epochs N with N > 2"),

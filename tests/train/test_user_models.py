@@ -147,3 +147,35 @@ def test_bad_models_and_data_are_one_clear_error_before_any_folder(tmp_path, mod
     with pytest.raises((ValueError, TypeError), match=says):
         cnnlab.fit(model(), data, data_dir=str(FIXTURES), epochs=1, out=str(tmp_path / "run"), quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    ("subset", "subset 3 is too small: fashion-mnist has 10 classes"),
+    ("one tensor", "(images, labels) tensors of 1 example: the training part would be empty (0 training and 1 test examples)"),
+    ("one-example Dataset", "a Dataset of 1 example: the training part would be empty"),
+    ("empty test Dataset", "the (train, test) data given: the test part would be empty (8 training and 0 test examples)"),
+])
+def test_training_with_an_empty_training_or_test_part_is_refused_before_a_run_folder_exists(tmp_path, data, says):
+    """An accuracy on no test images is not 0.0000: fit says so, naming the sizes and what would work."""
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 2
+    given = {"subset": "fashion-mnist", "one tensor": (x[:1], y[:1]), "one-example Dataset": TensorDataset(x[:1], y[:1]),
+             "empty test Dataset": (TensorDataset(x, y), TensorDataset(x[:0], y[:0]))}[data]
+    with pytest.raises(ValueError) as err:
+        cnnlab.fit(tiny_net(), given, data_dir=str(FIXTURES), subset=3 if data == "subset" else None, epochs=1,
+                   out=str(tmp_path / "run"), quiet=True, classes=None if data == "subset" else ["a", "b"])
+    assert says in str(err.value)
+    assert "give" in str(err.value) or "use a subset of 10" in str(err.value)  # and what would work
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_subset_holds_every_class_in_both_parts(fashion):
+    from cnnlab.train.inputs import _subset
+
+    for n in (10, 23):
+        part = _subset(fashion, n, seed=3)
+        assert len(part.train_labels) == n and len(part.test_labels) == max(-(-n // 6), 10)
+        assert set(part.train_labels.tolist()) == set(part.test_labels.tolist()) == set(range(10))
+        counts = torch.bincount(part.train_labels, minlength=10)
+        assert counts.max() - counts.min() <= 1  # the classes take turns
+    again = _subset(fashion, 23, seed=3)
+    assert torch.equal(again.train_images, _subset(fashion, 23, seed=3).train_images)  # seeded

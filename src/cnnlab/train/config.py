@@ -35,7 +35,8 @@ class TrainConfig:
     step_epochs: int = field(default=3, metadata={"help": "step schedule: epochs between drops"})
     gamma: float = field(default=0.1, metadata={"help": "step schedule: factor per drop"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
-    subset: int | None = field(default=None, metadata={"help": "train on a seeded random N of the training images (and N/6 test images): quick runs"})
+    subset: int | None = field(default=None, metadata={"help": "train on a seeded random N of the training images and max(N/6, classes) test images, stratified so "
+                                                                 "that every class has both (N >= the number of classes): quick runs"})
     image_size: int | None = field(default=None, metadata={"help": "resize images to this side (default: the model's input size)"})
     normalize: bool = field(default=False, metadata={"help": "subtract the data set's mean and divide by its std (the book only scales to [0, 1])"})
     augment: bool = field(default=False, metadata={"help": "random crop (padding 2 for 28px, 4 otherwise) and horizontal flip"})

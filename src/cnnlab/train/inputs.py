@@ -13,7 +13,9 @@ model sees, and what the run folder records about the data.
                                            default generator (its sampler and workers do)
 
 Bad data (a Dataset yielding something that is not an (image, label) pair, images that are not
-(C, H, W), labels that are not integers) is one ``TypeError``/``ValueError`` before training.
+(C, H, W), labels that are not integers) is one ``TypeError``/``ValueError`` before training, and so is
+data whose training or test part would come out empty (a ``--subset`` smaller than the number of
+classes, a single example to split): an accuracy on no test images is not 0, it does not exist.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def from_name(config, dist, device, image_size_of, progress: bool) -> TrainInput
 
 
 def from_image_dataset(data: ImageDataset, config, dist, device, image_size: int) -> TrainInputs:
+    check_split(len(data.train_labels), len(data.test_labels), f"the data set {data.name}", None,
+                "give a data set with both training and test images")
     pad = 0 if not config.augment else (2 if image_size <= 32 and data.image_shape[-1] <= 28 else 4)
     common = {"mean": data.mean, "std": data.std, "normalize": config.normalize, "device": device, "image_size": image_size,
               "channels_last": config.channels_last, "rank": dist.rank, "world_size": dist.world_size}
@@ -126,13 +130,45 @@ def from_image_dataset(data: ImageDataset, config, dist, device, image_size: int
 
 
 def _subset(data: ImageDataset, n: int, seed: int) -> ImageDataset:
-    """A seeded random ``n`` training images and ``ceil(n / 6)`` test images (the 60k/10k proportion)."""
+    """A seeded random ``n`` training images and ``max(ceil(n / 6), classes)`` test images (the 60k/10k
+    proportion, at least one a class), both stratified: the classes take turns, so every class has a training
+    and a test image. ValueError where ``n`` is smaller than the number of classes."""
+    classes = len(data.classes)
+    if n < classes:
+        raise ValueError(f"subset {n} is too small: {data.name} has {classes} classes, and a subset gives each class at "
+                         f"least one training and one test image, so it needs at least {classes} (with {n} training images "
+                         f"the test part would get {-(-n // 6)}); use a subset of {classes} or more (--subset {classes}, subset={classes})")
     gen = torch.Generator().manual_seed(seed)
-    train = torch.randperm(len(data.train_labels), generator=gen)[:n]
-    test = torch.randperm(len(data.test_labels), generator=gen)[: -(-n // 6)]
+    train = _stratified(data.train_labels, n, gen)
+    test = _stratified(data.test_labels, max(-(-n // 6), classes), gen)
     return dataclasses.replace(data, train_images=data.train_images[train], train_labels=data.train_labels[train],
                                test_images=data.test_images[test], test_labels=data.test_labels[test],
                                source=f"{data.source}, a seeded random subset")
+
+
+def _stratified(labels: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` seeded random indices of ``labels`` with the classes taking turns (class by class, each class's
+    own examples in random order), so that ``n`` >= the number of classes holds every class that has examples."""
+    order = torch.randperm(len(labels), generator=gen)
+    shuffled = labels[order]
+    rank = torch.empty_like(order)  # each example's place among its class's examples, in the shuffled order
+    for c in shuffled.unique():
+        where = (shuffled == c).nonzero().squeeze(1)
+        rank[where] = torch.arange(len(where))
+    turns = torch.argsort(rank * (int(labels.max()) + 1) + shuffled, stable=True)  # every class's first, then seconds, ...
+    return order[turns[:n]]
+
+
+def check_split(n_train: int, n_test: int, given: str, smallest: int | None, separate: str) -> None:
+    """ValueError, before anything is trained or written, where the training or the test part is empty:
+    naming what was ``given``, both parts' sizes, the ``smallest`` size that works and the way to give a
+    ``separate`` test set."""
+    if n_train > 0 and n_test > 0:
+        return
+    empty = "training" if n_train == 0 else "test"
+    fix = f"give at least {smallest} examples, or {separate}" if smallest else separate
+    raise ValueError(f"{given}: the {empty} part would be empty ({n_train} training and {n_test} test examples), and an "
+                     f"accuracy on no {empty} images does not exist; {fix}")
 
 
 def from_objects(data, config, dist, device, classes: list[str] | None) -> TrainInputs:
@@ -158,12 +194,16 @@ def from_objects(data, config, dist, device, classes: list[str] | None) -> Train
     if isinstance(data, Dataset):
         n = len(data)
         held = max(1, n // 10)
+        check_split(n - held, held, f"a Dataset of {n} example{'s' * (n != 1)}", 2,
+                    "give the test set apart: fit(model, (train_dataset, test_dataset))")
         gen = torch.Generator().manual_seed(config.seed)
         data = tuple(torch.utils.data.random_split(data, [n - held, held], generator=gen))
     if not (pair or isinstance(data, tuple)) or len(data) != 2:
         raise TypeError(f"data must be a data set name, 'folder:PATH', (images, labels) tensors, a Dataset, or a pair "
                         f"(train, test) of Datasets or DataLoaders; got {type(data).__name__}")
     train_src, test_src = data
+    check_split(_size(train_src), _size(test_src), "the (train, test) data given", None,
+                "give both a training and a test set with at least one example each")
     train = _loader(train_src, config.batch_size, True, "the training data")
     test = _loader(test_src, config.eval_batch_size, False, "the test data")
     x, _ = split_batch(next(iter(train)), "the training data")
@@ -184,6 +224,14 @@ def _loader(source, batch_size: int, shuffle: bool, what: str):
     if isinstance(source, Dataset):
         return DataLoader(source, batch_size=batch_size, shuffle=shuffle)
     raise TypeError(f"{what} must be a torch Dataset or DataLoader, got {type(source).__name__}")
+
+
+def _size(source) -> int:
+    """Examples in a Dataset or DataLoader; 1 where it cannot tell (an iterable without a length: checked when read)."""
+    try:
+        return len(getattr(source, "dataset", source))
+    except TypeError:
+        return 1
 
 
 def _count(loader) -> int:
@@ -216,4 +264,6 @@ def _hold_out_tensors(x: torch.Tensor, y: torch.Tensor, seed: int):
     _check_tensors(x, y, "the tensors")
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     held = max(1, len(y) // 10)
+    check_split(len(y) - held, held, f"(images, labels) tensors of {len(y)} example{'s' * (len(y) != 1)}", 2,
+                "give the test set apart: fit(model, ((X, y), (X_test, y_test)))")
     return (x[order[held:]], y[order[held:]]), (x[order[:held]], y[order[:held]])
