@@ -71,6 +71,74 @@ def test_pool_second_derivatives_match_torch(pool_route):
         checked += 1
 
 
+def pooled_gradient_graph(pool, x: torch.Tensor, v_grad: bool, seed: int):
+    """A pool's gradient g = dL/dx (L = sum(v * pool(x))) taken with create_graph, then d(sum(u * g * g))/d(x, v):
+    (g.requires_grad, grad wrt x, grad wrt v), a missing one as zeros (torch answers None or zeros alike)."""
+    x = x.detach().clone().requires_grad_()
+    gen = torch.Generator().manual_seed(seed)
+    y = pool(x)
+    v = torch.randn(y.shape, generator=gen, dtype=y.dtype).requires_grad_(v_grad)
+    (g,) = torch.autograd.grad(y, x, v, create_graph=True)
+    if not g.requires_grad:
+        return (False,)
+    u = torch.randn(g.shape, generator=gen, dtype=g.dtype)
+    wrt = [x, v] if v_grad else [x]
+    grads = torch.autograd.grad((u * g * g).sum(), wrt, allow_unused=True)
+    return True, *[torch.zeros_like(t) if d is None else d for d, t in zip(grads, wrt)]
+
+
+def test_a_pools_gradient_stays_in_the_graph_as_torchs(pool_route):
+    """Double backward through a pool alone (a gradient penalty on a pooled map): the gradient requires grad as
+    torch's does, its derivative with respect to the input is torch's zeros, with respect to the incoming
+    gradient torch's values; max, average (count_include_pad, divisor_override) and adaptive, 1-3-D, ceil_mode."""
+    rng = random.Random(7300)
+    checked = 0
+    while checked < CONFIGS:
+        cfg = random_pool_config(rng, with_dilation=True)
+        kind = rng.choice(["max", "avg"])
+        ours, theirs = (MAX if kind == "max" else AVG)[cfg["dims"]]
+        kw = dict(cfg["kwargs"])
+        if kind == "avg":
+            kw.pop("dilation")
+            kw["count_include_pad"] = rng.random() < 0.5
+            if cfg["dims"] > 1 and rng.random() < 0.3:  # torch's avg_pool1d has no divisor_override
+                kw["divisor_override"] = rng.randint(1, 5)
+        elif sees_only_padding(ours, cfg):
+            continue
+        x = laid_out(make_input(cfg["shape"], ties=False, seed=checked), pool_route, len(cfg["shape"]) == cfg["dims"] + 2, checked)
+        v_grad = checked % 2 == 0
+        mine = pooled_gradient_graph(lambda x: ours(x, cfg["kernel"], **kw), x, v_grad, checked)
+        torchs = pooled_gradient_graph(lambda x: theirs(x, cfg["kernel"], **kw), x, v_grad, checked)
+        assert mine[0] == torchs[0], (kind, cfg, kw, "requires_grad of the gradient")
+        for a, b in zip(mine[1:], torchs[1:]):
+            assert max_rel_error(a, b) <= 1e-10, (kind, cfg, kw)
+        checked += 1
+    for size in ((3, 4), (1, 1), (5, 7)):
+        x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+        for v_grad in (True, False):
+            mine = pooled_gradient_graph(lambda x: ops.adaptive_avg_pool2d(x, size), x, v_grad, 5)
+            torchs = pooled_gradient_graph(lambda x: F.adaptive_avg_pool2d(x, size), x, v_grad, 5)
+            assert mine[0] == torchs[0], ("adaptive", size)
+            for a, b in zip(mine[1:], torchs[1:]):
+                assert max_rel_error(a, b) <= 1e-10, ("adaptive", size)
+
+
+@pytest.mark.parametrize("pool", ["max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool3d", "adaptive_avg_pool2d"])
+def test_hessians_through_torch_func_of_a_pooled_function_equal_torchs(pool):
+    """torch.func.hessian and jacrev(grad(...)) of a function whose path to its input runs through a pool."""
+    from torch.func import grad, hessian, jacrev
+
+    shape = {"max_pool1d": (1, 2, 7), "avg_pool3d": (1, 1, 3, 4, 4)}.get(pool, (1, 2, 5, 5))
+    args = {"adaptive_avg_pool2d": ((2, 3),), "avg_pool3d": (2, 1, 1)}.get(pool, (3, 2, 1))
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def f(module):
+        return lambda x: (getattr(module, pool)(x, *args) ** 2).sum() + getattr(module, pool)(x, *args).sin().sum()
+
+    for transform in (hessian, lambda f: jacrev(grad(f))):
+        assert max_rel_error(transform(f(ops))(x), transform(f(F))(x)) <= 1e-10, pool
+
+
 def test_adaptive_pool_and_batch_norm_second_derivatives_match_torch():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(3, 4, 7, 9, generator=gen, dtype=torch.float64)

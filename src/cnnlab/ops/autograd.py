@@ -22,7 +22,7 @@ import torch
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.autograd.forward_ad import unpack_dual
 
-__all__ = ["graph_backward", "unviewed", "wants_graph"]
+__all__ = ["anchored", "graph_backward", "unviewed", "wants_graph"]
 
 
 def wants_graph() -> bool:
@@ -56,8 +56,18 @@ def graph_backward(reference: Callable[..., torch.Tensor], inputs: Sequence[torc
         grads = torch.autograd.grad(out, [inputs[i] for i in wanted], grad_out, create_graph=True, allow_unused=True)
     result: list[torch.Tensor | None] = [None] * len(inputs)
     for i, g in zip(wanted, grads):
-        result[i] = torch.zeros_like(inputs[i]) if g is None else g
+        result[i] = anchored(torch.zeros_like(inputs[i]) if g is None else g, inputs)
     return tuple(result)
+
+
+def anchored(grad: torch.Tensor, inputs: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``grad`` plus an exact zero that depends on every input that requires grad, so that a gradient which
+    does not depend on an input (a pool's: linear in the incoming gradient alone) stays in the graph as
+    torch's does: it requires grad, and its derivative with respect to that input is zeros rather than an
+    error. The zero is the sum of an empty slice (``narrow``: a view, no copy), so no value of the input
+    enters it and an infinity there gives no NaN."""
+    zeros = [t.narrow(0, 0, 0).sum() for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad and t.dim() > 0]
+    return grad + sum(zeros) if zeros else grad
 
 
 def transformed(*tensors) -> bool:

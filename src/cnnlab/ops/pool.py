@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .autograd import graph_backward, reference_windows, transformed, unviewed, wants_graph
+from .autograd import anchored, graph_backward, reference_windows, transformed, unviewed, wants_graph
 from .compiled_pool import CompiledMaxPoolNd, kernels
 from .scratch import scratch
 from .shapes import Pads, as_tuple, pool_output_size
@@ -629,7 +629,7 @@ class AdaptiveAvgPool2d(torch.autograd.Function):
         if oh == ow == 1:
             return x.mean((-2, -1), keepdim=True)
         ph, pw = _averaging_matrix(h, oh, x), _averaging_matrix(w, ow, x)
-        ctx.save_for_backward(ph, pw)
+        ctx.save_for_backward(ph, pw, x)  # x: only to keep a differentiable gradient in its graph (autograd.anchored)
         # torch answers a channels-last input's gradient channels-last (the products give channels-first)
         ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return ph @ x @ pw.T  # (N, C, oh, ow)
@@ -638,10 +638,12 @@ class AdaptiveAvgPool2d(torch.autograd.Function):
     def backward(ctx, grad_out):  # plain products of grad_out with constants: differentiable as it stands
         h, w, oh, ow = ctx.sizes
         if oh == ow == 1:
+            # a mean's gradient, in x's graph no more than torch's is (torch computes global pooling as a mean)
             return (grad_out / (h * w)).expand(*grad_out.shape[:-2], h, w).contiguous(), None
-        ph, pw = ctx.saved_tensors
+        ph, pw, x = ctx.saved_tensors
         grad_x = ph.T @ grad_out @ pw
-        return (grad_x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad_x), None
+        grad_x = grad_x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else grad_x
+        return (anchored(grad_x, (x,)) if wants_graph() else grad_x), None
 
 
 def adaptive_avg_pool2d(input, output_size: int | Sequence[int | None]):
