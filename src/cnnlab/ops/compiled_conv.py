@@ -59,16 +59,19 @@ class ConvShape(ctypes.Structure):
 
     _fields_ = [("n", ctypes.c_int64), ("c", ctypes.c_int64), ("o", ctypes.c_int64), ("taps", ctypes.c_int64)] + [
         (name, ctypes.c_int64 * 3) for name in ("size_in", "size_out", "stride", "g_in", "g_lo")] + [
-        ("g_size", ctypes.c_int64), ("y_cf", ctypes.c_int64)]
+        ("g_size", ctypes.c_int64), ("y_cf", ctypes.c_int64)] + [
+        (name, ctypes.c_int64 * 3) for name in ("y_in", "y_step", "y_first")]
 
     @classmethod
     def of(cls, n: int, c: int, o: int, taps: int, size_in, size_out, stride, g_in=(1,), g_lo=(0,), g_size=0,
-           y_cf=False) -> ConvShape:
+           y_cf=False, y_in=None, y_step=(1,), y_first=(0,)) -> ConvShape:
+        """``y_in``, ``y_step``, ``y_first``: where the forward loops place output (od, oh, ow): at (od * step + first,
+        ...) of a buffer of spatial sizes y_in (default: a y of the output's own sizes, outputs side by side)."""
         def three(v, fill):
             return (ctypes.c_int64 * 3)(*([fill] * (3 - len(v)) + list(v)))
 
         return cls(n, c, o, taps, three(size_in, 1), three(size_out, 1), three(stride, 1), three(g_in, 1), three(g_lo, 0), g_size,
-                   int(y_cf))
+                   int(y_cf), three(size_out if y_in is None else y_in, 1), three(y_step, 1), three(y_first, 0))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -169,10 +172,13 @@ def _flat_offsets(taps: tuple[tuple[int, ...], ...], padded: tuple[int, ...]) ->
 
 
 def _correlate(functions, xp: torch.Tensor, weight: torch.Tensor, bias, out_size, taps, stride,
-               channels_first: bool = False) -> torch.Tensor:
+               channels_first: bool = False, into: tuple[torch.Tensor, tuple[int, ...], tuple[int, ...]] | None = None
+               ) -> torch.Tensor:
     """The forward loops: xp (N, *S_pad, C) correlated with weight (O, C, T) at tap positions ``taps`` (a
     position per axis in xp's grid) and ``stride`` -> (N, *S_out, O), or (N, O, *S_out) written so by the
-    loops where ``channels_first`` (a channels-first network's layout: no copy of the result afterwards). At most ``functions.dot_max_channels`` output
+    loops where ``channels_first`` (a channels-first network's layout: no copy of the result afterwards). ``into`` = (y, step,
+    first): write output (od, oh, ow) at (od * step + first, ...) of y, (N, *S_y, O) or (N, O, *S_y), instead (a phase of
+    a strided input gradient, in place). At most ``functions.dot_max_channels`` output
     channels from input channels in whole vectors: as dot products over the input channels
     (``conv_forward_dot``: the input gradient of LeNet's 6->16 layer at batch 256, 16 -> 6, 2.02 -> 1.67 ms; of a
     3->16 layer at 32 px 2.04 -> 1.28 ms, one process each, medians of 15), else a block of outputs by output
@@ -188,8 +194,13 @@ def _correlate(functions, xp: torch.Tensor, weight: torch.Tensor, bias, out_size
         w = _packed(weight, lanes)
         b = _padded_bias(bias, lanes)
     offsets = _flat_offsets(taps, tuple(padded))
-    y = xp.new_empty((n, o, *out_size) if channels_first else (n, *out_size, o))
-    shape = _shape(n, c, o, len(taps), tuple(padded), tuple(out_size), tuple(stride), (1,), (0,), 0, channels_first)
+    if into is None:
+        y, step, first = xp.new_empty((n, o, *out_size) if channels_first else (n, *out_size, o)), (1,), (0,)
+    else:
+        y, step, first = into
+    y_in = tuple(y.shape[2:] if channels_first else y.shape[1:-1])
+    shape = _shape(n, c, o, len(taps), tuple(padded), tuple(out_size), tuple(stride), (1,), (0,), 0, channels_first, y_in,
+                   tuple(step), tuple(first))
     forward(xp.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(), ctypes.byref(shape),
             offsets.data_ptr(), torch.get_num_threads())
     return y
@@ -292,13 +303,13 @@ def _input_grad(functions, gp: torch.Tensor, weight: torch.Tensor, x_shape, stri
         grad_x = _correlate(functions, gp, taps, None, size, positions, ones, channels_first)
         return grad_x if channels_first else grad_x.movedim(-1, 1)
     grad_x = gp.new_empty((n, c, *spatial) if channels_first else (n, *spatial, c))
-    first = 2 if channels_first else 1  # the first spatial axis
-    for phi, size, index, positions in phases:
-        place = (slice(None),) * first + tuple(slice(p, None, s) for p, s in zip(phi, stride))
+    axis = 2 if channels_first else 1  # the first spatial axis
+    for phi, size, index, positions in phases:  # each phase written by the loops straight to its positions
         if not index or 0 in size:
-            grad_x[place] = 0
+            grad_x[(slice(None),) * axis + tuple(slice(p, None, s) for p, s in zip(phi, stride))] = 0
         else:
-            grad_x[place] = _correlate(functions, gp, taps[..., list(index)], None, size, positions, ones, channels_first)
+            _correlate(functions, gp, taps[..., list(index)], None, size, positions, ones, channels_first,
+                       into=(grad_x, stride, phi))
     return grad_x if channels_first else grad_x.movedim(-1, 1)
 
 

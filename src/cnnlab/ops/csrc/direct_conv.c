@@ -37,6 +37,9 @@ typedef struct {
     int64_t g_lo[3];  /* ... and where the output gradient starts inside it, */
     int64_t g_size;   /* ... and its number of values */
     int64_t y_cf;     /* the forward loops: write y channels-first, (N, O, *S_out), instead of (N, *S_out, O) */
+    int64_t y_in[3];  /* the forward loops: the spatial sizes of the buffer y lies in (out[] for a y of its own) ... */
+    int64_t y_step[3];  /* ... the step between outputs along each of its axes, and where the first one is: */
+    int64_t y_first[3]; /* output (od, oh, ow) goes to (od * step + first, ...) (a phase of a strided input gradient) */
 } conv_shape;
 
 #define ROWS1(F) F(0)

@@ -30,14 +30,16 @@ static inline void NAME(put)(T *y, const VEC *out, int64_t lanes, int64_t ostrid
     }
 }
 
-/* Where output q's channel 0 goes in y, and how far apart its channels are: (N, *S_out, O) or, where
- * s->y_cf, (N, O, *S_out). */
-static inline int64_t NAME(y_at)(const conv_shape *s, int64_t q) {
-    const int64_t positions = s->out[0] * s->out[1] * s->out[2];
-    return s->y_cf ? q / positions * s->o * positions + q % positions : q * s->o;
+/* Where output q's channel 0 goes in y, and how far apart its channels are: (N, *S_y, O) or, where s->y_cf,
+ * (N, O, *S_y), S_y = s->y_in, output (n, od, oh, ow) at spatial position (od * step + first, ...). */
+static inline int64_t NAME(y_at)(const conv_shape *s, int64_t n, int64_t od, int64_t oh, int64_t ow) {
+    const int64_t positions = s->y_in[0] * s->y_in[1] * s->y_in[2];
+    const int64_t at = ((od * s->y_step[0] + s->y_first[0]) * s->y_in[1] + oh * s->y_step[1] + s->y_first[1]) * s->y_in[2]
+                       + ow * s->y_step[2] + s->y_first[2];
+    return s->y_cf ? n * s->o * positions + at : (n * positions + at) * s->o;
 }
 static inline int64_t NAME(y_stride)(const conv_shape *s) {
-    return s->y_cf ? s->out[0] * s->out[1] * s->out[2] : 1;
+    return s->y_cf ? s->y_in[0] * s->y_in[1] * s->y_in[2] : 1;
 }
 
 #define FORWARD_BLOCK(R, V)                                                                                 \
@@ -100,9 +102,9 @@ void NAME(conv_forward)(const T *xp, const T *w, const T *bias, T *y, const conv
                 int64_t ys[7];
                 for (int64_t r = 0; r < count; r++) {  /* output (n, od, oh, ow) reads from its window's first position */
                     int64_t q = first + r;
-                    ys[r] = NAME(y_at)(s, q);
                     const int64_t ow = q % s->out[2], oh = (q /= s->out[2]) % s->out[1], od = (q /= s->out[1]) % s->out[0];
                     const int64_t n = q / s->out[0];
+                    ys[r] = NAME(y_at)(s, n, od, oh, ow);
                     xs[r] = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
                                   + ow * s->stride[2]) * c;
                 }
@@ -214,15 +216,16 @@ void NAME(conv_forward_dot)(const T *xp, const T *w, const T *bias, T *y, const 
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t first = b * 2, count = outputs - first < 2 ? 1 : 2;
         const T *xs[2];
+        int64_t ys[2];
         for (int64_t r = 0; r < 2; r++) {  /* a block of one output reads its window twice */
             int64_t q = first + (r < count ? r : 0);
             const int64_t ow = q % s->out[2], oh = (q /= s->out[2]) % s->out[1], od = (q /= s->out[1]) % s->out[0];
             const int64_t n = q / s->out[0];
             xs[r] = xp + (n * plane_in + ((od * s->stride[0]) * s->in[1] + oh * s->stride[1]) * s->in[2]
                           + ow * s->stride[2]) * c;
+            ys[r] = NAME(y_at)(s, n, od, oh, ow);
         }
-        NAME(dot_blocks)[s->o](xs[0], xs[1], count, w, bias, s, off, y + NAME(y_at)(s, first),
-                               y + NAME(y_at)(s, first + count - 1), NAME(y_stride)(s));
+        NAME(dot_blocks)[s->o](xs[0], xs[1], count, w, bias, s, off, y + ys[0], y + ys[1], NAME(y_stride)(s));
     }
 }
 
