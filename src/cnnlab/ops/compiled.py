@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -87,6 +88,7 @@ class Geometry(ctypes.Structure):
                    three(dilation, 1))
 
 
+@functools.cache
 def _cpu_fingerprint() -> str:
     """The instruction-set flags of this CPU (Linux), else the machine and processor names."""
     try:
@@ -102,16 +104,22 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset(_cpu_fingerprint().partition(":")[2].split())
 
 
+@functools.cache
 def _x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 
 
 def runnable_variants() -> list[str]:
     """The variants this CPU can run, best first (on other than x86: ``portable`` alone, which is NEON on arm64)."""
-    if not _x86():
-        return ["portable"]
-    flags = _cpu_flags()
-    return [name for name, (_, needs) in VARIANTS.items() if needs <= flags]
+    return list(_runnable(_cpu_fingerprint(), _x86()))
+
+
+@functools.lru_cache(maxsize=8)
+def _runnable(fingerprint: str, x86: bool) -> tuple[str, ...]:  # asked on every call of an op: read once
+    if not x86:
+        return ("portable",)
+    flags = frozenset(fingerprint.partition(":")[2].split())
+    return tuple(name for name, (_, needs) in VARIANTS.items() if needs <= flags)
 
 
 def variant() -> str:
