@@ -19,7 +19,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"analysis", "data", "models", "nn", "ops", "train", "viz", "explorer", "files"}
+_SUBMODULES = {"analysis", "d2l", "data", "models", "nn", "ops", "train", "viz", "explorer", "files"}
 # name -> (module, attribute): the top-level functions, each documented where it lives
 _API = {
     "fit": ("train.loop", "fit"),
@@ -42,6 +42,7 @@ _API = {
     "top_patches": ("analysis.patches", "top_patches"),
     "plot_top_patches": ("viz.inside", "plot_top_patches"),
     "activations": ("viz.inside", "activations"),
+    "scratch": ("nn.intercept", "scratch"),
 }
 __all__ = ["__version__", *sorted(_SUBMODULES), *sorted(_API)]
 

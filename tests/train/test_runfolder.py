@@ -3,6 +3,7 @@ and harmless, files follow the umask, and a run killed at random moments resumes
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import hashlib
 import os
@@ -298,11 +299,16 @@ def test_kill_soak_twenty_random_kills_all_resume_bit_identical(tmp_path):
     writes = 1 + 3 * epochs + 3  # config.json, (weights, metrics, checkpoint) per epoch, three figures
     moments = [("step", s) for s in range(1, epochs * steps + 1)] + [("write", w) for w in range(1, writes + 1)]
     chosen = random.Random(20261124).sample(moments, 20)
+
+    def killed(n: int, kind: str, at: int) -> subprocess.CompletedProcess:  # each kill lands at its own step or write
+        return subprocess.run([sys.executable, "-c", KILLER, kind, str(at), *quick_args(tmp_path / f"killed-{n}", epochs)],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=300)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two runs at a time: the moments do not depend on timing
+        procs = list(pool.map(killed, range(len(chosen)), *zip(*chosen)))
     survived = []
-    for n, (kind, at) in enumerate(chosen):
+    for n, ((kind, at), proc) in enumerate(zip(chosen, procs)):
         out = tmp_path / f"killed-{n}"
-        proc = subprocess.run([sys.executable, "-c", KILLER, kind, str(at), *quick_args(out, epochs)], capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=300)
         assert proc.returncode == -signal.SIGKILL, (kind, at, proc.stderr)
         if not (out / "checkpoint.pt").exists():  # killed before the first checkpoint: the same --out starts again
             with pytest.raises(ValueError, match="stopped before its first checkpoint; there is nothing to resume"):

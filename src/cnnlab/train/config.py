@@ -50,6 +50,8 @@ class TrainConfig:
     out: str | None = field(default=None, metadata={"help": "run folder, new or empty (default: a new runs/<model>-<dataset>-<time>)"})
     tensorboard: bool = field(default=False, metadata={"help": "write TensorBoard event files to the run folder"})
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size for evaluation"})
+    max_seconds: float | None = field(default=None, metadata={"help": "stop training after this many seconds (a checkpoint at that step, "
+                                                                     "the test accuracy of the shortened run reported; --resume continues)"})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -137,6 +139,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"ratio must be a positive int and applies to vgg11/vgg16 only, got ratio={config.ratio} for {config.model!r}")
     if not 0 <= config.warmup_epochs <= config.epochs:
         raise ValueError(f"warmup_epochs must be in [0, epochs={config.epochs}], got {config.warmup_epochs}")
+    if config.max_seconds is not None and not (math.isfinite(config.max_seconds) and config.max_seconds > 0):
+        raise ValueError(f"max_seconds must be a positive number of seconds, got {config.max_seconds}")
     if config.subset is not None and config.subset < 1:
         raise ValueError(f"subset must be >= 1, got {config.subset}")
     if config.image_size is not None and config.image_size < 8:

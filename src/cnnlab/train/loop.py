@@ -53,11 +53,13 @@ class TrainingError(RuntimeError):
 class RunResult:
     folder: Path | None
     history: list[dict] = field(default_factory=list)
-    status: str = "completed"  # completed, interrupted
+    status: str = "completed"  # completed, interrupted, or "time limit" (max_seconds)
+    partial: dict | None = None  # a run stopped by max_seconds: the unfinished epoch's numbers (test acc included)
 
     @property
     def final(self) -> dict:
-        return self.history[-1] if self.history else {}
+        """The last numbers: the unfinished epoch's where max_seconds stopped the run, else the last epoch's."""
+        return self.partial or (self.history[-1] if self.history else {})
 
 
 def _device(config: TrainConfig, dist: Dist) -> torch.device:
@@ -416,6 +418,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and device.type == "cuda")
         self.metadata["amp"] = str(self.amp_dtype).removeprefix("torch.") if self.amp else None
         self.writer = None
+        self.stopped_at: tuple[int, int, int] | None = None  # (epoch, step, steps) where max_seconds stopped the run
 
     def _restore(self, state: dict) -> None:
         config = self.config
@@ -480,6 +483,7 @@ class _Run:
             _tensorboard_graph(self.writer, config, self.model, inputs, self.device)
         elapsed_before = self.history[-1]["elapsed_s"] if self.history else 0.0
         self.started = time.perf_counter() - elapsed_before - (partial[3] if start_step else 0.0)
+        self.budget_start = time.perf_counter()
         report.start(self)
 
         # 3) epochs
@@ -491,7 +495,14 @@ class _Run:
                 if sums is None:
                     report.end(self.history)
                     return RunResult(folder, self.history, "interrupted")
+                if self.stopped_at is not None:  # max_seconds, inside the epoch
+                    return self._stop_for_time(epoch, sums)
                 self._finish_epoch(epoch, sums)
+                if config.max_seconds is not None and epoch < config.epochs and self._over_time():
+                    report.say(f"time limit: max_seconds={config.max_seconds:g} reached after epoch {epoch} of {config.epochs}; "
+                               f"stopped (continue with: cnnlab train --resume {folder} )")
+                    report.end(self.history)
+                    return RunResult(folder, self.history, "time limit")
         report.end(self.history)
 
         # 4) figures
@@ -538,7 +549,29 @@ class _Run:
             self.report.step(epoch, step, sums)
             if self.writer is not None:
                 self.writer.add_scalar("step/loss", stats[0] / max(stats[2], 1), (epoch - 1) * len(train) + step)
+            if config.max_seconds is not None and step + 1 < len(train) and self._over_time():
+                self.stopped_at = (epoch, step + 1, len(train))
+                break
         return sums
+
+    def _over_time(self) -> bool:
+        return time.perf_counter() - self.budget_start >= self.config.max_seconds  # this call's seconds, a resume's own
+
+    def _stop_for_time(self, epoch: int, sums: list[float]) -> RunResult:
+        """max_seconds reached inside an epoch: a checkpoint at that step (``--resume`` continues exactly), the
+        test accuracy of the model as it is, and the shortened run's numbers reported as such."""
+        _, step, steps = self.stopped_at
+        if self.dist.main:
+            self.save_checkpoint(epoch, step, sums)
+        result = evaluate(self.net, self.inputs.test, self.dist, self.device)
+        row = {"epoch": epoch - 1 + step / steps, "train_loss": sums[0] / sums[2], "train_acc": sums[1] / sums[2],
+               "test_acc": result["acc"], "lr": self.optimizer.param_groups[0]["lr"],
+               "examples_per_s": sums[2] / max(sums[3], 1e-9), "epoch_s": sums[3], "elapsed_s": time.perf_counter() - self.started}
+        self.report.say(f"time limit: max_seconds={self.config.max_seconds:g} reached at epoch {epoch}, step {step} of {steps}; "
+                        f"stopped: loss {row['train_loss']:.4f}, train acc {row['train_acc']:.3f}, test acc {row['test_acc']:.3f} "
+                        f"are those of this shortened run (continue with: cnnlab train --resume {self.folder} )")
+        self.report.end(self.history)
+        return RunResult(self.folder, self.history, "time limit", partial=row)
 
     def _loss(self, loss_fn, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         classes = len(self.inputs.classes)
