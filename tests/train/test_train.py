@@ -156,6 +156,21 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_resumes_exactly(tmp_path):
     assert same_weights(interrupted, reference.folder)
 
 
+def test_max_seconds_stops_mid_epoch_reports_the_shortened_run_and_resumes_exactly(tmp_path):
+    reference = run_fit(tmp_path, "reference", epochs=2)
+    stopped = run_fit(tmp_path, "stopped", epochs=2, max_seconds=0.05)
+    assert stopped.status == "time limit" and stopped.history == [] and 0 < stopped.partial["epoch"] < 1
+    assert 0 <= stopped.partial["test_acc"] <= 1 and stopped.final is stopped.partial
+    state = load_checkpoint(stopped.folder)
+    assert state["epoch"] == 1 and 0 < state["step"] < 19  # a checkpoint at the step it stopped
+    resumed = fit(resume=stopped.folder, quiet=True, max_seconds=1000)
+    assert resumed.status == "completed"
+    assert comparable(resumed.history) == comparable(reference.history)
+    assert same_weights(stopped.folder, reference.folder)
+    with pytest.raises(ValueError, match="max_seconds must be a positive number of seconds, got 0"):
+        run_fit(tmp_path, "never", max_seconds=0)
+
+
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):
     first = run_fit(tmp_path, "nan", epochs=1, model="lenet-modern")
     weights_before = load_weights(first.folder)[0]

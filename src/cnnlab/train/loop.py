@@ -40,7 +40,7 @@ from .runfolder import RunFolder, check_new_folder
 __all__ = ["RunResult", "TrainingError", "check_input_fits", "evaluate", "fit", "load_run_model"]
 
 # What a resumed run may change (the rest would make the checkpoint's optimiser state meaningless).
-RESUME_CHANGEABLE = {"epochs", "lr", "threads", "device", "data_dir", "eval_batch_size", "tensorboard", "compile"}
+RESUME_CHANGEABLE = {"epochs", "lr", "threads", "device", "data_dir", "eval_batch_size", "tensorboard", "compile", "max_seconds"}
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "examples_per_s", "epoch_s", "elapsed_s"]
 
