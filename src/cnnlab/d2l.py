@@ -357,20 +357,27 @@ def _minutes(seconds: float) -> str:
 
 
 class _Projection(Reporter):
-    """After the first few batches: the measured time a batch and the projected total, with the CPU recipe."""
+    """After the first few batches: the measured time a batch and the projected total, with the CPU recipe. The
+    first ``warm`` batches (building compiled loops, first touches of memory) are left out of the measure."""
 
-    def __init__(self, epochs: int, recipe: str | None, after: int = 3):
-        self.epochs, self.recipe, self.after, self.done = epochs, recipe, after, False
+    def __init__(self, epochs: int, recipe: str | None, after: int = 3, warm: int = 2):
+        self.epochs, self.recipe, self.after, self.warm, self.done, self.base = epochs, recipe, after, warm, False, None
 
     def epoch_start(self, epoch: int, total: int, first: int) -> None:
         self.total = total
+        self.warm = min(self.warm, max(total - self.after, 0))
 
     def step(self, epoch: int, step: int, sums: list[float]) -> None:
-        if self.done or step + 1 < min(self.after, self.total):
+        if self.done:
+            return
+        if step + 1 == self.warm:
+            self.base = sums[3]
+        if step + 1 < min(self.warm + self.after, self.total):
             return
         self.done = True
-        per_batch = sums[3] / (step + 1)
-        line = (f"measured {per_batch:.3g} s a batch over the first {step + 1}: {self.epochs} epoch(s) of {self.total} batches "
+        measured = step + 1 - (self.warm if self.base is not None else 0)
+        per_batch = (sums[3] - (self.base or 0.0)) / measured
+        line = (f"measured {per_batch:.3g} s a batch over {measured} batches: {self.epochs} epoch(s) of {self.total} batches "
                 f"would take about {_minutes(per_batch * self.total * self.epochs)} here")
         if self.recipe and per_batch * self.total * self.epochs > 600:
             line += f"; on a CPU, `cnnlab train {self.recipe}` {_recipe_line(self.recipe)}"
