@@ -52,8 +52,11 @@ def test_conv_second_derivatives_match_torch():
         compare(lambda x, w, b: CONV_OURS[dims](x, w, b, **kw), lambda x, w, b: CONV_THEIRS[dims](x, w, b, **kw), [x, w, b], n, cfg)
 
 
-def test_pool_second_derivatives_match_torch(pool_route):
-    rng = random.Random(7200)
+def random_pools(seed: int, route: str, divisor_override: bool = False):
+    """CONFIGS random pools, max or average: (index, kind, cfg, kwargs, ours, theirs, x laid out for ``route``);
+    windows that see only padding skipped; average pools of 2-3 dims given a divisor_override now and then
+    where ``divisor_override`` (torch's avg_pool1d has none)."""
+    rng = random.Random(seed)
     checked = 0
     while checked < CONFIGS:
         cfg = random_pool_config(rng, with_dilation=True)
@@ -63,9 +66,17 @@ def test_pool_second_derivatives_match_torch(pool_route):
         if kind == "avg":
             kw.pop("dilation")
             kw["count_include_pad"] = rng.random() < 0.5
+            if divisor_override and cfg["dims"] > 1 and rng.random() < 0.3:
+                kw["divisor_override"] = rng.randint(1, 5)
         elif sees_only_padding(ours, cfg):
             continue
-        x = laid_out(make_input(cfg["shape"], ties=False, seed=checked), pool_route, len(cfg["shape"]) == cfg["dims"] + 2, checked)
+        x = laid_out(make_input(cfg["shape"], ties=False, seed=checked), route, len(cfg["shape"]) == cfg["dims"] + 2, checked)
+        yield checked, kind, cfg, kw, ours, theirs, x
+        checked += 1
+
+
+def test_pool_second_derivatives_match_torch(pool_route):
+    for checked, kind, cfg, kw, ours, theirs, x in random_pools(7200, pool_route):
         # pooling is piecewise linear: its own second derivative is zero; through a square it is not
         compare(lambda x: ours(x * x, cfg["kernel"], **kw), lambda x: theirs(x * x, cfg["kernel"], **kw), [x], checked, (kind, cfg))
         checked += 1
@@ -91,28 +102,13 @@ def test_a_pools_gradient_stays_in_the_graph_as_torchs(pool_route):
     """Double backward through a pool alone (a gradient penalty on a pooled map): the gradient requires grad as
     torch's does, its derivative with respect to the input is torch's zeros, with respect to the incoming
     gradient torch's values; max, average (count_include_pad, divisor_override) and adaptive, 1-3-D, ceil_mode."""
-    rng = random.Random(7300)
-    checked = 0
-    while checked < CONFIGS:
-        cfg = random_pool_config(rng, with_dilation=True)
-        kind = rng.choice(["max", "avg"])
-        ours, theirs = (MAX if kind == "max" else AVG)[cfg["dims"]]
-        kw = dict(cfg["kwargs"])
-        if kind == "avg":
-            kw.pop("dilation")
-            kw["count_include_pad"] = rng.random() < 0.5
-            if cfg["dims"] > 1 and rng.random() < 0.3:  # torch's avg_pool1d has no divisor_override
-                kw["divisor_override"] = rng.randint(1, 5)
-        elif sees_only_padding(ours, cfg):
-            continue
-        x = laid_out(make_input(cfg["shape"], ties=False, seed=checked), pool_route, len(cfg["shape"]) == cfg["dims"] + 2, checked)
+    for checked, kind, cfg, kw, ours, theirs, x in random_pools(7300, pool_route, divisor_override=True):
         v_grad = checked % 2 == 0
         mine = pooled_gradient_graph(lambda x: ours(x, cfg["kernel"], **kw), x, v_grad, checked)
         torchs = pooled_gradient_graph(lambda x: theirs(x, cfg["kernel"], **kw), x, v_grad, checked)
         assert mine[0] == torchs[0], (kind, cfg, kw, "requires_grad of the gradient")
         for a, b in zip(mine[1:], torchs[1:]):
             assert max_rel_error(a, b) <= 1e-10, (kind, cfg, kw)
-        checked += 1
     for size in ((3, 4), (1, 1), (5, 7)):
         x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
         for v_grad in (True, False):

@@ -108,10 +108,3 @@ def scratch(report: bool = False) -> Iterator[ScratchMode]:
         finally:
             if report:
                 print(mode.report(), flush=True)
-
-
-def active() -> ScratchMode | None:
-    """The innermost :class:`ScratchMode` now in force, if any."""
-    from torch.overrides import _get_current_function_mode_stack
-
-    return next((m for m in reversed(_get_current_function_mode_stack()) if isinstance(m, ScratchMode)), None)

@@ -100,8 +100,13 @@ def _cpu_fingerprint() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
-def _cpu_flags() -> frozenset[str]:
-    return frozenset(_cpu_fingerprint().partition(":")[2].split())
+def _cpu_flags(fingerprint: str | None = None) -> frozenset[str]:
+    """The flags of a ``/proc/cpuinfo`` flags line (default: this CPU's)."""
+    return frozenset((_cpu_fingerprint() if fingerprint is None else fingerprint).partition(":")[2].split())
+
+
+def _switched_off_by_environment() -> bool:
+    return os.environ.get("CNNLAB_COMPILED", "1").strip().lower() in ("0", "false", "no", "off")
 
 
 @functools.cache
@@ -118,7 +123,7 @@ def runnable_variants() -> list[str]:
 def _runnable(fingerprint: str, x86: bool) -> tuple[str, ...]:  # asked on every call of an op: read once
     if not x86:
         return ("portable",)
-    flags = frozenset(fingerprint.partition(":")[2].split())
+    flags = _cpu_flags(fingerprint)
     return tuple(name for name, (_, needs) in VARIANTS.items() if needs <= flags)
 
 
@@ -170,7 +175,7 @@ def machine() -> str:
         loops = f"compiled loops: variant {variant()}"
     except ValueError as e:
         loops = f"compiled loops: {e}"
-    if not _enabled or os.environ.get("CNNLAB_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
+    if not _enabled or _switched_off_by_environment():
         loops = "compiled loops: off"
     return (f"{_cpu_model()} ({os.cpu_count()} cores; {' '.join(vector) or 'no vector extensions listed'}); {loops}; "
             f"torch {torch.__version__} (kernels {torch.backends.cpu.get_cpu_capability()}"
@@ -271,7 +276,7 @@ def library(name: str) -> ctypes.CDLL | None:
         return lib
     with _lock:
         if key not in _loaded:
-            if os.environ.get("CNNLAB_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
+            if _switched_off_by_environment():
                 _loaded[key], _why[key] = None, "switched off by CNNLAB_COMPILED=0; tensor routes used"
             else:
                 _loaded[key], _why[key] = _build(*key)
