@@ -109,10 +109,41 @@ def test_compiled_convolution_second_derivatives_match_torch(function, channels)
         assert max_rel_error(a, b) < 1e-10
 
 
+@pytest.mark.parametrize("variant", ["avx512", "avx2", "portable"])
+def test_the_dft_keeps_the_training_layers_it_measured_faster_on_than_each_variant(monkeypatch, variant):
+    """conv.FOURIER_RULES, one rule per variant of the loops (the variant is what the loaded build reports, set
+    here so that every rule is checked on any CPU): with avx512's, 5x5+ kernels with 32+ channels where the
+    DFT's fixed costs are amortised over the batch; with avx2's (and the portable build's), 5x5+ kernels from
+    16 channels on a wider cost, and 3x3 kernels with 64+ channels both ways on the DFT's own maps."""
+    real = compiled_conv.kernels
+    monkeypatch.setattr(compiled_conv, "kernels", lambda x: None if (k := real(x)) is None else k._replace(variant=variant))
+    taken = []
+    apply = compiled_conv.DirectConvNd.apply
+    monkeypatch.setattr(compiled_conv.DirectConvNd, "apply", lambda *args: taken.append(1) or apply(*args))
+
+    def loops(x_shape, w_shape, grad=True, **kwargs):
+        taken.clear()
+        ops.conv2d(torch.randn(*x_shape), torch.randn(*w_shape, requires_grad=grad), **kwargs)
+        return bool(taken)
+
+    wide = variant == "avx512"  # the loops keep more layers on the widest vectors
+    assert not loops((64, 64, 12, 12), (64, 64, 5, 5), padding=2)  # cost 0.031 + 0.006: the DFT with both rules
+    assert loops((8, 64, 12, 12), (64, 64, 5, 5), padding=2) is wide  # 0.031 + 0.05: few samples
+    assert loops((32, 32, 12, 12), (32, 32, 5, 5), padding=2) is wide  # 0.0625 + 0.0125
+    assert loops((128, 16, 14, 14), (32, 16, 5, 5), padding=2) is wide  # 16 channels, 0.094 + 0.003
+    assert loops((128, 16, 14, 14), (16, 16, 5, 5), padding=2)  # 0.125 + 0.003: the loops with both
+    assert loops((128, 12, 14, 14), (24, 12, 5, 5), padding=2)  # 12 channels
+    assert loops((32, 64, 7, 7), (64, 64, 3, 3), padding=1) is wide  # 3x3, 64 channels both ways, 7 px, batch 32
+    assert loops((32, 64, 7, 7), (48, 64, 3, 3), padding=1)  # 48 out
+    assert loops((16, 64, 7, 7), (64, 64, 3, 3), padding=1)  # batch 16: not the DFT's (conv._use_fourier)
+    assert loops((32, 64, 28, 28), (64, 64, 3, 3), padding=1)  # 28 px: nor this
+    assert loops((64, 64, 12, 12), (64, 64, 5, 5), grad=False, padding=2)  # evaluation: the loops
+
+
 def test_layers_taking_the_direct_loops(monkeypatch):
     """conv2d sends layers of one group with more than one tap and 100 or more outputs per stride step to the
-    loops, except the first layers the planar loops take (test_planar_conv.py) and, in training, 5x5+ kernels
-    with 32+ input channels where the DFT's fixed costs are amortised over the batch (the DFT). Groups, 1x1
+    loops, except the first layers the planar loops take (test_planar_conv.py) and, in training, the layers
+    the DFT measured faster on (the next test). Groups, 1x1
     kernels, few outputs, half precision and compiled.disabled() keep the tensor routes."""
     taken = []
     apply = compiled_conv.DirectConvNd.apply
@@ -134,9 +165,7 @@ def test_layers_taking_the_direct_loops(monkeypatch):
     assert not routed((4, 3, 28, 28), (16, 3, 3, 3), padding=1, stride=2)  # 1-3 channels: the planar loops
     assert routed((2, 6, 14, 14), (16, 6, 5, 5))
     assert routed((2, 16, 14, 14), (32, 16, 3, 3), padding=3)  # a border past the kernel's reach
-    assert not routed((64, 64, 12, 12), (64, 64, 5, 5), padding=2)  # training, 5x5, 32+ channels: the DFT ...
-    assert routed((8, 64, 12, 12), (64, 64, 5, 5), padding=2)  # ... except for few samples (conv._fourier_amortised)
-    assert routed((32, 32, 12, 12), (32, 32, 5, 5), padding=2)  # ... or channels
+    assert not routed((64, 64, 12, 12), (64, 64, 5, 5), padding=2)  # training, 5x5, 64 channels: the DFT (below)
     assert routed((2, 64, 12, 12), (16, 64, 5, 5), grad=False, padding=2)  # evaluation
     assert not routed((2, 1, 28, 28), (16, 1, 3, 3), padding=1, stride=2)  # one channel: the planar loops ...
     w_last = torch.empty_strided((16, 1, 3, 3), (9, 1, 3, 1)).normal_().requires_grad_()  # ... but a

@@ -69,6 +69,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -513,10 +514,37 @@ SHIFTED_MAX_WASTE = 2.0
 # in float32), not bit for bit.
 FOURIER_MIN_TAPS = 25
 PLANAR_LOOPS_MAX_CHANNELS = 3  # the compiled loops with lanes over positions (_planar_loops) up to this many input channels
-DIRECT_MIN_OUTPUTS = 100  # the compiled loops (_direct_loops) from this many outputs (samples x positions) per stride step ...
-DIRECT_FOURIER_MIN_CHANNELS = 32  # ... and 5x5+ kernels with this many stay with the DFT in training ...
-DIRECT_FOURIER_MAX_COST = 0.054  # ... where (C + O) / (C * O) + DIRECT_FOURIER_BATCH_COST / N is below this
-DIRECT_FOURIER_BATCH_COST = 0.4
+DIRECT_MIN_OUTPUTS = 100  # the compiled loops (_direct_loops) from this many outputs (samples x positions) per stride step
+DIRECT_FOURIER_BATCH_COST = 0.4  # the batch's term in the rule below
+
+
+class FourierRule(NamedTuple):
+    """Where the DFT keeps a training layer from the compiled loops (``_direct_loops``), for one variant of them:
+    5x5+ kernels with ``min_channels`` or more input channels where (C + O) / (C * O) + DIRECT_FOURIER_BATCH_COST / N
+    is below ``max_cost`` (``_fourier_amortised``), and 3x3 kernels with ``small_min_channels`` or more input and
+    output channels (None: never) on the DFT's own maps (``_use_fourier``)."""
+
+    min_channels: int
+    max_cost: float
+    small_min_channels: int | None
+
+
+# The loops' multiply-adds per cycle halve from avx512 to avx2 while the DFT's transforms and products run on
+# torch's matrix products either way, so the rule is measured per variant (forward + backward, channels-last,
+# 2 threads, the DFT against the loops, ms, medians of 11, alternately):
+# - avx512 (AMD EPYC Zen 5): see _fourier_amortised; 3x3 layers stay with the loops (0.48-0.80 of the tensor
+#   routes' time, the DFT among them).
+# - avx2 (AMD EPYC, AVX2 and FMA, no AVX-512): 5x5 layers at 7-26 px, 16-96 input channels, batch 8-256: the DFT
+#   0.35-0.96 of the loops' time (96->256 at 26 px, batch 8 189 / 231, batch 32 287 / 779; 32->64 at 14 px, batch
+#   64-256, 0.51-0.52; 32->32, batch 32, 7.9 / 11.8; 24->48 at 7 px 10.7 / 18.1; 16->32 at batch 128 18.3 / 25.0,
+#   batch 32 8.0 / 8.3), but 16->16 at 28 px 80 / 41, 12->24 14.5 / 14.8, 8->16 and 6->16 1.1-1.25 times; 3x3 layers
+#   with 64+ channels both ways 0.61-0.90 (64->64 at 7-16 px, batch 32-128, 128->128 at 4 and 12 px, 256->256 at
+#   7 px), with 48 0.89-1.13, with 16-32 (or 12 out) 1.1-1.6. The portable build (16-byte vectors) takes avx2's.
+FOURIER_RULES = {
+    "avx512": FourierRule(min_channels=32, max_cost=0.054, small_min_channels=None),
+    "avx2": FourierRule(min_channels=16, max_cost=0.10, small_min_channels=64),
+    "portable": FourierRule(min_channels=16, max_cost=0.10, small_min_channels=64),
+}
 FOURIER_MIN_CHANNELS = 3
 FOURIER_SMALL_MAP = (5, 16)  # 3x3 kernels (9-24 taps): maps of this many pixels a side ...
 FOURIER_SMALL_MAP_MIN_CHANNELS = 8  # ... at least this many input channels ...
@@ -573,14 +601,18 @@ def _direct_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, pads: P
         return None
     if x.shape[0] * math.prod(_out_size(x.shape[2:], pads, kernel, stride, dilation)) < DIRECT_MIN_OUTPUTS * math.prod(stride):  # the weights' packing would dominate
         return None
-    if (_training(x, weight) and FOURIER_MIN_TAPS is not None and math.prod(kernel) >= FOURIER_MIN_TAPS
-            and x.shape[1] >= DIRECT_FOURIER_MIN_CHANNELS and _fourier_amortised(x.shape[0], x.shape[1], weight.shape[0])
-            and _use_fourier(x, weight, kernel, stride, dilation, groups)):
-        return None
-    return compiled_conv.kernels(x)
+    functions = compiled_conv.kernels(x)
+    if functions is None or not _training(x, weight) or FOURIER_MIN_TAPS is None:
+        return functions
+    rule, (n, c), o = FOURIER_RULES.get(functions.variant, FOURIER_RULES["avx2"]), x.shape[:2], weight.shape[0]
+    if math.prod(kernel) >= FOURIER_MIN_TAPS:
+        keep = c >= rule.min_channels and _fourier_amortised(n, c, o, rule.max_cost)
+    else:
+        keep = rule.small_min_channels is not None and min(c, o) >= rule.small_min_channels
+    return None if keep and _use_fourier(x, weight, kernel, stride, dilation, groups) else functions
 
 
-def _fourier_amortised(n: int, c: int, o: int) -> bool:
+def _fourier_amortised(n: int, c: int, o: int, max_cost: float) -> bool:
     """Whether the DFT's fixed costs are spread thinly enough for it to beat the compiled loops on a 5x5+
     layer of 32+ input channels in training: its transforms cost per sample and channel (C + O) against
     the products' C * O, and the kernels' spectra once per call, against the loops' cost per sample and
@@ -590,7 +622,7 @@ def _fourier_amortised(n: int, c: int, o: int) -> bool:
     28.6; 32->32 at 14 px, batch 32, 4.76 / 3.15; 64->64 at batch 32 7.63 / 9.50, 64 14.1 / 19.0; 48->64 at
     batch 64 12.0 / 15.4; 32->48 at batch 128 15.5 / 17.4. The rule gets 9 of these 11 right and the two
     others (lenet-modern at batch 64, 32->48 at 128) by 11-12%."""
-    return (c + o) / (c * o) + DIRECT_FOURIER_BATCH_COST / n < DIRECT_FOURIER_MAX_COST
+    return (c + o) / (c * o) + DIRECT_FOURIER_BATCH_COST / n < max_cost
 
 
 def _planar_loops(x: torch.Tensor, weight: torch.Tensor, kernel, stride, groups: int, channels_last: bool):

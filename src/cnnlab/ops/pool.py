@@ -492,19 +492,23 @@ def _in_own_layout(pool, x: torch.Tensor, *args) -> torch.Tensor:
     return out.view(n, c, *out.shape[2:])
 
 
-# Channels-first maps of 8 or more channels, up to this many bytes, are pooled by the compiled loops on a
-# channels-last copy (the copies of x and of its gradient are two more passes); the others keep the tensor
-# passes. Forward + backward, ms, loops on the copy / tensor passes / torch, medians of 22: 8x64x112x112
-# (26 MB) 9.3 / 17.7 / 13.2, 32x8x28x28 0.31 / 0.64 / 0.48, but 64x64x56x56 (51 MB) 46.7 / 38.7 / 30.3 and
-# 64x96x54x54 (72 MB) 81 / 73 / 70, where the copies outgrow the memory glibc keeps for reuse, and
-# 256x6x28x28 3.5 / 2.9 / 2.9 (6 channels: the copies' rows too short).
+# Channels-first maps of 8 or more channels are pooled by the compiled loops on a channels-last copy (the
+# copies of x and of its gradient are two more passes) when the windows overlap, whatever the size: the
+# tensor passes' backward then adds every window's gradient in turn. Windows that tile the map keep the
+# tensor passes above COMPILED_CHANNELS_FIRST_MAX_BYTES, where the copies outgrow the memory glibc keeps for
+# reuse. Fewer channels keep the tensor passes (the copies' rows too short). Forward + backward, ms, loops on
+# the copy / tensor passes / torch, medians of 9, AMD EPYC (AVX2), 2 threads: 3x3/2 p1 64x64x48x48 (38 MB)
+# 46 / 114 / 83, 3x3/2 64x96x54x54 (72 MB) 167 / 194 / 141, 3x3/2 p1 64x64x56x56 84 / 161 / 110, but 2x2/2
+# 64x96x54x54 156 / 136 / 126 and 2x2/2 16x64x112x112 (51 MB) 119 / 108 / 81; 2x2/2 64x32x28x28 7.5 / 10.7 / 8.2.
 COMPILED_CHANNELS_FIRST_MAX_BYTES = 32 * 2**20
 COMPILED_CHANNELS_FIRST_MIN_CHANNELS = 8
 
 
-def _compiled_layout_pays(x: torch.Tensor) -> bool:
-    return x.movedim(1, -1).is_contiguous() or (x.shape[1] >= COMPILED_CHANNELS_FIRST_MIN_CHANNELS
-                                                and x.numel() * x.element_size() <= COMPILED_CHANNELS_FIRST_MAX_BYTES)
+def _compiled_layout_pays(x: torch.Tensor, kernel, stride, dilation) -> bool:
+    if x.movedim(1, -1).is_contiguous():
+        return True
+    return x.shape[1] >= COMPILED_CHANNELS_FIRST_MIN_CHANNELS and (
+        windows_overlap(kernel, stride, dilation) or x.numel() * x.element_size() <= COMPILED_CHANNELS_FIRST_MAX_BYTES)
 
 
 def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
@@ -515,7 +519,7 @@ def _max_pool(x, dims, kernel_size, stride, padding, dilation, ceil_mode, return
         return reference_max_pool(x, kernel, stride, pads, dilation, out_size, None)
     track = torch.is_grad_enabled() and x.requires_grad  # no winners to note for inference
     functions = kernels(x)
-    if functions is not None and x.shape[1] > 1 and _compiled_layout_pays(x):  # the compiled loops (compiled_pool.py)
+    if functions is not None and x.shape[1] > 1 and _compiled_layout_pays(x, kernel, stride, dilation):  # the compiled loops (compiled_pool.py)
         out, winners = CompiledMaxPoolNd.apply(functions, x, kernel, stride, pads, dilation, out_size, track or return_indices)
         return (out, winners.long()) if return_indices else out
     out = _in_own_layout(MaxPoolNd, x, kernel, stride, pads, dilation, out_size, track)
