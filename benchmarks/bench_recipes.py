@@ -52,7 +52,18 @@ def train(name: str, runs: Path, threads: int, data_dir: str | None) -> dict:
     return {"model": name, **size_of(name), "epochs": len(history), "train_s": elapsed[-1], "examples_per_s": examples / elapsed[-1],
             "test_acc": history[-1]["test_acc"], "test_acc_flip": flip["test_acc"], "backend": config["backend"],
             "batch_size": config["batch_size"], "seed": config["seed"], "load_before": load, "wall_s": wall,
-            "curve": [(t, row["test_acc"]) for t, row in zip(elapsed, history)]}
+            "curve": [(t, row["test_acc"]) for t, row in zip(elapsed, history)], "machine": machine()}
+
+
+def machine() -> str:
+    from cnnlab.ops import compiled
+
+    return compiled.machine()
+
+
+# rows measured before the results recorded their machine: the 2-core AMD EPYC (Zen 5, AVX-512) of that time,
+# on the code before the per-variant loops
+EARLIER = "AMD EPYC Zen 5 (2 cores; AVX-512), earlier code: the rows measured before results named their machine"
 
 
 def size_of(name: str) -> dict:
@@ -64,16 +75,18 @@ def size_of(name: str) -> dict:
 
 
 def table(rows: list[dict], threads: int) -> str:
-    from cnnlab.ops import compiled
-
+    machines = list(dict.fromkeys(r.get("machine", EARLIER) for r in rows))  # each row says where it ran: A, B, ...
+    mark = {m: chr(ord("A") + i) for i, m in enumerate(machines)}
     lines = ["# CPU recipes: accuracy and training time on Fashion-MNIST", "",
-             f"Full training (60,000) and test (10,000) sets; `cnnlab train NAME` with its preset, seed 0, {threads} threads. Machine: "
-             f"{compiled.machine()}. Training seconds: the wall time of the training loop "
-             "(steps, batch preparation, augmentation; not the per-epoch test evaluation). One run each; load average before each run noted.",
-             "", "| model | params | MFLOPs / image | examples/s | epochs | training s | test acc | with flip (`--tta flip`) | backend | load |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"Full training (60,000) and test (10,000) sets; `cnnlab train NAME` with its preset, seed 0, {threads} threads. Training "
+             "seconds: the wall time of the training loop (steps, batch preparation, augmentation; not the per-epoch test evaluation). "
+             "One run each; load average before each run noted. Machines:", "",
+             *(f"- {mark[m]}: {m}" for m in machines), "",
+             "| model | params | MFLOPs / image | examples/s | epochs | training s | test acc | with flip (`--tta flip`) | backend | load | machine |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['model']} | {r['params']:,} | {r['mflops']:.1f} | {r['examples_per_s']:,.0f} | {r['epochs']} | {r['train_s']:.0f} | "
-              f"{r['test_acc']:.4f} | {r['test_acc_flip']:.4f} | {r['backend']} | {r['load_before']:.1f} |" for r in rows]
+              f"{r['test_acc']:.4f} | {r['test_acc_flip']:.4f} | {r['backend']} | {r['load_before']:.1f} | {mark[r.get('machine', EARLIER)]} |"
+              for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def cnnlab(*args: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
+    return procs.run("-m", "cnnlab", *args, env={**os.environ, **env}, timeout=120)
 
 
 def test_data_command_says_where_each_set_was_found(tmp_path):

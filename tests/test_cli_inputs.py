@@ -8,11 +8,8 @@ any traceback (an uncaught exception fails the test by itself) or on an answer t
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
-import subprocess
-import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -22,6 +19,8 @@ from PIL import Image
 
 from cnnlab.cli import build_parser, main
 from cnnlab.train import fit, resolve_config
+
+import procs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SRC = str(Path(__file__).parents[1] / "src")
@@ -136,12 +135,9 @@ def test_every_command_answers_bad_input_in_one_line(capsys, monkeypatch, run, p
 
 
 def test_a_factory_from_the_current_folder_and_a_class_with_model_args(tmp_path, places):
-    env = {**os.environ, "PYTHONPATH": SRC}
-    small = subprocess.run([sys.executable, "-m", "cnnlab", "summary", "mymods:small", "--input", "3x32x32"], cwd=places["root"],
-                           capture_output=True, text=True, env=env, timeout=120)
+    small = procs.run("-m", "cnnlab", "summary", "mymods:small", "--input", "3x32x32", cwd=places["root"])
     assert small.returncode == 0 and "Conv2d" in small.stdout and "params: 314" in small.stdout, small.stderr
-    net = subprocess.run([sys.executable, "-m", "cnnlab", "summary", "mymods:Net", "--input", "3x32x32", "--model-args", '{"width": 6}'],
-                         cwd=places["root"], capture_output=True, text=True, env=env, timeout=120)
+    net = procs.run("-m", "cnnlab", "summary", "mymods:Net", "--input", "3x32x32", "--model-args", '{"width": 6}', cwd=places["root"])
     assert net.returncode == 0 and "6x30x30" in net.stdout, net.stderr
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,8 @@ from torch import nn
 from cnnlab.analysis import receptive_field_for_unit, summary, to_csv, to_json, to_markdown
 from cnnlab.models import create_model, list_models, model_info
 from cnnlab.models.vgg import VGG, VGG_ARCHS
+
+import procs
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -152,7 +152,8 @@ def test_golden_tables(name):
 def test_summary_command_accepts_a_user_factory(tmp_path):
     (tmp_path / "mynet.py").write_text("import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2))\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "cnnlab", "summary", "mynet:build", "--input", "3x32x32", "--format", "csv"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    done = procs.run("-m", "cnnlab", "summary", "mynet:build", "--input", "3x32x32", "--format", "csv", env=env)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     # 8 x 30 x 30 outputs, each 3 x 3 x 3 multiply-adds
     assert out.splitlines()[1].startswith("0,Conv2d,8x30x30,224,224,194400,3x3,1x1,0x0,1x1,3x3,1x1,1x1")

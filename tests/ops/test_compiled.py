@@ -245,7 +245,7 @@ def test_a_variant_this_cpu_cannot_run_is_never_loaded(fresh, monkeypatch):
 
 
 @pytest.mark.parametrize("name", compiled.runnable_variants())
-def test_each_variant_reports_its_vectors(fresh, name):
+def test_each_variant_reports_its_vectors(name):
     """The Python side takes each build's blocking from the build itself (csrc/isa.h), never a constant."""
     from cnnlab.ops import compiled_conv
 

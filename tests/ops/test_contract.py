@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cnnlab import nn as cnn
 from cnnlab import ops
 from cnnlab.models import create_model
 
@@ -195,9 +196,12 @@ def test_an_in_place_change_after_the_op_works_and_leaves_the_gradients_right(na
 def test_a_scratch_model_trains_under_torch_compile_with_inductor():
     """``cnnlab train --compile`` compiles the scratch model with the default (Inductor) backend,
     float32, channels-last: the compiled step gives the eager step's loss and gradients (the
-    products take torch's own matmul there, which Inductor knows how to lower)."""
+    products take torch's own matmul there, which Inductor knows how to lower). One layer of each
+    scratch kind (the zoo's ``fast`` repeats three such blocks, and took 80 s to compile here, this 54 s)."""
     torch.manual_seed(0)
-    eager = create_model("fast").to(memory_format=torch.channels_last)
+    eager = torch.nn.Sequential(
+        cnn.Conv2d(1, 8, 3, padding=1), cnn.BatchNorm2d(8), torch.nn.ReLU(), cnn.MaxPool2d(2), cnn.Conv2d(8, 16, 3, padding=1),
+        cnn.AvgPool2d(2), cnn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10)).to(memory_format=torch.channels_last)
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model)
     x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)

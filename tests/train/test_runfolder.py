@@ -22,6 +22,8 @@ from cnnlab.files import WriteError
 from cnnlab.train import TrainingError, fit, resolve_config
 from cnnlab.train.checkpoint import load_checkpoint, load_weights
 
+import procs
+
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 QUICK = {"dataset": "fashion-mnist", "data_dir": str(FIXTURES), "batch_size": 32, "eval_batch_size": 64}
 SRC = str(Path(__file__).parents[2] / "src")
@@ -33,9 +35,7 @@ def train(out: Path | None, overwrite: bool = False, **kw):
 
 
 def cnnlab(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": SRC, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, cwd=cwd, env=full_env,
-                          timeout=300)
+    return procs.run("-m", "cnnlab", *args, cwd=cwd, env={**os.environ, **(env or {})})
 
 
 def quick_args(out: Path | None, epochs: int = 1) -> list[str]:
@@ -300,22 +300,24 @@ def test_kill_soak_twenty_random_kills_all_resume_bit_identical(tmp_path):
     moments = [("step", s) for s in range(1, epochs * steps + 1)] + [("write", w) for w in range(1, writes + 1)]
     chosen = random.Random(20261124).sample(moments, 20)
 
-    def killed(n: int, kind: str, at: int) -> subprocess.CompletedProcess:  # each kill lands at its own step or write
-        return subprocess.run([sys.executable, "-c", KILLER, kind, str(at), *quick_args(tmp_path / f"killed-{n}", epochs)],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=300)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two runs at a time: the moments do not depend on timing
-        procs = list(pool.map(killed, range(len(chosen)), *zip(*chosen)))
-    survived = []
-    for n, ((kind, at), proc) in enumerate(zip(chosen, procs)):
+    def killed_then_resumed(n: int, kind: str, at: int) -> Path:  # each kill lands at its own step or write
         out = tmp_path / f"killed-{n}"
-        assert proc.returncode == -signal.SIGKILL, (kind, at, proc.stderr)
+        killed = procs.run("-c", KILLER, kind, str(at), *quick_args(out, epochs))
+        assert killed.returncode == -signal.SIGKILL, (kind, at, killed.stderr)
+        if (out / "checkpoint.pt").exists() and load_checkpoint(out)["epoch"] > epochs:
+            return out  # killed while drawing the figures: training was complete
+        resume = procs.run("-m", "cnnlab", "train", "--resume", str(out), "--quiet")
         if not (out / "checkpoint.pt").exists():  # killed before the first checkpoint: the same --out starts again
-            with pytest.raises(ValueError, match="stopped before its first checkpoint; there is nothing to resume"):
-                fit(resume=out, quiet=True)
-            train(out, epochs=epochs)
-        elif load_checkpoint(out)["epoch"] <= epochs:  # else killed while drawing the figures: training was complete
-            fit(resume=out, quiet=True)
+            assert resume.returncode == 2 and "stopped before its first checkpoint; there is nothing to resume" in resume.stderr, \
+                (kind, at, resume.stderr)
+            resume = procs.run("-m", "cnnlab", *quick_args(out, epochs))
+        assert resume.returncode == 0, (kind, at, resume.stderr)
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: the moments do not depend on timing
+        folders = list(pool.map(killed_then_resumed, range(len(chosen)), *zip(*chosen)))
+    survived = []
+    for out in folders:
         weights, state = load_weights(out)[0], load_checkpoint(out)
         same = all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights) and \
             [{k: r[k] for k in ("train_loss", "train_acc", "test_acc", "lr")} for r in state["history"]] == \

@@ -19,6 +19,8 @@ import torch
 from cnnlab.train import TrainingError, fit, load_run_model, resolve_config
 from cnnlab.train.checkpoint import load_checkpoint, load_weights
 
+import procs
+
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 QUICK = {"dataset": "fashion-mnist", "data_dir": str(FIXTURES), "batch_size": 32, "eval_batch_size": 64}
 
@@ -73,6 +75,13 @@ def test_modern_lenet_learns_the_fixture(tmp_path):
     # no augmentation: a horizontal flip turns one synthetic class into another
     result = run_fit(tmp_path, "m", epochs=3, model="lenet-modern", augment=False)
     assert result.final["test_acc"] > 0.8  # 10 synthetic classes: chance is 0.1
+
+
+def ran(*args: str, merge: bool = True) -> tuple[int, str]:
+    """``python -m cnnlab ARGS`` run to its end (a child forked from the torch-preloaded server, tests/procs.py): its
+    exit status and its output (stdout, then stderr unless ``merge`` is False)."""
+    done = procs.run("-m", "cnnlab", *args, timeout=120)
+    return done.returncode, done.stdout + (done.stderr if merge else "")
 
 
 def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
@@ -203,9 +212,8 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path):
 
 def test_evaluate_and_predict_commands(tmp_path):
     result = run_fit(tmp_path, "run", epochs=2, model="lenet-modern", augment=False)
-    proc = cli("evaluate", str(result.folder), "--data-dir", str(FIXTURES), "--json", merge=False)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    code, out = ran("evaluate", str(result.folder), "--data-dir", str(FIXTURES), "--json", merge=False)
+    assert code == 0, out
     report = json.loads(out)
     assert abs(report["test_acc"] - result.final["test_acc"]) < 1e-9 and len(report["confusion"]) == 10
     from PIL import Image
@@ -220,30 +228,25 @@ def test_evaluate_and_predict_commands(tmp_path):
     Image.fromarray(data.test_images[0, 0].numpy()).save(tmp_path / "item.png")
     Image.fromarray(data.test_images[0, 0].numpy()).resize((56, 56)).convert("RGB").save(tmp_path / "big.png")
     (tmp_path / "notes.png").write_text("this is not an image")
-    proc = cli("predict", str(result.folder), str(tmp_path / "item.png"), str(tmp_path / "big.png"), "--json", "--top", "2", merge=False)
-    out, _ = proc.communicate(timeout=120)
+    code, out = ran("predict", str(result.folder), str(tmp_path / "item.png"), str(tmp_path / "big.png"), "--json", "--top", "2", merge=False)
     exact, resized = json.loads(out)
     assert exact["predictions"][0]["class"] == expected  # the same preprocessing as training
     assert len(resized["predictions"]) == 2 and resized["predictions"][0]["probability"] >= resized["predictions"][1]["probability"]
     # one bad file among good ones: the good ones are still classified, the bad one named, exit 1
-    proc = cli("predict", str(result.folder), str(tmp_path / "item.png"), str(tmp_path / "notes.png"), str(tmp_path / "big.png"))
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in out
+    code, out = ran("predict", str(result.folder), str(tmp_path / "item.png"), str(tmp_path / "notes.png"), str(tmp_path / "big.png"))
+    assert code == 1 and "Traceback" not in out
     assert "cnnlab: error: " + str(tmp_path / "notes.png") + ": not a readable image" in out
     assert f"{tmp_path / 'item.png'}\n" in out and f"{tmp_path / 'big.png'}\n" in out and out.count("%") == 6
     for top in ("0", "-1", "x"):
-        proc = cli("predict", str(result.folder), str(tmp_path / "item.png"), "--top", top)
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 2 and "--top must be" in out and "Traceback" not in out
+        code, out = ran("predict", str(result.folder), str(tmp_path / "item.png"), "--top", top)
+        assert code == 2 and "--top must be" in out and "Traceback" not in out
 
 
 def test_unknown_model_and_dataset_list_the_valid_ones(tmp_path):
-    proc = cli("train", "resnet99", "--out", str(tmp_path / "x"))
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "unknown model 'resnet99'; choose one of: lenet" in out
-    proc = cli("train", "--dataset", "imagenet", "--out", str(tmp_path / "y"))
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "unknown data set 'imagenet'" in out
+    code, out = ran("train", "resnet99", "--out", str(tmp_path / "x"))
+    assert code == 2 and "unknown model 'resnet99'; choose one of: lenet" in out
+    code, out = ran("train", "--dataset", "imagenet", "--out", str(tmp_path / "y"))
+    assert code == 2 and "unknown data set 'imagenet'" in out
 
 
 def test_amp_runs_on_the_cpu_in_bfloat16_and_the_run_says_so(tmp_path):
@@ -282,15 +285,13 @@ def test_cpu_recipes_train_on_cifar10_and_evaluate_with_flips(tmp_path):
         probs = torch.cat([(model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2 for x, _, _ in batches.epoch(0)])
         assert torch.allclose(torch.cat([predict_probabilities(model, x, "flip") for x, _, _ in batches.epoch(0)]), probs)
     expected = int((probs.argmax(1) == data.test_labels).sum()) / len(data.test_labels)
-    proc = cli("evaluate", str(result.folder), "--data-dir", str(FIXTURES), "--tta", "flip", "--json", merge=False)
-    out, _ = proc.communicate(timeout=120)
+    code, out = ran("evaluate", str(result.folder), "--data-dir", str(FIXTURES), "--tta", "flip", "--json", merge=False)
     report = json.loads(out)
     assert report["tta"] == "flip" and abs(report["test_acc"] - expected) < 1e-9
 
 
 def test_list_shows_size_cost_and_what_each_recipe_reached():
-    proc = cli("train", "--list", merge=False)
-    out, _ = proc.communicate(timeout=120)
+    code, out = ran("train", "--list", merge=False)
     lines = {line.split()[0]: line for line in out.splitlines()[1:-1]}
     measured = json.loads((Path(__file__).parents[2] / "src" / "cnnlab" / "train" / "recipes.json").read_text())
     assert set(measured) >= {"fast", "alexnet-cpu", "vgg-cpu", "nin-cpu", "googlenet-cpu", "resnet-cpu", "densenet-cpu"}

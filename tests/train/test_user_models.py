@@ -4,9 +4,7 @@ command line with every other command working on that run, and one clear message
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import cnnlab
 from cnnlab.data import load_dataset
 from cnnlab.train.checkpoint import load_weights
+
+import procs
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 SRC = str(Path(__file__).parents[2] / "src")
@@ -40,8 +40,7 @@ def fashion():
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={**os.environ, "PYTHONPATH": SRC})
+    return procs.run("-m", "cnnlab", *args, cwd=cwd)
 
 
 def test_a_factory_run_from_the_command_line_works_with_every_other_command(tmp_path):

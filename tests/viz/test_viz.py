@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,8 @@ from PIL import Image
 from cnnlab.tour import STEPS, run_tour
 from cnnlab.train import fit, resolve_config
 from cnnlab.viz import plot_confusion, plot_curves, plot_features, plot_kernels, plot_predictions, plot_receptive
+
+import procs
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
@@ -70,8 +70,8 @@ def test_figure_functions_return_figures_and_save_when_given_a_path(tmp_path):
                                   ["receptive", "--layer", "5", "--unit", "1,2", "--test-index", "0"]])
 def test_viz_commands(run, tmp_path, what):
     out = tmp_path / f"{what[0]}.png"
-    subprocess.run([sys.executable, "-m", "cnnlab", "viz", what[0], str(run), *what[1:], "--out", str(out),
-                    "--data-dir", str(FIXTURES)], check=True, capture_output=True)
+    done = procs.run("-m", "cnnlab", "viz", what[0], str(run), *what[1:], "--out", str(out), "--data-dir", str(FIXTURES))
+    assert done.returncode == 0, done.stderr
     assert_picture(out, (150, 150))
 
 

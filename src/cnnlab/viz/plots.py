@@ -89,13 +89,17 @@ def plot_predictions(images: torch.Tensor, labels: Sequence[int], predicted: Seq
         ax.imshow(_image_for_display(images[i]), cmap="gray", vmin=0, vmax=255)
         wrong = labels[i] != predicted[i]
         guess = classes[predicted[i]] + (f" {probabilities[i]:.0%}" if probabilities is not None else "")
-        ax.set_title(f"{classes[labels[i]]}\n{'x ' if wrong else ''}{guess}", fontsize=7, color="red" if wrong else "black")
+        ax.set_title(f"{classes[labels[i]]}\n{'x ' if wrong else ''}{guess}", fontsize=7, color="red" if wrong else "black",
+                     y=1.0, pad=2)  # a fixed place: matplotlib's automatic one measures every axis (1.8 s for 32 images)
         if wrong:
             for spine in ax.spines.values():
                 spine.set_visible(True)
                 spine.set_color("red")
-    fig.suptitle("test images: true class / prediction (x = mistake)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("test images: true class / prediction (x = mistake)", fontsize=9, y=1 - 0.08 / (1.9 * rows))
+    # margins in inches, as tight_layout would find them for two 7-point title lines, without measuring 32 axes
+    height = 1.9 * rows
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.1 / height, top=1 - 0.55 / height, wspace=0.08,
+                        hspace=0.32 / (1.9 - 0.32))
     if path is not None:
         save_figure(fig, path)
     return fig
