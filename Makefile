@@ -10,14 +10,19 @@ STAMP  := $(VENV)/.installed
 # Where this machine keeps its torch wheel (pip looks there first when it exists).
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: run test bench lint system clean
+.PHONY: run test docs bench lint system clean
 
 run: $(STAMP) system
 	$(PY) -m cnnlab train
 
 test: $(STAMP) system
 	$(PY) -m ruff check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 bench: $(STAMP) system
 	$(PY) benchmarks/bench_ops.py
@@ -27,6 +32,7 @@ bench: $(STAMP) system
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,4 +45,4 @@ system:
 	@bash scripts/install-system.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache .ruff_cache

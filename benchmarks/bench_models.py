@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.models import create_model, list_models, model_info
-from cnnlab.ops import compiled
+from cnnlab.ops.kernels import compiled
 from cnnlab.train.memory import keep_freed_memory
 
 SMALL = {"lenet", "bn-lenet", "lenet-modern"}

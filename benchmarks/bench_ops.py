@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from bench_models import routes_note
 
 from cnnlab import ops
-from cnnlab.ops import compiled
+from cnnlab.ops.kernels import compiled
 from cnnlab.train.memory import keep_freed_memory
 
 

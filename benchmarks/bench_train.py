@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnlab.ops import compiled
+from cnnlab.ops.kernels import compiled
 
 
 def plain_lenet() -> nn.Module:

@@ -23,7 +23,7 @@ _SUBMODULES = {"analysis", "d2l", "data", "models", "nn", "ops", "train", "viz",
 # name -> (module, attribute): the top-level functions, each documented where it lives
 _API = {
     "fit": ("train.loop", "fit"),
-    "evaluate": ("train.loop", "evaluate"),
+    "evaluate": ("train.evaluation", "evaluate"),
     "load_run": ("train.run", "load_run"),
     "Run": ("train.run", "Run"),
     "summary": ("analysis.summary", "summary"),

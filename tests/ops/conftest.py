@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from cnnlab.ops import compiled, compiled_conv, compiled_norm, compiled_pool
+from cnnlab.ops.kernels import compiled, compiled_conv, compiled_norm, compiled_pool
 
 # The compiled loops of every instruction-set variant this CPU runs (the best one is plain "compiled", as
 # a test's own parametrisation names it; the others "compiled:<variant>"), then the tensor passes.
@@ -47,18 +47,18 @@ def _compiled_route(monkeypatch, library: str, functions):
 
 @pytest.fixture(params=ROUTES)
 def pool_route(request, monkeypatch):
-    """Max pooling: compiled_pool.py or pool.MaxPoolNd. On the compiled route channels-first inputs of 2 or
+    """Max pooling: compiled_pool.py or tensor_pool.MaxPoolNd. On the compiled route channels-first inputs of 2 or
     more channels take the loops too (on a channels-last copy; in use from 8 channels, the test inputs have
     fewer), so both layouts' paths through the loops are swept."""
-    from cnnlab.ops import pool
+    from cnnlab.ops import routing
 
-    monkeypatch.setattr(pool, "COMPILED_CHANNELS_FIRST_MIN_CHANNELS", 2)
+    monkeypatch.setattr(routing, "COMPILED_CHANNELS_FIRST_MIN_CHANNELS", 2)
     yield from _route(request, monkeypatch, "max_pool", compiled_pool.CompiledMaxPoolNd)
 
 
 @pytest.fixture(params=ROUTES)
 def norm_route(request, monkeypatch):
-    """Batch norm of (M, C) rows: compiled_norm.py or norm.BatchNorm."""
+    """Batch norm of (M, C) rows: compiled_norm.py or tensor_norm.BatchNorm."""
     yield from _route(request, monkeypatch, "batch_norm", compiled_norm.CompiledBatchNorm)
 
 

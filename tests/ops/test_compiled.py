@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
-from cnnlab.ops import compiled, compiled_norm, compiled_pool, norm, pool
+from cnnlab.ops import routing
+from cnnlab.ops.kernels import compiled, compiled_norm, compiled_pool, tensor_norm, tensor_pool
+from cnnlab.ops.textbook import pool as textbook_pool
 
 
 @pytest.fixture
@@ -109,7 +111,7 @@ def test_each_route_is_taken_where_it_should_be(monkeypatch):
     if compiled.library("max_pool") is None:
         pytest.skip(compiled.status())
     taken = []
-    for name, cls in (("compiled", compiled_pool.CompiledMaxPoolNd), ("tensor", pool.MaxPoolNd)):
+    for name, cls in (("compiled", compiled_pool.CompiledMaxPoolNd), ("tensor", tensor_pool.MaxPoolNd)):
         monkeypatch.setattr(cls, "apply", _counting(cls.apply, taken, name))
     x = torch.randn(2, 8, 8, 8)
     ops.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)
@@ -118,11 +120,11 @@ def test_each_route_is_taken_where_it_should_be(monkeypatch):
     ops.max_pool2d(x, 2)  # channels-first, small: on a channels-last copy
     with compiled.disabled():
         ops.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2)
-    monkeypatch.setattr(pool, "COMPILED_CHANNELS_FIRST_MAX_BYTES", x.numel() * 4 - 1)
+    monkeypatch.setattr(routing, "COMPILED_CHANNELS_FIRST_MAX_BYTES", x.numel() * 4 - 1)
     ops.max_pool2d(x, 2)  # channels-first, "large"
     monkeypatch.undo()
     monkeypatch.setattr(compiled_pool.CompiledMaxPoolNd, "apply", _counting(compiled_pool.CompiledMaxPoolNd.apply, taken, "compiled"))
-    monkeypatch.setattr(pool.MaxPoolNd, "apply", _counting(pool.MaxPoolNd.apply, taken, "tensor"))
+    monkeypatch.setattr(tensor_pool.MaxPoolNd, "apply", _counting(tensor_pool.MaxPoolNd.apply, taken, "tensor"))
     ops.max_pool2d(x[:, :6].contiguous(), 2)  # channels-first, 6 channels
     ops.max_pool2d(x[:, :1].contiguous(memory_format=torch.channels_last), 2)  # one channel: a plane
     ops.max_pool2d(x.half().contiguous(memory_format=torch.channels_last), 2)
@@ -130,7 +132,7 @@ def test_each_route_is_taken_where_it_should_be(monkeypatch):
     if compiled.library("batch_norm") is None:
         pytest.skip(compiled.status("batch_norm"))
     taken.clear()
-    for name, cls in (("compiled", compiled_norm.CompiledBatchNorm), ("tensor", norm.BatchNorm)):
+    for name, cls in (("compiled", compiled_norm.CompiledBatchNorm), ("tensor", tensor_norm.BatchNorm)):
         monkeypatch.setattr(cls, "apply", _counting(cls.apply, taken, name))
     for t in (x.contiguous(memory_format=torch.channels_last), x[:, :, 0, 0].contiguous(), x.double()[:, :, 0, 0].contiguous()):  # (M, C) rows
         ops.batch_norm(t, None, None, training=True)
@@ -173,7 +175,7 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 def test_winner_positions_turn_back_into_kernel_offsets():
-    """compiled_pool.offsets_of inverts pool.max_indices (winner offset -> flat input position) for
+    """compiled_pool.offsets_of inverts textbook_pool.max_indices (winner offset -> flat input position) for
     random geometries in 1-3 dimensions, dilation and padding included."""
     rng = random.Random(11)
     for _ in range(200):
@@ -185,7 +187,7 @@ def test_winner_positions_turn_back_into_kernel_offsets():
         spatial = tuple(d * (k - 1) + 1 + rng.randint(0, 5) for k, d in zip(kernel, dilation))
         out_size = tuple((n + 2 * lo - d * (k - 1) - 1) // s + 1 for n, (lo, _), k, s, d in zip(spatial, pads, kernel, stride, dilation))
         offsets = torch.randint(0, int(torch.tensor(kernel).prod()), (2, *out_size, 3))
-        positions = pool.max_indices((2, 3, *spatial), kernel, stride, pads, dilation, offsets).movedim(1, -1)
+        positions = textbook_pool.max_indices((2, 3, *spatial), kernel, stride, pads, dilation, offsets).movedim(1, -1)
         inside = torch.ones_like(offsets, dtype=torch.bool)  # only winners inside the input are positions
         rest = offsets
         for axis in reversed(range(dims)):
@@ -247,7 +249,7 @@ def test_a_variant_this_cpu_cannot_run_is_never_loaded(fresh, monkeypatch):
 @pytest.mark.parametrize("name", compiled.runnable_variants())
 def test_each_variant_reports_its_vectors(name):
     """The Python side takes each build's blocking from the build itself (csrc/isa.h), never a constant."""
-    from cnnlab.ops import compiled_conv
+    from cnnlab.ops.kernels import compiled_conv
 
     if compiled._compiler() is None:
         pytest.skip("no C compiler on this machine")

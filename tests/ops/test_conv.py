@@ -81,15 +81,15 @@ def test_conv_matches_torch_float64(chunk, conv_route):
 
 
 def direct(cfg: dict) -> bool:
-    """Whether a training step of ``cfg`` takes the compiled loops (conv._direct_loops)."""
-    from cnnlab.ops import conv
-    from cnnlab.ops.shapes import as_tuple, conv_padding
+    """Whether a training step of ``cfg`` takes the compiled loops (routing._direct_loops)."""
+    from cnnlab.ops import routing
+    from cnnlab.ops.textbook.shapes import as_tuple, conv_padding
 
     d, kw = cfg["dims"], cfg["kwargs"]
     dilation, stride = as_tuple(kw["dilation"], d, "dilation"), as_tuple(kw["stride"], d, "stride")
     x, w, _ = make_inputs(cfg)
     x = x if not cfg["unbatched"] else x.unsqueeze(0)
-    return conv._direct_loops(x, w, cfg["kernel"], stride, conv_padding(kw["padding"], cfg["kernel"], dilation, stride),
+    return routing._direct_loops(x, w, cfg["kernel"], stride, conv_padding(kw["padding"], cfg["kernel"], dilation, stride),
                               dilation, cfg["groups"]) is not None
 
 
@@ -166,8 +166,8 @@ def test_conv_output_size_formula():
 @pytest.mark.parametrize("chunk", range(4))
 def test_wide_stride1_convolutions_without_window_matrix_match_torch(chunk):
     """Wide, stride-1 layers on large maps take the window-free layout (ShiftedConvNd): sweep it."""
-    from cnnlab.ops.conv import _use_shifted
-    from cnnlab.ops.shapes import conv_padding
+    from cnnlab.ops.routing import _use_shifted
+    from cnnlab.ops.textbook.shapes import conv_padding
 
     rng = random.Random(7000 + chunk)
     taken = 0
@@ -193,11 +193,11 @@ def test_per_tap_products_only_in_training(monkeypatch):
     """The per-tap layout (ShiftedConvNd) was measured faster forward + backward; the forward pass alone is
     faster through the window matrix, so inference (no grad, or inputs that need none) takes that; both
     equal torch."""
-    from cnnlab.ops import conv
+    from cnnlab.ops.kernels import shifted
 
     taken = []
-    real = conv.ShiftedConvNd.apply
-    monkeypatch.setattr(conv.ShiftedConvNd, "apply", lambda *args: taken.append(1) or real(*args))
+    real = shifted.ShiftedConvNd.apply
+    monkeypatch.setattr(shifted.ShiftedConvNd, "apply", lambda *args: taken.append(1) or real(*args))
     x = torch.randn(2, 20, 9, 11, dtype=torch.float64)
     w = torch.randn(7, 20, 3, 3, dtype=torch.float64)
     expected = torch.nn.functional.conv2d(x, w, padding=1)
@@ -215,11 +215,11 @@ def test_pointwise_convolutions_match_torch_in_both_layouts(chunk, monkeypatch):
     """1x1 (1, 1x1x1) stride-1 unpadded layers with 8 or more input channels take PointwiseConvNd (one
     product per pass, no windows): sweep it in 1-3 dimensions, both memory layouts, with and without bias,
     in float64 against torch; a strided, padded or grouped 1x1 layer, or one with fewer channels, does not."""
-    from cnnlab.ops import conv
+    from cnnlab.ops.kernels import pointwise
 
     taken = []
-    real = conv.PointwiseConvNd.apply
-    monkeypatch.setattr(conv.PointwiseConvNd, "apply", lambda *args: taken.append(1) or real(*args))
+    real = pointwise.PointwiseConvNd.apply
+    monkeypatch.setattr(pointwise.PointwiseConvNd, "apply", lambda *args: taken.append(1) or real(*args))
     rng = random.Random(8000 + chunk)
     for i in range(25):
         dims = rng.choice([1, 2, 2, 3])
@@ -256,11 +256,12 @@ def test_input_gradient_computed_as_a_convolution_of_the_output_gradient_matches
     """Stride-1 layers with no more outputs than inputs (DenseNet's growth layers, ResNet's blocks), or up to
     twice as many with 25 taps or more (GoogLeNet's 5x5 branches), that take the window matrix compute grad_x
     as a convolution with the flipped kernel: sweep that path."""
-    from cnnlab.ops import conv
-    from cnnlab.ops.conv import _transposed_by_convolution, _use_shifted
-    from cnnlab.ops.shapes import conv_padding
+    from cnnlab.ops import routing
+    from cnnlab.ops.kernels.window import _transposed_by_convolution
+    from cnnlab.ops.routing import _use_shifted
+    from cnnlab.ops.textbook.shapes import conv_padding
 
-    monkeypatch.setattr(conv, "FOURIER_MIN_TAPS", None)  # 2-D 5x5 layers would go through the DFT (FourierConv2d)
+    monkeypatch.setattr(routing, "FOURIER_MIN_TAPS", None)  # 2-D 5x5 layers would go through the DFT (FourierConv2d)
     rng = random.Random(9000 + chunk)
     taken = wider = 0
     for i in range(40):
@@ -300,12 +301,12 @@ def test_window_matrix_built_block_by_block_matches_torch(chunk, monkeypatch):
     """Large layers build the window matrix a block of samples at a time (forward, and again in the
     backward for grad_w and grad_x): with a tiny block budget every configuration below is cut into
     blocks of one or two samples, including the last, shorter block."""
-    from cnnlab.ops import conv
+    from cnnlab.ops.kernels import window
 
-    monkeypatch.setattr(conv, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(window, "BLOCK_BYTES", 1)
     blocks = []
-    real = conv._sample_blocks
-    monkeypatch.setattr(conv, "_sample_blocks", lambda windows: blocks.append(len(real(windows))) or real(windows))
+    real = window._sample_blocks
+    monkeypatch.setattr(window, "_sample_blocks", lambda windows: blocks.append(len(real(windows))) or real(windows))
     rng = random.Random(11000 + chunk)
     for i in range(60):
         cfg = random_conv_config(rng)
@@ -328,14 +329,15 @@ def test_weight_gradient_of_wide_narrow_layers_matches_torch(dtype, channels, mo
     """A wide kernel matrix and few outputs (K*C >= 576 with <= 12 outputs, K*C >= 1152 with <= 32:
     DenseNet's growth layers) take the weight gradient from oneDNN's product, block by block and summed;
     the rest from torch.mm accumulating in place. Both, in float64 and float32, in several blocks."""
-    from cnnlab.ops import conv
+    from cnnlab.ops import routing
+    from cnnlab.ops.kernels import window
 
     c, o = channels
-    monkeypatch.setattr(conv, "FOURIER_MIN_TAPS", None)  # 6x6 maps with 32+ channels would go through the DFT
-    monkeypatch.setattr(conv, "BLOCK_BYTES", 3 * 36 * 9 * c * dtype.itemsize)  # 3 samples a block: 3 + 3 + 1
+    monkeypatch.setattr(routing, "FOURIER_MIN_TAPS", None)  # 6x6 maps with 32+ channels would go through the DFT
+    monkeypatch.setattr(window, "BLOCK_BYTES", 3 * 36 * 9 * c * dtype.itemsize)  # 3 samples a block: 3 + 3 + 1
     calls = []
-    real = conv.mm_nt
-    monkeypatch.setattr(conv, "mm_nt", lambda a, b, bias=None: calls.append((a.shape[0], b.shape[0])) or real(a, b, bias))
+    real = window.mm_nt
+    monkeypatch.setattr(window, "mm_nt", lambda a, b, bias=None: calls.append((a.shape[0], b.shape[0])) or real(a, b, bias))
     gen = torch.Generator().manual_seed(c)
     x = torch.randn(7, c, 6, 6, generator=gen, dtype=torch.float64).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -348,13 +350,13 @@ def test_weight_gradient_of_wide_narrow_layers_matches_torch(dtype, channels, mo
 
 @pytest.mark.usefixtures("tensor_routes")
 def test_window_blocks_fit_the_budget_and_cover_the_batch(monkeypatch):
-    from cnnlab.ops import conv
+    from cnnlab.ops.kernels import window
 
     windows = torch.zeros(10, 3, 3, 2, 2, 4)  # 144 values = 576 bytes a sample
-    monkeypatch.setattr(conv, "BLOCK_BYTES", 3 * 576 + 100)
-    assert conv._sample_blocks(windows) == [(0, 3), (3, 6), (6, 9), (9, 10)]
-    monkeypatch.setattr(conv, "BLOCK_BYTES", 10**9)
-    assert conv._sample_blocks(windows) == [(0, 10)]
+    monkeypatch.setattr(window, "BLOCK_BYTES", 3 * 576 + 100)
+    assert window._sample_blocks(windows) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    monkeypatch.setattr(window, "BLOCK_BYTES", 10**9)
+    assert window._sample_blocks(windows) == [(0, 10)]
 
 
 @pytest.mark.usefixtures("tensor_routes")
@@ -386,11 +388,11 @@ def test_few_channel_convolutions_in_channels_last_match_torch_float64():
 def test_pointwise_convolutions_of_channels_last_inputs_read_the_input_in_place(monkeypatch):
     """A 1x1 stride-1 convolution of a channels-last input (PointwiseConvNd) multiplies the input's own
     memory: the forward product's operand is x's storage, not a copy. Values and gradients against torch."""
-    from cnnlab.ops import conv
+    from cnnlab.ops.kernels import window
 
     operands = []
-    real = conv.mm_nt
-    monkeypatch.setattr(conv, "mm_nt", lambda a, b, bias=None: operands.append(a.untyped_storage().data_ptr()) or real(a, b, bias))
+    real = window.mm_nt
+    monkeypatch.setattr(window, "mm_nt", lambda a, b, bias=None: operands.append(a.untyped_storage().data_ptr()) or real(a, b, bias))
     rng = random.Random(13000)
     for i in range(20):
         c, o = rng.randint(8, 40), rng.randint(1, 40)
@@ -407,7 +409,7 @@ def test_pointwise_convolutions_of_channels_last_inputs_read_the_input_in_place(
 
 def test_input_gradient_route_follows_the_measured_shapes():
     """The input gradient's route for the layers it was measured on (see ``_transposed_by_convolution``)."""
-    from cnnlab.ops.conv import _transposed_by_convolution
+    from cnnlab.ops.kernels.window import _transposed_by_convolution
 
     same5, ones = ((2, 2), (2, 2)), (1, 1)
     assert _transposed_by_convolution(8, 16, ones, same5, ones, (5, 5), 128 * 196, 128 * 196)  # GoogLeNet's 5x5 branch
@@ -424,7 +426,7 @@ def test_input_gradient_route_follows_the_measured_shapes():
 def test_convolution_through_the_dft_matches_torch_float64(chunk):
     """FourierConv2d on its own, over every geometry it accepts: strides, dilations, uneven padding,
     kernels of 1x1 to 6x6, with and without bias, each gradient asked for alone or with the others."""
-    from cnnlab.ops.fourier import FourierConv2d
+    from cnnlab.ops.kernels.fourier import FourierConv2d
 
     rng = random.Random(14000 + chunk)
     for i in range(40):
@@ -457,7 +459,8 @@ def test_large_kernels_and_small_maps_take_the_dft_route(dtype, monkeypatch):
     3x3 layers on 5-16 px maps with at least 8 channels and 32 samples (4 px maps: 64), through the DFT (the layers
     where it measured faster), in either layout, and matches torch there; 1-2 input channels, 3x3
     kernels elsewhere or on smaller batches, and strides keep the window matrix."""
-    from cnnlab.ops import conv, fourier
+    from cnnlab.ops import routing
+    from cnnlab.ops.kernels import fourier
 
     taken = []
     real = fourier.FourierConv2d.apply
@@ -486,11 +489,11 @@ def test_large_kernels_and_small_maps_take_the_dft_route(dtype, monkeypatch):
             theirs = F.conv2d(x, w, b, padding=padding, stride=stride)
             assert out.is_contiguous(memory_format=layout) == theirs.is_contiguous(memory_format=layout)
     w = torch.zeros(4, 8, 5, 5, requires_grad=True)
-    assert conv._use_fourier(torch.zeros(1, 8, 9, 9), w, (5, 5), (1, 1), (1, 1), 1)
-    assert not conv._use_fourier(torch.zeros(1, 8, 9, 9, dtype=torch.float16), w.half(), (5, 5), (1, 1), (1, 1), 1)
-    assert not conv._use_fourier(torch.zeros(1, 8, 9, 9), w.detach(), (5, 5), (1, 1), (1, 1), 1)  # inference: forward only
+    assert routing._use_fourier(torch.zeros(1, 8, 9, 9), w, (5, 5), (1, 1), (1, 1), 1)
+    assert not routing._use_fourier(torch.zeros(1, 8, 9, 9, dtype=torch.float16), w.half(), (5, 5), (1, 1), (1, 1), 1)
+    assert not routing._use_fourier(torch.zeros(1, 8, 9, 9), w.detach(), (5, 5), (1, 1), (1, 1), 1)  # inference: forward only
     with torch.no_grad():
-        assert not conv._use_fourier(torch.zeros(1, 8, 9, 9), w, (5, 5), (1, 1), (1, 1), 1)
+        assert not routing._use_fourier(torch.zeros(1, 8, 9, 9), w, (5, 5), (1, 1), (1, 1), 1)
 
 
 @pytest.mark.usefixtures("tensor_routes")
@@ -498,7 +501,7 @@ def test_dft_float32_error_is_no_larger_than_torchs_own():
     """In float32 the DFT route's error against the float64 truth (largest and RMS, relative to the
     largest and RMS value) stays within torch's own float32 convolution's, for the output, grad_x and
     grad_w (measured 1.5-6x smaller on grad_w, up to 1.1x torch's RMS on the output)."""
-    from cnnlab.ops.fourier import FourierConv2d
+    from cnnlab.ops.kernels.fourier import FourierConv2d
 
     gen = torch.Generator().manual_seed(21)
     for n, c, o, size, k, p in [(8, 16, 32, 14, 5, 2), (16, 6, 16, 14, 5, 0), (4, 64, 64, 7, 3, 1)]:

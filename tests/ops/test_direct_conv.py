@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
-from cnnlab.ops import compiled, compiled_conv
-from cnnlab.ops.conv import memory_format_like_torch
+from cnnlab.ops.kernels import compiled, compiled_conv
+from cnnlab.ops.textbook.layout import memory_format_like_torch
 
 from helpers import at_thread_counts, check_op, max_rel_error, padded_torch_conv, random_conv
 
@@ -111,7 +111,7 @@ def test_compiled_convolution_second_derivatives_match_torch(function, channels)
 
 @pytest.mark.parametrize("variant", ["avx512", "avx2", "portable"])
 def test_the_dft_keeps_the_training_layers_it_measured_faster_on_than_each_variant(monkeypatch, variant):
-    """conv.FOURIER_RULES, one rule per variant of the loops (the variant is what the loaded build reports, set
+    """routing.FOURIER_RULES, one rule per variant of the loops (the variant is what the loaded build reports, set
     here so that every rule is checked on any CPU): with avx512's, 5x5+ kernels with 32+ channels where the
     DFT's fixed costs are amortised over the batch; with avx2's (and the portable build's), 5x5+ kernels from
     16 channels on a wider cost, and 3x3 kernels with 64+ channels both ways on the DFT's own maps."""
@@ -135,7 +135,7 @@ def test_the_dft_keeps_the_training_layers_it_measured_faster_on_than_each_varia
     assert loops((128, 12, 14, 14), (24, 12, 5, 5), padding=2)  # 12 channels
     assert loops((32, 64, 7, 7), (64, 64, 3, 3), padding=1) is wide  # 3x3, 64 channels both ways, 7 px, batch 32
     assert loops((32, 64, 7, 7), (48, 64, 3, 3), padding=1)  # 48 out
-    assert loops((16, 64, 7, 7), (64, 64, 3, 3), padding=1)  # batch 16: not the DFT's (conv._use_fourier)
+    assert loops((16, 64, 7, 7), (64, 64, 3, 3), padding=1)  # batch 16: not the DFT's (routing._use_fourier)
     assert loops((32, 64, 28, 28), (64, 64, 3, 3), padding=1)  # 28 px: nor this
     assert loops((64, 64, 12, 12), (64, 64, 5, 5), grad=False, padding=2)  # evaluation: the loops
 

@@ -93,27 +93,28 @@ def test_batch_norm_on_rows_in_memory_matches_torch_float64(chunk, norm_route, b
     dy*x); channels far from zero mean, and channels-first batches, take the two-pass route. All, in
     training and inference, against torch; ``blocked``: every matrix cut into 16-row blocks, as large
     batches are (PASS_BLOCK_BYTES); ``folded``: every (M, C) matrix whose rows allow it scaled and summed
-    as (M/k, k*C), as large narrow ones are (sums.FOLD_MIN_VALUES, norm.AFFINE_FOLD). ``norm_route``: the
+    as (M/k, k*C), as large narrow ones are (sums.FOLD_MIN_VALUES, tensor_norm.AFFINE_FOLD). ``norm_route``: the
     compiled loops (compiled_norm.py) take every (M, C) matrix, the tensor route the channels-first ones."""
-    from cnnlab.ops import norm, sums
+    from cnnlab.ops.kernels import tensor_norm
+    from cnnlab.ops.textbook import sums
 
     if blocked:
-        monkeypatch.setattr(norm, "PASS_BLOCK_BYTES", 1)
+        monkeypatch.setattr(tensor_norm, "PASS_BLOCK_BYTES", 1)
     folds = []
     if folded:
         monkeypatch.setattr(sums, "FOLD_MIN_VALUES", 1)
-        monkeypatch.setattr(norm, "AFFINE_FOLD", ((1 << 30, 1),))
-        real_fold = norm.fold_factor
-        monkeypatch.setattr(norm, "fold_factor", lambda m, c: folds.append(real_fold(m, c)) or folds[-1])
+        monkeypatch.setattr(tensor_norm, "AFFINE_FOLD", ((1 << 30, 1),))
+        real_fold = tensor_norm.fold_factor
+        monkeypatch.setattr(tensor_norm, "fold_factor", lambda m, c: folds.append(real_fold(m, c)) or folds[-1])
     taken = {"one pass": 0, "two pass": 0}
-    real = norm._one_pass_statistics
+    real = tensor_norm._one_pass_statistics
 
     def spy(rows):
         stats = real(rows)
         taken["one pass" if stats is not None else "two pass"] += 1
         return stats
 
-    monkeypatch.setattr(norm, "_one_pass_statistics", spy)
+    monkeypatch.setattr(tensor_norm, "_one_pass_statistics", spy)
     rng = random.Random(6000 + chunk)
     for i in range(40):
         c = rng.randint(1, 9)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
-from cnnlab.ops import compiled, compiled_conv
+from cnnlab.ops.kernels import compiled, compiled_conv
 
 from helpers import at_thread_counts, check_op, max_rel_error, padded_torch_conv, random_conv
 

@@ -252,7 +252,7 @@ def test_offset_views_equal_python_indexing_on_any_strides():
     """pool._Index.of (one as_strided call) gives exactly t[key]: the same values, sizes, strides and
     storage offset, for random basic indices (an optional integer first, then full axes and slices with
     steps) on contiguous, channels-last, transposed and offset tensors."""
-    from cnnlab.ops.pool import _Index
+    from cnnlab.ops.kernels.tensor_pool import _Index
 
     rng = random.Random(31)
     for _ in range(300):

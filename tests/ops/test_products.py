@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from cnnlab.ops import products
-from cnnlab.ops.products import mm_nt
+from cnnlab.ops.textbook import products
+from cnnlab.ops.textbook.products import mm_nt
 
 
 def _operand(rng: random.Random, rows: int, cols: int, dtype) -> torch.Tensor:

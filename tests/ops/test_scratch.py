@@ -6,8 +6,8 @@ import threading
 
 import torch
 
-from cnnlab.ops import scratch as scratch_module
-from cnnlab.ops.scratch import scratch
+from cnnlab.ops.textbook import scratch as scratch_module
+from cnnlab.ops.textbook.scratch import scratch
 
 
 def test_a_slot_reuses_its_memory_and_its_views():

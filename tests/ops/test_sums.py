@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from cnnlab.ops.sums import FOLD_MAX_WIDTH, FOLD_MIN_VALUES, channel_sums, column_sums
+from cnnlab.ops.textbook.sums import FOLD_MAX_WIDTH, FOLD_MIN_VALUES, channel_sums, column_sums
 
 from helpers import max_rel_error
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..ops.shapes import as_tuple, conv_padding
+from ..ops.textbook.shapes import as_tuple, conv_padding
 
 __all__ = ["Field", "FieldTracker", "window_geometry"]
 

@@ -12,17 +12,13 @@ from .config import PRESETS, TrainConfig, resolve_config
 __all__ = ["PRESETS", "Run", "RunResult", "TrainConfig", "TrainingError", "evaluate", "fit", "load_run", "load_run_model",
            "predict_probabilities", "resolve_config"]
 
-_LOOP = {"RunResult", "TrainingError", "evaluate", "fit", "load_run_model", "predict_probabilities"}
-_RUN = {"Run", "load_run"}
+_HOMES = {"RunResult": "loop", "TrainingError": "loop", "fit": "loop", "evaluate": "evaluation", "predict_probabilities": "evaluation",
+          "load_run_model": "build", "Run": "run", "load_run": "run"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LOOP:
-        from . import loop
+    if name in _HOMES:
+        import importlib
 
-        return getattr(loop, name)
-    if name in _RUN:
-        from . import run
-
-        return getattr(run, name)
+        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'cnnlab.train' has no attribute {name!r}")

@@ -13,8 +13,6 @@ a resumed CPU run ends with the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import signal
 import sys
@@ -25,24 +23,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import Batches
 from ..data.loader import step_seed
 from ..files import WriteError, write_text
-from ..models import create_model, model_info
+from ..models import model_info
 from . import checkpoint as ckpt
+from .build import _device, _metadata, _optimizer, _plural, _schedule, build_model, check_input_fits, load_run_model, model_kind
 from .config import TrainConfig, absolute_paths, resolve_config, validate
 from .distributed import Dist, setup
+from .evaluation import evaluate
 from .inputs import describe_data, from_name, from_objects
 from .memory import keep_freed_memory
 from .report import NotebookReporter, TerminalReporter, in_notebook
 from .runfolder import RunFolder, check_new_folder
+from .writes import _figures, _metrics_csv, _tensorboard, _tensorboard_epoch, _tensorboard_graph
 
 __all__ = ["RunResult", "TrainingError", "check_input_fits", "evaluate", "fit", "load_run_model"]
 
 # What a resumed run may change (the rest would make the checkpoint's optimiser state meaningless).
 RESUME_CHANGEABLE = {"epochs", "lr", "threads", "device", "data_dir", "eval_batch_size", "tensorboard", "compile", "max_seconds"}
 
-METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_acc", "lr", "examples_per_s", "epoch_s", "elapsed_s"]
 
 
 class TrainingError(RuntimeError):
@@ -60,117 +59,6 @@ class RunResult:
     def final(self) -> dict:
         """The last numbers: the unfinished epoch's where max_seconds stopped the run, else the last epoch's."""
         return self.partial or (self.history[-1] if self.history else {})
-
-
-def _device(config: TrainConfig, dist: Dist) -> torch.device:
-    kind = config.device
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False")
-        return torch.device("cuda", dist.local_rank)
-    return torch.device("cpu")
-
-
-def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _schedule(config: TrainConfig, optimizer, steps_per_epoch: int):
-    """The learning-rate factor per step: an optional linear warm-up from 0, then the schedule.
-
-    cosine: from 1 down to 0 over the steps after the warm-up (per step); step: ``gamma`` every
-    ``step_epochs`` epochs; none: 1.
-    """
-    total, warmup = config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch)
-    if config.schedule == "cosine":
-        def decay(step: int) -> float:
-            done = min(step - warmup, total - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * done))
-    elif config.schedule == "step":
-        def decay(step: int) -> float:
-            return config.gamma ** (step // (config.step_epochs * steps_per_epoch))
-    else:
-        def decay(step: int) -> float:
-            return 1.0
-
-    def factor(step: int) -> float:
-        return (step + 1) / warmup if step < warmup else decay(step)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _model_kwargs(config: TrainConfig) -> dict:
-    """Architecture options beyond classes and channels (VGG's ``ratio``, a factory's ``model_args``)."""
-    kwargs = dict(config.model_args or {})
-    if config.ratio is not None:
-        kwargs["ratio"] = config.ratio
-    return kwargs
-
-
-def model_kind(name: str) -> str:
-    """'zoo' (a registered name), 'factory' (package.module:factory) or 'python' (a module object given to fit)."""
-    from ..models.factory import is_factory_spec
-
-    return "python" if name.startswith("python:") else "factory" if is_factory_spec(name) else "zoo"
-
-
-def build_model(config: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The run's model from its configuration (a zoo name or a factory); seeded by the caller."""
-    from ..models.factory import load_factory
-
-    kind = model_kind(config.model)
-    if kind == "factory":
-        return load_factory(config.model, config.model_args)
-    if kind == "python":
-        raise ValueError(f"the model {config.model.removeprefix('python:')} was defined in Python; pass it to fit() as an nn.Module")
-    return create_model(config.model, num_classes=num_classes, in_channels=in_channels, backend=config.backend, **_model_kwargs(config))
-
-
-def _metadata(config: TrainConfig, inputs, model: nn.Module) -> dict:
-    meta = {"model": config.model, "model_kwargs": _model_kwargs(config), "backend": config.backend, "classes": inputs.classes,
-            "dataset": inputs.name, "in_channels": inputs.image_shape[0], "image_size": inputs.image_shape[-1],
-            "normalize": inputs.normalize, "mean": list(inputs.mean), "std": list(inputs.std), "format": "cnnlab-run-1"}
-    kind = model_kind(config.model)
-    if kind == "factory":
-        module = sys.modules[config.model.partition(":")[0]]
-        depth = config.model.partition(":")[0].count(".") + 1
-        meta["factory_path"] = str(Path(module.__file__).resolve().parents[depth - 1]) if getattr(module, "__file__", None) else None
-    if kind != "zoo":
-        meta["architecture"] = repr(model)
-    return meta
-
-
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Class probabilities (N, classes) of a batch; ``tta="flip"`` averages them with those of the
-    horizontally mirrored images (test-time augmentation, for models trained with flips)."""
-    if tta not in ("none", "flip"):
-        raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
-    model.eval()
-    probs = model(x).softmax(1)
-    return (probs + model(x.flip(-1)).softmax(1)) / 2 if tta == "flip" else probs
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, dist: Dist | None = None, device=None) -> dict:
-    """Accuracy and mean loss over a split; with ``dist`` the counts are summed over processes."""
-    was_training = model.training
-    model.eval()
-    correct = total = loss = 0.0
-    for x, y, _ in batches.epoch(0):
-        logits = model(x)
-        loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        total += len(y)
-    if dist is not None:
-        correct, total, loss = dist.sum([correct, total, loss], device)
-    model.train(was_training)
-    return {"acc": correct / max(total, 1), "loss": loss / max(total, 1), "count": int(total)}
 
 
 class _Interrupt:
@@ -195,14 +83,6 @@ class _Interrupt:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _metrics_csv(history: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return buf.getvalue()
 
 
 def fit(model: str | nn.Module | TrainConfig | None = None, data=None, *, resume: str | Path | None = None,
@@ -597,135 +477,3 @@ class _Run:
             self._end_of_epoch_files(epoch)
             if self.writer is not None:
                 _tensorboard_epoch(self.writer, self.model, row, self.inputs.test)
-
-
-def check_input_fits(model: nn.Module, input_size: tuple[int, ...], num_classes: int, name: str = "the model") -> None:
-    """Raise ValueError before training if ``model`` cannot take one (C, H, W) input or does not give
-    one logit per class; the error names the layer where the shapes broke (the summary's shape walk)."""
-    described = "x".join(map(str, input_size))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, *input_size, device=next(model.parameters(), torch.zeros(0)).device))
-    except Exception:
-        from ..analysis import summary
-
-        try:
-            summary(model, input_size)
-        except ValueError as err:
-            raise ValueError(f"{name} cannot take {described} inputs (--image-size or the data's channels): {err}") from None
-        raise
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{name} gives output {got} for one {described} input; expected (1, {num_classes}): one logit per class")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def _tensorboard(config: TrainConfig, folder: Path, dist: Dist):
-    if not (config.tensorboard and dist.main):
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(folder / "tensorboard"))
-
-
-def _tensorboard_graph(writer, config: TrainConfig, model: nn.Module, inputs, device) -> None:
-    """The model graph. A zoo model is traced from a torch-backend twin (same modules and weights): jit
-    tracing does not follow the custom autograd Functions of the scratch operations."""
-    import warnings
-
-    if model_kind(config.model) == "zoo":
-        twin = create_model(config.model, num_classes=len(inputs.classes), in_channels=inputs.image_shape[0], backend="torch",
-                            **_model_kwargs(config)).to(device)
-        twin.load_state_dict(model.state_dict())
-    else:
-        twin = model
-    with warnings.catch_warnings():  # torch.jit's deprecation notices: not the user's concern
-        warnings.simplefilter("ignore")
-        try:
-            writer.add_graph(twin.eval(), torch.zeros(1, *inputs.image_shape, device=device))
-        except Exception as err:  # a user's model jit cannot trace: the rest of TensorBoard still works
-            print(f"note: TensorBoard graph skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", flush=True)
-    model.train()
-
-
-@torch.no_grad()
-def _tensorboard_epoch(writer, model: nn.Module, row: dict, test: Batches) -> None:
-    from ..viz.inside import activations, conv_layers, tile_grid
-
-    epoch = row["epoch"]
-    for key in ("train_loss", "train_acc", "test_acc", "lr", "examples_per_s"):
-        writer.add_scalar(f"epoch/{key}", row[key], epoch)
-    for name, p in model.named_parameters():
-        writer.add_histogram(f"weights/{name}", p.detach().cpu(), epoch)
-        if p.grad is not None:
-            writer.add_histogram(f"grads/{name}", p.grad.detach().cpu(), epoch)
-    first = conv_layers(model)[:1]
-    if first:
-        weight = dict(model.named_modules())[first[0]].weight
-        writer.add_image(f"kernels/{first[0]}", tile_grid(weight.flatten(0, 1)), epoch)
-        x, _, _ = next(test.epoch(0))
-        _, maps = activations(model, x[:1], first)
-        writer.add_image(f"feature_maps/{first[0]}", tile_grid(maps[first[0]]), epoch)
-        model.train()
-
-
-@torch.no_grad()
-def _figures(model: nn.Module, inputs, folder: Path, history: list[dict], name: str) -> None:
-    from ..viz import confusion_matrix, plot_confusion, plot_curves, plot_predictions
-
-    model.eval()
-    shown, predicted, labels = [], [], []
-    for x, y, _ in inputs.test.epoch(0):
-        predicted.append(model(x).argmax(1).cpu())
-        labels.append(y.cpu())
-        if sum(len(s) for s in shown) < 32:
-            shown.append(x[: 32 - sum(len(s) for s in shown)].float().cpu())
-    predicted, labels, images = torch.cat(predicted), torch.cat(labels), torch.cat(shown)
-    classes = inputs.classes
-    plot_curves(history, folder / "curves.png", title=f"{name} on {inputs.name}")
-    n = len(images)
-    plot_predictions(images, labels[:n].tolist(), predicted[:n].tolist(), classes, folder / "predictions.png")
-    matrix = confusion_matrix(labels, predicted, len(classes))
-    plot_confusion(matrix, classes, folder / "confusion.png", title=f"test accuracy {(labels == predicted).float().mean():.3f}")
-
-
-def load_run_model(run: str | Path, device="cpu", backend: str | None = None, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild a run's model from ``model.safetensors`` (weights + metadata); returns (model in eval mode, metadata).
-
-    A zoo model is rebuilt by name, a ``package.module:factory`` one by importing the factory again
-    (from the folder it was found in when trained). A model that was defined in Python (a notebook)
-    cannot be rebuilt from a name: pass the same architecture as ``model`` and its weights are loaded.
-    """
-    state, meta = ckpt.load_weights(run)
-    if "model" not in meta:
-        raise ValueError(f"{run}: weights carry no cnnlab metadata (model name, classes); was it written by cnnlab?")
-    kind = model_kind(meta["model"])
-    if model is None and kind == "python":
-        first = meta.get("architecture", "").splitlines()[0] if meta.get("architecture") else meta["model"]
-        raise ValueError(f"{run}: this run's model ({first} ...) was defined in Python, so it cannot be rebuilt from its name. "
-                         f"In Python: cnnlab.load_run({str(run)!r}, model=net) with the same architecture; on the command line, "
-                         f"put it in a file as a function and train with: cnnlab train mymodule:factory")
-    if model is None and kind == "factory":
-        from ..models.factory import load_factory
-
-        where = meta.get("factory_path")
-        if where and where not in sys.path:
-            sys.path.append(where)  # found again from any folder
-        model = load_factory(meta["model"], meta.get("model_kwargs") or None)
-    elif model is None:
-        model = create_model(meta["model"], num_classes=len(meta["classes"]), in_channels=meta["in_channels"],
-                             backend=backend or meta.get("backend", "scratch"), **meta.get("model_kwargs", {}))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{run}: the weights do not fit the model given: {str(err).splitlines()[0]}") from None
-    return model.to(device).eval(), meta

@@ -60,7 +60,7 @@ def load_run(run, model: nn.Module | None = None, device="cpu") -> Run:
         >>> run = cnnlab.load_run("runs/lenet-fashion-mnist-20261124-101500")
         >>> run.plot_curves()
     """
-    from .loop import load_run_model
+    from .build import load_run_model
 
     folder = Path(getattr(run, "folder", run))
     net, meta = load_run_model(folder, device=device, model=model)

@@ -56,10 +56,12 @@ import math
 
 import torch
 
-from .autograd import graph_backward, unviewed, wants_graph
-from .scratch import scratch
-from .shapes import Pads
-from .sums import channel_sums
+from ..textbook.autograd import graph_backward, unviewed, wants_graph
+from ..textbook.conv import reference_conv
+from ..textbook.layout import laid_out_like_torch
+from ..textbook.scratch import scratch
+from ..textbook.shapes import Pads
+from ..textbook.sums import channel_sums
 
 __all__ = ["FourierConv2d"]
 
@@ -182,7 +184,6 @@ class FourierConv2d(torch.autograd.Function):
         x_hat, w_hat, x, weight, bias = ctx.saved_tensors
         stride, pads, dilation = ctx.geometry
         if wants_graph():
-            from .conv import reference_conv
 
             grads = graph_backward(lambda x, w, b: reference_conv(x, w, b, stride, pads, dilation, 1), (x, weight, bias),
                                    ctx.needs_input_grad[:3], grad_out)
@@ -209,6 +210,5 @@ class FourierConv2d(torch.autograd.Function):
             grad_w = torch.empty_like(weight).copy_(taps.permute(3, 2, 0, 1))  # in the parameter's layout (DDP buckets)
         if ctx.needs_input_grad[2]:
             grad_b = channel_sums(grad_out)
-        from .conv import laid_out_like_torch
 
         return laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None

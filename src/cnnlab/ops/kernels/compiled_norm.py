@@ -37,8 +37,9 @@ import functools
 
 import torch
 
+from ..textbook.autograd import graph_backward, wants_graph
+from ..textbook.norm import reference_batch_norm, update_running
 from . import compiled
-from .autograd import graph_backward, wants_graph
 
 __all__ = ["CompiledBatchNorm", "kernels"]
 
@@ -110,9 +111,8 @@ class CompiledBatchNorm(torch.autograd.Function):
                                     _address(running_var) if in_place else None, momentum, _address(w), _address(b), eps,
                                     vectors.data_ptr(), threads))
         if training and not in_place:  # running estimates of another dtype or layout
-            from .norm import _update_running
 
-            _update_running(running_mean, running_var, vectors[0], vectors[1], m, momentum)
+            update_running(running_mean, running_var, vectors[0], vectors[1], m, momentum)
         y = torch.empty_like(x)  # the same memory format: its rows lie as x's do
         f["batch_norm_normalise"](x.data_ptr(), y.data_ptr(), m, c, vectors[3].data_ptr(), vectors[4].data_ptr(), threads)
         ctx.f, ctx.training, ctx.eps = f, training, eps
@@ -124,7 +124,6 @@ class CompiledBatchNorm(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias, vectors = ctx.saved_tensors
         if wants_graph():
-            from .norm import reference_batch_norm
 
             stats = ctx.stats
             grads = graph_backward(lambda x, w, b: reference_batch_norm(x, w, b, stats, ctx.eps), (x, weight, bias),

@@ -43,11 +43,13 @@ from typing import NamedTuple
 
 import torch
 
+from ..textbook.autograd import graph_backward, unviewed, wants_graph
+from ..textbook.conv import reference_conv
+from ..textbook.layout import laid_out_like_torch, like_param
+from ..textbook.shapes import Pads
+from ..textbook.sums import channel_sums
+from ..textbook.windows import flat_offsets, tap_positions
 from . import compiled
-from .autograd import graph_backward, unviewed, wants_graph
-from .shapes import Pads
-from .sums import channel_sums
-from .windows import flat_offsets, tap_positions
 
 __all__ = ["DirectConvNd", "PlanarConvNd", "kernels"]
 
@@ -259,7 +261,6 @@ class DirectConvNd(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
         stride, pads, dilation, kernel, out_size, channels_last = ctx.geometry
-        from .conv import _like, laid_out_like_torch
 
         if wants_graph():
             return (None, *_graph_grads(ctx, grad_out), None, None, None, None)
@@ -272,7 +273,7 @@ class DirectConvNd(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_x = _input_grad(ctx.functions, gp, weight, x.shape, stride, phases, channels_first=not channels_last)
         if ctx.needs_input_grad[2]:
-            grad_w = _like(_weight_grad(ctx.functions, xp, gp, weight, kernel, dilation, stride, out_size, g_pads), weight)
+            grad_w = like_param(_weight_grad(ctx.functions, xp, gp, weight, kernel, dilation, stride, out_size, g_pads), weight)
         if ctx.needs_input_grad[3]:
             grad_b = channel_sums(grad_out)
         return None, laid_out_like_torch(grad_x, x, weight), grad_w, grad_b, None, None, None, None
@@ -282,7 +283,6 @@ def _graph_grads(ctx, grad_out):
     """A differentiable backward (``create_graph``: a gradient penalty, a Hessian): the gradients of
     ``conv.reference_conv``, the definition in plain operations, as every route's; (grad_x, grad_w, grad_b)
     from ``ctx``'s saved (x, weight, bias) and geometry."""
-    from .conv import reference_conv
 
     x, weight, bias, _ = ctx.saved_tensors
     stride, pads, dilation = ctx.geometry[:3]
@@ -429,7 +429,6 @@ class PlanarConvNd(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
         stride, pads, dilation, kernel, out_size, channels_last = ctx.geometry
-        from .conv import _like, laid_out_like_torch
 
         if wants_graph():
             return (None, *_graph_grads(ctx, grad_out), None, None, None, None)
@@ -439,7 +438,7 @@ class PlanarConvNd(torch.autograd.Function):
             grad_x = _input_grad(ctx.functions, _padded(grad_out, g_pads), weight, x.shape, stride, phases,
                                  channels_first=not channels_last)
         if ctx.needs_input_grad[2]:
-            grad_w = _like(_planar_weight_grad(ctx.functions, xp, grad_out, weight, tuple(x.shape[2:]), pads, kernel, dilation,
+            grad_w = like_param(_planar_weight_grad(ctx.functions, xp, grad_out, weight, tuple(x.shape[2:]), pads, kernel, dilation,
                                                stride), weight)
         if ctx.needs_input_grad[3]:
             grad_b = channel_sums(grad_out)

@@ -32,9 +32,10 @@ import math
 
 import torch
 
+from ..textbook.autograd import graph_backward, unviewed, wants_graph
+from ..textbook.pool import reference_max_pool
+from ..textbook.shapes import Pads
 from . import compiled
-from .autograd import graph_backward, unviewed, wants_graph
-from .shapes import Pads
 
 __all__ = ["CompiledMaxPoolNd", "kernels"]
 
@@ -108,7 +109,6 @@ class CompiledMaxPoolNd(torch.autograd.Function):
         x, idx = ctx.saved_tensors
         x_shape, kernel, stride, pads, dilation, out_size = ctx.geometry
         if wants_graph():  # the winners as kernel offsets, then the reference form's differentiable gather
-            from .pool import reference_max_pool
 
             offsets = offsets_of(idx, x_shape[2:], kernel, stride, pads, dilation)
             grads = graph_backward(lambda x: reference_max_pool(x, kernel, stride, pads, dilation, out_size, offsets), (x,),
