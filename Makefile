@@ -18,11 +18,11 @@ run: $(STAMP) system
 test: $(STAMP) system
 	$(PY) -m ruff check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest
 
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 bench: $(STAMP) system
 	$(PY) benchmarks/bench_ops.py

@@ -4,8 +4,9 @@ Importing torch takes about 3 s of CPU on this project's 2-core machines, and th
 command-line processes (the kill soak alone starts twenty). ``run`` forks each child from a standard-library
 fork server that imported torch once (``multiprocessing``'s "forkserver" start method, torch preloaded): the
 child is a new process with its own pid, memory, file descriptors, environment, working folder and exit
-status (a SIGKILL is seen as -9, as with ``subprocess``), which runs the command as ``python`` would, with
-nothing of cnnlab imported before it starts. What it cannot stand in for (a process read line by line
+status (a SIGKILL is seen as -9, as with ``subprocess``), which runs the command as ``python`` would, its
+modules already imported (torch, matplotlib, cnnlab's command line and training loop; cnnlab reads its
+environment variables when called, not when imported). What it cannot stand in for (a process read line by line
 while it runs, torchrun, page-fault counts of a fresh process) keeps ``subprocess``.
 """
 
@@ -29,7 +30,9 @@ def _server():
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["torch"])
+        # what every command imports anyway; cnnlab's own modules read their environment when called, not imported
+        _context.set_forkserver_preload(["torch", "numpy", "PIL.Image", "matplotlib.figure", "matplotlib.backends.backend_agg",
+                                         "safetensors.torch", "cnnlab.cli", "cnnlab.train.loop", "cnnlab.viz.plots"])
     return _context
 
 

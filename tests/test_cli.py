@@ -40,3 +40,13 @@ def test_help_does_not_import_torch():
 def test_bad_training_option_is_named():
     result = cnnlab("train", "--ratio", "4")
     assert result.returncode == 2 and "ratio must be a positive int and applies to vgg11/vgg16 only" in result.stderr
+
+
+def test_the_command_reference_page_is_what_the_parser_prints():
+    """docs/cli-reference.md is generated from build_parser(); a changed option must come with the page rewritten."""
+    sys.path.insert(0, str(FIXTURES.parents[1] / "scripts"))
+    try:
+        import cli_reference
+    finally:
+        sys.path.pop(0)
+    assert cli_reference.PAGE.read_text() == cli_reference.page(), "run: python scripts/cli_reference.py"

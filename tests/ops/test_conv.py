@@ -388,11 +388,11 @@ def test_few_channel_convolutions_in_channels_last_match_torch_float64():
 def test_pointwise_convolutions_of_channels_last_inputs_read_the_input_in_place(monkeypatch):
     """A 1x1 stride-1 convolution of a channels-last input (PointwiseConvNd) multiplies the input's own
     memory: the forward product's operand is x's storage, not a copy. Values and gradients against torch."""
-    from cnnlab.ops.kernels import window
+    from cnnlab.ops.kernels import pointwise
 
     operands = []
-    real = window.mm_nt
-    monkeypatch.setattr(window, "mm_nt", lambda a, b, bias=None: operands.append(a.untyped_storage().data_ptr()) or real(a, b, bias))
+    real = pointwise.mm_nt
+    monkeypatch.setattr(pointwise, "mm_nt", lambda a, b, bias=None: operands.append(a.untyped_storage().data_ptr()) or real(a, b, bias))
     rng = random.Random(13000)
     for i in range(20):
         c, o = rng.randint(8, 40), rng.randint(1, 40)

@@ -300,24 +300,21 @@ def test_kill_soak_twenty_random_kills_all_resume_bit_identical(tmp_path):
     moments = [("step", s) for s in range(1, epochs * steps + 1)] + [("write", w) for w in range(1, writes + 1)]
     chosen = random.Random(20261124).sample(moments, 20)
 
-    def killed_then_resumed(n: int, kind: str, at: int) -> Path:  # each kill lands at its own step or write
-        out = tmp_path / f"killed-{n}"
-        killed = procs.run("-c", KILLER, kind, str(at), *quick_args(out, epochs))
-        assert killed.returncode == -signal.SIGKILL, (kind, at, killed.stderr)
-        if (out / "checkpoint.pt").exists() and load_checkpoint(out)["epoch"] > epochs:
-            return out  # killed while drawing the figures: training was complete
-        resume = procs.run("-m", "cnnlab", "train", "--resume", str(out), "--quiet")
-        if not (out / "checkpoint.pt").exists():  # killed before the first checkpoint: the same --out starts again
-            assert resume.returncode == 2 and "stopped before its first checkpoint; there is nothing to resume" in resume.stderr, \
-                (kind, at, resume.stderr)
-            resume = procs.run("-m", "cnnlab", *quick_args(out, epochs))
-        assert resume.returncode == 0, (kind, at, resume.stderr)
-        return out
+    def killed(n: int, kind: str, at: int) -> subprocess.CompletedProcess:  # each kill lands at its own step or write
+        return procs.run("-c", KILLER, kind, str(at), *quick_args(tmp_path / f"killed-{n}", epochs))
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two at a time: the moments do not depend on timing
-        folders = list(pool.map(killed_then_resumed, range(len(chosen)), *zip(*chosen)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two runs at a time: the moments do not depend on timing
+        children = list(pool.map(killed, range(len(chosen)), *zip(*chosen)))
     survived = []
-    for out in folders:
+    for n, ((kind, at), proc) in enumerate(zip(chosen, children)):
+        out = tmp_path / f"killed-{n}"
+        assert proc.returncode == -signal.SIGKILL, (kind, at, proc.stderr)
+        if not (out / "checkpoint.pt").exists():  # killed before the first checkpoint: the same --out starts again
+            with pytest.raises(ValueError, match="stopped before its first checkpoint; there is nothing to resume"):
+                fit(resume=out, quiet=True)
+            train(out, epochs=epochs)
+        elif load_checkpoint(out)["epoch"] <= epochs:  # else killed while drawing the figures: training was complete
+            fit(resume=out, quiet=True)
         weights, state = load_weights(out)[0], load_checkpoint(out)
         same = all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights) and \
             [{k: r[k] for k in ("train_loss", "train_acc", "test_acc", "lr")} for r in state["history"]] == \

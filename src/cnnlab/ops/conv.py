@@ -53,7 +53,7 @@ The products run through ``products.mm_nt`` (oneDNN's matrix product for float32
 torch ships it; torch.mm elsewhere).
 
 When a graph is requested (``create_graph=True``: a gradient penalty, a Hessian), the backward
-differentiates ``reference_conv``, the definition in plain operations, instead (``ops/autograd.py``),
+differentiates ``reference_conv``, the definition in plain operations, instead (``textbook/autograd.py``),
 so second and higher derivatives are exact; ordinary training steps keep the fast path.
 
 Groups split channels into ``groups`` independent blocks (a batched product, one per

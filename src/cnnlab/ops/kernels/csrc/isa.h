@@ -1,5 +1,5 @@
 /* The vector width and register blocking of the compiled loops, chosen from what the compiler is told the
- * CPU has (ops/compiled.py builds one variant per instruction set: -march=x86-64-v4, -march=x86-64-v3, or
+ * CPU has (ops/kernels/compiled.py builds one variant per instruction set: -march=x86-64-v4, -march=x86-64-v3, or
  * the architecture's baseline, and loads the one this CPU can run).
  *
  * A block of accumulators must fit in the vector registers with the operands it multiplies, or the

@@ -14,7 +14,7 @@
  * with dilation) gives -inf and winner -1, which the backward pass skips. Winners are flat
  * positions in the input plane, (d * H + h) * W + w, as torch's return_indices reports them.
  *
- * Built by ops/compiled.py with OpenMP where the compiler has it: the forward pass splits the
+ * Built by ops/kernels/compiled.py with OpenMP where the compiler has it: the forward pass splits the
  * output rows among threads, the backward pass the samples (a sample's gradient is written by
  * one thread only, so overlapping windows need no atomics).
  */
