@@ -261,7 +261,6 @@ class DirectConvNd(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
         stride, pads, dilation, kernel, out_size, channels_last = ctx.geometry
-
         if wants_graph():
             return (None, *_graph_grads(ctx, grad_out), None, None, None, None)
         if ctx.needs_input_grad[1]:  # the output gradient bordered for the input gradient's correlations
@@ -429,7 +428,6 @@ class PlanarConvNd(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, bias, xp = ctx.saved_tensors
         stride, pads, dilation, kernel, out_size, channels_last = ctx.geometry
-
         if wants_graph():
             return (None, *_graph_grads(ctx, grad_out), None, None, None, None)
         grad_x = grad_w = grad_b = None
