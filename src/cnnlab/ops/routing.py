@@ -4,16 +4,15 @@ The convolution's routes, asked in this order by ``conv._conv`` (each rule below
 faster; all of them compute the same definition, ``textbook/conv.py``):
 
     planar loops      kernels/compiled_conv.PlanarConvNd   first layers (1-3 input channels)        _planar_loops
-    channels-last     kernels/compiled_conv.DirectConvNd   one group, more than one tap             _direct_loops
-    loops
+    direct loops      kernels/compiled_conv.DirectConvNd   one group, more than one tap             _direct_loops
     DFT               kernels/fourier.FourierConv2d        training; large kernels, small maps      _use_fourier
     pointwise         kernels/pointwise.PointwiseConvNd    1x1, stride 1, no padding, 8+ channels   _use_pointwise
     per-tap products  kernels/shifted.ShiftedConvNd        training, 16-31 channels, <= 9 taps      _use_shifted
     window matrix     kernels/window.ConvNd                everything else
 
 Where the compiled loops and the DFT compete, the rule depends on the loops' variant (``FOURIER_RULES``),
-since their multiply-adds per cycle follow the vector width and the DFT's do not. Pooling's rule is at
-the end.
+since their multiply-adds per cycle follow the vector width and the DFT's do not. Pooling's and batch
+norm's rules are at the end.
 """
 
 from __future__ import annotations
@@ -113,7 +112,7 @@ class FourierRule(NamedTuple):
 #   64-256, 0.51-0.52; 32->32, batch 32, 7.9 / 11.8; 24->48 at 7 px 10.7 / 18.1; 16->32 at batch 128 18.3 / 25.0,
 #   batch 32 8.0 / 8.3), but 16->16 at 28 px 80 / 41, 12->24 14.5 / 14.8, 8->16 and 6->16 1.1-1.25 times; 3x3 layers
 #   with 64+ channels both ways 0.61-0.90 (64->64 at 7-16 px, batch 32-128, 128->128 at 4 and 12 px, 256->256 at
-#   7 px), with 48 0.89-1.13, with 16-32 (or 12 out) 1.1-1.6. The portable build (16-byte vectors) takes avx2's.
+#   7 px), with 48 0.89-1.13, with 16-32 (or 12 out) 1.1-1.6. The portable and NEON builds (16-byte vectors) take avx2's (unmeasured).
 FOURIER_RULES = {
     "avx512": FourierRule(min_channels=32, max_cost=0.054, small_min_channels=None),
     "avx2": FourierRule(min_channels=16, max_cost=0.10, small_min_channels=64),
